@@ -1,0 +1,108 @@
+"""One place for the pipeline's configuration and the paths of everything it writes.
+
+Settings come from (highest priority first) explicit arguments, environment variables with
+the ``RECSYS_`` prefix, and the defaults below. Every artifact path is derived from
+``data_dir`` by :class:`Paths`, so moving the data folder moves everything.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+
+
+class Settings(BaseSettings):
+    """Pipeline configuration; ``RECSYS_<FIELD>`` environment variables override defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", frozen=True)
+
+    # Where raw downloads, the canonical dataset, features, the Feast registry and online
+    # store, and training sets live. Ignored by git.
+    data_dir: Path = PROJECT_ROOT / "data"
+    # Which dataset to ingest: "movielens-100k" (real, fetched and cached), "synthetic"
+    # (generated, see synthetic_*), or a path to a folder (a canonical folder, or the
+    # original GroupLens ml-100k/ folder).
+    dataset: str = "movielens-100k"
+    # "Now" for the pipeline: features, training data and online state use only events
+    # strictly before it. None means just after the last event (everything is visible).
+    as_of: datetime | None = None
+    # Temporal split cut points: train < val_start <= validation < test_start <= test < as_of.
+    # Left as None they are the quantiles of the event timestamps given by the fractions.
+    val_start: datetime | None = None
+    test_start: datetime | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    # How many of a user's most recent items the activity features keep (history pooling in
+    # the user tower, already-seen filtering at serve time).
+    recent_items: int = Field(20, ge=1, le=200)
+    # Trailing windows (days) for item popularity counts.
+    popularity_windows_days: tuple[int, ...] = (7, 30)
+    # Synthetic dataset: number of interactions and seed (used when dataset == "synthetic").
+    synthetic_interactions: int = Field(100_000, ge=1_000, le=50_000_000)
+    synthetic_seed: int = 0
+
+    @field_validator("as_of", "val_start", "test_start")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # Naive timestamps are read as UTC, the timezone of every stored timestamp.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Settings:
+        if self.val_start and self.test_start and self.val_start >= self.test_start:
+            raise ValueError(
+                f"val_start ({self.val_start}) must be before test_start ({self.test_start})"
+            )
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave room for training")
+        if len(self.popularity_windows_days) == 0 or min(self.popularity_windows_days) < 1:
+            raise ValueError("popularity_windows_days needs at least one window of >= 1 day")
+        return self
+
+    @cached_property
+    def paths(self) -> Paths:
+        return Paths(self.data_dir)
+
+
+class Paths:
+    """Every file the pipeline reads or writes, derived from one data folder."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+
+    @property
+    def raw(self) -> Path:
+        """Downloads cache (the MovieLens wheel and its verified files)."""
+        return self.data_dir / "raw"
+
+    @property
+    def dataset(self) -> Path:
+        """The ingested canonical dataset: users / items / interactions parquet."""
+        return self.data_dir / "dataset"
+
+    @property
+    def features(self) -> Path:
+        """One parquet time series per feature view, read by Feast's offline store."""
+        return self.data_dir / "features"
+
+    @property
+    def feast(self) -> Path:
+        """Feast registry and SQLite online store."""
+        return self.data_dir / "feast"
+
+    @property
+    def training(self) -> Path:
+        """Point-in-time training set with its temporal split."""
+        return self.data_dir / "training"
+
+    def feature_file(self, view: str) -> Path:
+        return self.features / f"{view}.parquet"

@@ -1,0 +1,36 @@
+"""Small helpers for the DuckDB SQL the pipeline writes: connections and literals.
+
+Every value that reaches SQL text goes through one of the literal helpers here (paths,
+strings, timestamps), so quoting lives in one place.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+
+def connect() -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection in UTC: naive timestamps and timestamp strings mean UTC."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def string(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def parquet(folder: Path, name: str) -> str:
+    """``read_parquet`` of ``<folder>/<name>.parquet``."""
+    return f"read_parquet({string(str(Path(folder) / f'{name}.parquet'))})"
+
+
+def timestamp(value: datetime) -> str:
+    """A TIMESTAMPTZ literal (naive datetimes are taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return f"TIMESTAMPTZ {string(value.astimezone(UTC).isoformat())}"

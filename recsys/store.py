@@ -1,0 +1,107 @@
+"""The Feast feature store of a data folder: configuration, ``apply`` and materialization.
+
+``feature_repo/`` holds the definitions and ``feature_store.yaml``; this module builds a
+``FeatureStore`` from them whose registry, online store and sources live in the configured
+data folder, so several data folders (a test's ``tmp_path``, a backtest) never share state.
+``import feast`` costs seconds, so it happens inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from recsys.settings import FEATURE_REPO, Paths
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+_ENV_LOCK = threading.Lock()
+
+
+def repo_config(paths: Paths, offline_store: dict[str, Any] | None = None) -> Any:
+    """``feature_store.yaml`` with the registry and online store moved into ``paths``."""
+    from feast.repo_config import RepoConfig
+
+    raw = yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())
+    paths.feast.mkdir(parents=True, exist_ok=True)
+    raw["registry"] = str(paths.feast / "registry.db")
+    raw["online_store"] = {**raw["online_store"], "path": str(paths.feast / "online_store.db")}
+    if offline_store is not None:
+        raw["offline_store"] = offline_store
+    return RepoConfig(repo_path=FEATURE_REPO, **raw)
+
+
+def feature_store(paths: Paths, offline_store: dict[str, Any] | None = None) -> FeatureStore:
+    from feast import FeatureStore
+
+    return FeatureStore(config=repo_config(paths, offline_store))
+
+
+@contextlib.contextmanager
+def _data_dir_env(data_dir: Path) -> Iterator[None]:
+    with _ENV_LOCK:
+        before = os.environ.get("RECSYS_DATA_DIR")
+        os.environ["RECSYS_DATA_DIR"] = str(data_dir)
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("RECSYS_DATA_DIR", None)
+            else:
+                os.environ["RECSYS_DATA_DIR"] = before
+
+
+def definitions(paths: Paths) -> Any:
+    """The ``feature_repo/definitions.py`` module, evaluated for this data folder."""
+    spec = importlib.util.spec_from_file_location(
+        "feature_repo_definitions", FEATURE_REPO / "definitions.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    with _data_dir_env(paths.data_dir):
+        spec.loader.exec_module(module)
+    return module
+
+
+def feast_objects(paths: Paths) -> list[Any]:
+    """Every entity, feature view and feature service the definitions module declares."""
+    from feast import Entity, FeatureService, FeatureView
+
+    module = definitions(paths)
+    kinds = (Entity, FeatureView, FeatureService)
+    return [obj for obj in vars(module).values() if isinstance(obj, kinds)]
+
+
+def apply(paths: Paths, store: FeatureStore | None = None) -> FeatureStore:
+    """``feast apply`` through the Python API: register the definitions for this folder."""
+    store = store or feature_store(paths)
+    store.apply(feast_objects(paths))
+    return store
+
+
+def materialize(
+    paths: Paths, end: datetime, start: datetime | None = None, store: FeatureStore | None = None
+) -> FeatureStore:
+    """Load the online store with each entity's latest values as of ``end``.
+
+    The first run covers everything from ``start`` (default: the epoch, so static features
+    are included); later runs continue incrementally from where the last one ended.
+    """
+    from recsys.features import EPOCH
+
+    store = store or feature_store(paths)
+    views = store.list_feature_views()
+    if any(view.most_recent_end_time is None for view in views):
+        store.materialize(start_date=start or EPOCH, end_date=end)
+    else:
+        store.materialize_incremental(end_date=end)
+    return store
