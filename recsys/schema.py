@@ -87,7 +87,8 @@ def _accepts(expected: pa.DataType) -> Callable[[pa.DataType], bool]:
             or (pa.types.is_dictionary(t) and pa.types.is_string(t.value_type))
         )
     if pa.types.is_timestamp(expected):
-        return lambda t: pa.types.is_timestamp(t) or pa.types.is_string(t) or pa.types.is_date(t)
+        text = _accepts(pa.string())  # ISO-8601 strings in any string encoding
+        return lambda t: pa.types.is_timestamp(t) or pa.types.is_date(t) or text(t)
     if pa.types.is_list(expected):
         return lambda t: (
             (pa.types.is_list(t) or pa.types.is_large_list(t))
@@ -141,9 +142,12 @@ class _Validator:
             raise DatasetValidationError(f"{path}: not a readable parquet file ({exc})") from exc
         missing = [c for c in schema.names if c not in actual.names]
         if missing:
-            raise DatasetValidationError(
-                f"{path}: missing column(s) {missing}; found {actual.names}, "
-                f"expected {schema.names}"
+            # Example rows show what the file holds instead (often the column under another name).
+            self.fail(
+                name,
+                None,
+                f"missing column(s) {missing}; found {actual.names}, expected {schema.names}",
+                where="true",
             )
         for field in schema:
             got = actual.field(field.name).type
@@ -158,15 +162,16 @@ class _Validator:
             self.fail_if(
                 name, column, "has null values; it identifies the row", f"{column} IS NULL"
             )
-        if name == "interactions" and not pa.types.is_timestamp(
-            actual.field("event_timestamp").type
-        ):
+        if name == "interactions":
+            # DuckDB also casts the text 'infinity' / '-infinity' (and reads int64-max values)
+            # as infinite timestamps: no event time, and out of range for Arrow / Python.
+            parsed = "TRY_CAST(event_timestamp AS TIMESTAMPTZ)"
             self.fail_if(
                 name,
                 "event_timestamp",
-                "has values that are not parseable timestamps (use ISO 8601, e.g. "
+                "has values that are not parseable, finite timestamps (use ISO 8601, e.g. "
                 "'2024-05-01 12:00:00+00')",
-                "event_timestamp IS NOT NULL AND TRY_CAST(event_timestamp AS TIMESTAMPTZ) IS NULL",
+                f"event_timestamp IS NOT NULL AND ({parsed} IS NULL OR NOT isfinite({parsed}))",
             )
         if name in PRIMARY_KEYS:
             key = PRIMARY_KEYS[name]

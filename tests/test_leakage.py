@@ -195,7 +195,7 @@ def test_join_picks_latest_created_before_time_within_ttl(settings_for, tmp_path
              ("user_profile", "user_activity", "item_content", "item_popularity")]
     reference = connect_.sql(asof_join_sql("SELECT * FROM entity", view_specs(views))).df()
     reference = reference.set_index(["user_id", "event_timestamp"])["user_interaction_count"]
-    for user_id, when, right, *wrong in JOIN_CASES:
+    for user_id, when, right, *_ in JOIN_CASES:
         for answer in (got.loc[(user_id, when)], reference.loc[(user_id, when)]):
             assert (None if pd.isna(answer) else answer) == right, (user_id, when)
     # The fixture discriminates: every wrong join differs from the right one somewhere.
