@@ -55,7 +55,9 @@ def _latest_per_timestamp(spec: ViewSpec, alias: str) -> str:
     return f"(SELECT {columns}, event_timestamp AS {alias}_ts FROM {scan} {tie_break}) {alias}"
 
 
-def asof_join_sql(entity_sql: str, specs: list[ViewSpec], timestamp: str = "event_timestamp") -> str:
+def asof_join_sql(
+    entity_sql: str, specs: list[ViewSpec], timestamp: str = "event_timestamp"
+) -> str:
     """SQL joining the rows of ``entity_sql`` with every view, as of each row's timestamp."""
     selects, joins = ["e.*"], []
     for k, spec in enumerate(specs):

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from recsys.io import atomic_write_json, publish_dir, staging_dir
-from recsys.sql import connect, parquet, string, timestamp
+from recsys.sql import connect, one, parquet, string, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,7 @@ class FeatureManifest:
 def default_as_of(dataset_dir: Path) -> datetime:
     """Just after the last event, so that every event is visible."""
     con = connect()
-    (last,) = con.execute(
-        f"SELECT max(event_timestamp) FROM {parquet(dataset_dir, 'interactions')}"
-    ).fetchone()
+    (last,) = one(con, f"SELECT max(event_timestamp) FROM {parquet(dataset_dir, 'interactions')}")
     if last is None:
         raise ValueError(f"{dataset_dir}/interactions.parquet has no events")
     return last + ONE_US
@@ -204,7 +202,7 @@ def compute_features(
             f"COPY (SELECT * FROM ({sql}) ORDER BY {key}, event_timestamp) "
             f"TO {path} (FORMAT parquet, COMPRESSION zstd)"
         )
-        rows[view] = con.execute(f"SELECT count(*) FROM read_parquet({path})").fetchone()[0]
+        (rows[view],) = one(con, f"SELECT count(*) FROM read_parquet({path})")
         log.info("feature view %s: %d rows", view, rows[view])
     manifest = FeatureManifest(as_of, built_at, genres, recent_items, rows=rows)
     atomic_write_json(Path(out_dir) / "manifest.json", asdict(manifest))

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.sql import connect, parquet, string
+from recsys.sql import connect, one, parquet, string
 
 USERS = pa.schema(
     [
@@ -186,7 +186,7 @@ class _Validator:
 
     def fail_if(self, name: str, column: str, problem: str, where: str) -> None:
         path = self.folder / f"{name}.parquet"
-        (count,) = self.con.execute(f"SELECT count(*) FROM {_scan(path)} WHERE {where}").fetchone()
+        (count,) = one(self.con, f"SELECT count(*) FROM {_scan(path)} WHERE {where}")
         if count:
             self.fail(name, column, f"{problem} ({count} rows)", where)
 
@@ -231,10 +231,9 @@ def normalize_dataset(src: Path, dest: Path) -> DatasetSummary:
 def summarize(folder: Path) -> DatasetSummary:
     con = connect()
     scan = {n: parquet(folder, n) for n in TABLES}
-    users, items = (
-        con.execute(f"SELECT count(*) FROM {scan[n]}").fetchone()[0] for n in ("users", "items")
+    (users,), (items,) = (one(con, f"SELECT count(*) FROM {scan[n]}") for n in ("users", "items"))
+    n, first, last = one(
+        con,
+        f"SELECT count(*), min(event_timestamp), max(event_timestamp) FROM {scan['interactions']}",
     )
-    n, first, last = con.execute(
-        f"SELECT count(*), min(event_timestamp), max(event_timestamp) FROM {scan['interactions']}"
-    ).fetchone()
     return DatasetSummary(users, items, n, str(first), str(last))

@@ -34,3 +34,11 @@ def timestamp(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return f"TIMESTAMPTZ {string(value.astimezone(UTC).isoformat())}"
+
+
+def one(con: duckdb.DuckDBPyConnection, query: str) -> tuple:
+    """The single row of an aggregate query."""
+    row = con.execute(query).fetchone()
+    if row is None:
+        raise RuntimeError(f"query returned no row: {query[:200]}")
+    return row

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from recsys.features import default_as_of
 from recsys.io import atomic_write_json, publish_dir, read_json, staging_dir
 from recsys.settings import Settings
-from recsys.sql import connect, parquet, timestamp
+from recsys.sql import connect, one, parquet, timestamp
 
 log = logging.getLogger(__name__)
 FEATURE_SERVICE = "two_tower_training_v1"
@@ -55,13 +55,10 @@ def split_cuts(dataset: Path, settings: Settings, as_of: datetime | None = None)
     as_of = as_of or settings.as_of or default_as_of(dataset)
     val_q = 1 - settings.val_fraction - settings.test_fraction
     test_q = 1 - settings.test_fraction
-    val_start, test_start = (
-        connect()
-        .execute(
-            f"SELECT quantile_disc(event_timestamp, {val_q}), quantile_disc(event_timestamp, {test_q}) "
-            f"FROM {parquet(dataset, 'interactions')} WHERE event_timestamp < {timestamp(as_of)}"
-        )
-        .fetchone()
+    val_start, test_start = one(
+        connect(),
+        f"SELECT quantile_disc(event_timestamp, {val_q}), quantile_disc(event_timestamp, {test_q}) "
+        f"FROM {parquet(dataset, 'interactions')} WHERE event_timestamp < {timestamp(as_of)}",
     )
     if val_start is None:
         raise ValueError(f"no interactions before as_of={as_of} in {dataset}")
@@ -114,10 +111,11 @@ def summarize(table: pa.Table, cuts: SplitCuts, path: Path) -> TrainingSetSummar
     users = dict(
         con.execute("SELECT split, count(DISTINCT user_id) FROM t GROUP BY split").fetchall()
     )
-    (cold,) = con.execute(
+    (cold,) = one(
+        con,
         "SELECT count(DISTINCT user_id) FROM t WHERE split = 'test' AND user_id NOT IN "
-        "(SELECT user_id FROM t WHERE split <> 'test')"
-    ).fetchone()
+        "(SELECT user_id FROM t WHERE split <> 'test')",
+    )
     features = [c for c in table.column_names if c not in {*ENTITY_COLUMNS, "split"}]
     coverage = {
         c: round(1 - table.column(c).null_count / max(table.num_rows, 1), 4) for c in features
