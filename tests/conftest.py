@@ -34,13 +34,22 @@ def write_dataset(
 
 
 def user(user_id: int, age: int = 30, gender: str = "F", occupation: str = "other") -> dict:
-    return {"user_id": user_id, "age": age, "gender": gender, "occupation": occupation,
-            "zip_code": f"{10000 + user_id}"}
+    return {
+        "user_id": user_id,
+        "age": age,
+        "gender": gender,
+        "occupation": occupation,
+        "zip_code": f"{10000 + user_id}",
+    }
 
 
 def item(item_id: int, genres: list[str] | None = None, year: int | None = 2000) -> dict:
-    return {"item_id": item_id, "title": f"Item {item_id}", "release_year": year,
-            "genres": genres if genres is not None else ["Drama"]}
+    return {
+        "item_id": item_id,
+        "title": f"Item {item_id}",
+        "release_year": year,
+        "genres": genres if genres is not None else ["Drama"],
+    }
 
 
 def event(user_id: int, item_id: int, when: str, rating: float | None = 4.0) -> dict:

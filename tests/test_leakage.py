@@ -26,6 +26,7 @@ from recsys.ingest import ingest
 from recsys.sql import connect
 from recsys.training_set import build_training_set, historical_features
 from tests.conftest import event, item, ts, user, write_dataset
+from tests.pit_reference import comparable, pit_join
 
 T0, T1, T2 = "2024-01-01 10:00:00", "2024-01-01 10:05:00", "2024-01-03 00:00:00"
 T8D = "2024-01-09 10:00:00"  # item 10's first events are 8 days old: out of 7d, in 30d
@@ -116,21 +117,14 @@ def test_online_store_holds_latest_values_as_of(built):
     assert online["age_bucket"] == ["25-34", None]
 
 
-def test_feast_equals_duckdb_asof_reference(built):
+def test_feast_equals_independent_reference(built):
     settings, store, _, rows = built
-    entity = f"SELECT * FROM read_parquet('{settings.paths.dataset / 'interactions.parquet'}')"
+    entity = pd.read_parquet(settings.paths.dataset / "interactions.parquet")
     views = store.get_feature_service("two_tower_training_v1").feature_view_projections
-    specs = view_specs([store.get_feature_view(p.name) for p in views])
-    reference = connect().sql(asof_join_sql(entity, specs)).df()
-    reference = reference.set_index(["user_id", "item_id"]).sort_index()
-    ours = rows.drop(columns="split").sort_index()[reference.columns]
-    pd.testing.assert_frame_equal(_plain(ours), _plain(reference), check_dtype=False)
-
-
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    """Lists as tuples, missing as None: comparable cell by cell."""
-    return frame.map(lambda v: tuple(v) if hasattr(v, "__len__") and not isinstance(v, str)
-                     else (None if pd.isna(v) else v))
+    reference = pit_join(entity, [store.get_feature_view(p.name) for p in views])
+    ours = rows.reset_index().drop(columns="split")[reference.columns]
+    key = ["event_timestamp", "user_id", "item_id"]
+    pd.testing.assert_frame_equal(comparable(ours, key), comparable(reference, key))
 
 
 # --- The join itself, on hand-built feature tables --------------------------------------
@@ -140,9 +134,15 @@ C1, C2 = ts("2024-06-02 00:00:00"), ts("2024-06-03 00:00:00")  # created times: 
 
 
 def _activity(user_id, when, created, count):
-    return {"user_id": user_id, "event_timestamp": when, "created_timestamp": created,
-            "user_interaction_count": count, "user_mean_rating": 1.0,
-            "user_genre_affinity": [1.0], "recent_item_ids": [1]}
+    return {
+        "user_id": user_id,
+        "event_timestamp": when,
+        "created_timestamp": created,
+        "user_interaction_count": count,
+        "user_mean_rating": 1.0,
+        "user_genre_affinity": [1.0],
+        "recent_item_ids": [1],
+    }
 
 
 def _write_views(features_dir):
@@ -150,21 +150,51 @@ def _write_views(features_dir):
     activity = [
         # User 1: the tie at T is written later-created first, user 3 the other way round,
         # so any pick by file position is wrong for one of them.
-        _activity(1, T, C2, 20), _activity(1, T, C1, 10),
-        _activity(3, T, C1, 10), _activity(3, T, C2, 20),
+        _activity(1, T, C2, 20),
+        _activity(1, T, C1, 10),
+        _activity(3, T, C1, 10),
+        _activity(3, T, C2, 20),
         _activity(1, T + timedelta(days=10), C1, 30),  # future for rows before T + 10 d
         _activity(2, T, C1, 7),  # expires after 365 days
     ]
     pq.write_table(pa.Table.from_pylist(activity), features_dir / "user_activity.parquet")
     static = {"event_timestamp": EPOCH, "created_timestamp": C1}
-    pq.write_table(pa.Table.from_pylist([{"user_id": 1, "age_bucket": "25-34", "gender": "F",
-                   "occupation": "x", "zip_prefix": "100", **static}]),
-                   features_dir / "user_profile.parquet")
-    pq.write_table(pa.Table.from_pylist([{"item_id": 1, "item_genres": ["Drama"],
-                   "item_release_year": 2000, **static}]), features_dir / "item_content.parquet")
-    pq.write_table(pa.Table.from_pylist([{"item_id": 1, "item_interaction_count": 1,
-                   "item_mean_rating": 1.0, "item_count_7d": 1, "item_count_30d": 1, **static}]),
-                   features_dir / "item_popularity.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "user_id": 1,
+                    "age_bucket": "25-34",
+                    "gender": "F",
+                    "occupation": "x",
+                    "zip_prefix": "100",
+                    **static,
+                }
+            ]
+        ),
+        features_dir / "user_profile.parquet",
+    )
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"item_id": 1, "item_genres": ["Drama"], "item_release_year": 2000, **static}]
+        ),
+        features_dir / "item_content.parquet",
+    )
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "item_id": 1,
+                    "item_interaction_count": 1,
+                    "item_mean_rating": 1.0,
+                    "item_count_7d": 1,
+                    "item_count_30d": 1,
+                    **static,
+                }
+            ]
+        ),
+        features_dir / "item_popularity.parquet",
+    )
 
 
 # (user, time) → the correct count, and what each wrong join would give instead.
@@ -179,25 +209,37 @@ JOIN_CASES = [
 ]
 
 
-def test_join_picks_latest_created_before_time_within_ttl(settings_for, tmp_path):
+@pytest.mark.parametrize("offline_store", ["recsys.offline_store.DuckDBAsofOfflineStore", "duckdb"])
+def test_join_picks_latest_created_before_time_within_ttl(settings_for, tmp_path, offline_store):
+    """The project's store and Feast's stock store give the right answer in every case, and
+    so do the raw ASOF SQL and the pandas reference."""
     settings = settings_for(tmp_path)
     _write_views(settings.paths.features)
-    store = feast_store.apply(settings.paths)
+    feast_store.apply(settings.paths)
+    store = feast_store.feature_store(settings.paths, {"type": offline_store})
     entity = pd.DataFrame(
-        {"user_id": [c[0] for c in JOIN_CASES], "item_id": 1,
-         "event_timestamp": [c[1] for c in JOIN_CASES]}
+        {
+            "user_id": [c[0] for c in JOIN_CASES],
+            "item_id": 1,
+            "event_timestamp": [c[1] for c in JOIN_CASES],
+        }
     )
-    got = historical_features(store, entity).to_pandas()
-    got = got.set_index(["user_id", "event_timestamp"])["user_interaction_count"]
-    connect_ = connect()
-    connect_.register("entity", entity)
-    views = [store.get_feature_view(n) for n in
-             ("user_profile", "user_activity", "item_content", "item_popularity")]
-    reference = connect_.sql(asof_join_sql("SELECT * FROM entity", view_specs(views))).df()
-    reference = reference.set_index(["user_id", "event_timestamp"])["user_interaction_count"]
-    for user_id, when, right, *_ in JOIN_CASES:
-        for answer in (got.loc[(user_id, when)], reference.loc[(user_id, when)]):
-            assert (None if pd.isna(answer) else answer) == right, (user_id, when)
+    views = [
+        store.get_feature_view(n)
+        for n in ("user_profile", "user_activity", "item_content", "item_popularity")
+    ]
+    con = connect()
+    con.register("entity", entity)
+    answers = {
+        "feast": historical_features(store, entity).to_pandas(),
+        "asof sql": con.sql(asof_join_sql("SELECT * FROM entity", view_specs(views))).df(),
+        "pandas": pit_join(entity, views),
+    }
+    for name, frame in answers.items():
+        got = frame.set_index(["user_id", "event_timestamp"])["user_interaction_count"]
+        for user_id, when, right, *_ in JOIN_CASES:
+            answer = got.loc[(user_id, when)]
+            assert (None if pd.isna(answer) else answer) == right, (name, user_id, when)
     # The fixture discriminates: every wrong join differs from the right one somewhere.
     for k in range(3):
         assert any(case[3 + k] != case[2] for case in JOIN_CASES)

@@ -9,17 +9,19 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from recsys import store as feast_store
-from recsys.asof import asof_join_sql, view_specs
 from recsys.pipeline import build
 from recsys.settings import FEATURE_REPO
 from recsys.sql import connect, parquet, timestamp
+from recsys.training_set import historical_features
 from tests.conftest import ts
-from tests.test_leakage import _plain
+from tests.pit_reference import comparable, pit_join
 
 AS_OF = ts("2024-10-01 00:00:00")
 
@@ -39,26 +41,69 @@ def synthetic_build(tmp_path_factory):
     return settings, build(settings)
 
 
-def test_feast_training_set_equals_duckdb_asof(synthetic_build):
+KEY = ["event_timestamp", "user_id", "item_id", "rating"]
+
+
+def test_training_set_equals_independent_reference(synthetic_build):
+    """The Feast training set (project store) equals a pandas merge_asof join, row for row."""
     settings, result = synthetic_build
-    paths = settings.paths
-    store = feast_store.feature_store(paths)
-    entity = (
-        f"SELECT user_id, item_id, rating, event_timestamp FROM {parquet(paths.dataset, 'interactions')} "
-        f"WHERE event_timestamp < {timestamp(AS_OF)}"
-    )
+    store = feast_store.feature_store(settings.paths)
+    entity = pd.read_parquet(settings.paths.dataset / "interactions.parquet")
+    entity = entity[entity.event_timestamp < AS_OF]
     views = store.get_feature_service("two_tower_training_v1").feature_view_projections
-    specs = view_specs([store.get_feature_view(p.name) for p in views])
-    reference = connect().sql(asof_join_sql(entity, specs)).df()
+    reference = pit_join(entity, [store.get_feature_view(p.name) for p in views])
     ours = pd.read_parquet(result.training_set.path).drop(columns="split")[reference.columns]
-    key = ["event_timestamp", "user_id", "item_id", "rating"]
-    reference = reference.sort_values(key, ignore_index=True)
-    ours = ours.sort_values(key, ignore_index=True)
     assert len(ours) == len(reference) > 10_000
     # Both joins must find values: a join that returns all nulls would "agree" trivially.
     assert ours["user_interaction_count"].notna().mean() > 0.5
     assert ours["item_count_30d"].notna().mean() > 0.5
-    pd.testing.assert_frame_equal(_plain(ours), _plain(reference), check_dtype=False)
+    pd.testing.assert_frame_equal(comparable(ours, KEY), comparable(reference, KEY))
+
+
+def test_project_store_equals_stock_feast_store(synthetic_build):
+    """Same rows, same values as Feast's stock DuckDB store. The stock join's memory grows
+    with (entity rows x feature rows) per key, so it gets the entity rows in chunks."""
+    settings, result = synthetic_build
+    stock = feast_store.feature_store(settings.paths, {"type": "duckdb"})
+    entity = pd.read_parquet(settings.paths.dataset / "interactions.parquet")
+    entity = entity[entity.event_timestamp < AS_OF].sample(3_000, random_state=0)
+    chunks = [historical_features(stock, chunk).to_pandas() for chunk in np.array_split(entity, 3)]
+    theirs = pd.concat(chunks, ignore_index=True)
+    ours = historical_features(feast_store.feature_store(settings.paths), entity).to_pandas()
+    assert list(ours.columns) == list(theirs.columns)
+    pd.testing.assert_frame_equal(comparable(ours, KEY), comparable(theirs, KEY))
+
+
+def test_entity_rows_in_any_form(synthetic_build, tmp_path):
+    """DataFrame, parquet path, SQL, Arrow table and DuckDB relation give the same rows; the
+    result also streams as Arrow batches and to parquet."""
+    settings, _ = synthetic_build
+    store = feast_store.feature_store(settings.paths)
+    source = settings.paths.dataset / "interactions.parquet"
+    frame = pd.read_parquet(source).head(500)
+    path = tmp_path / "entity.parquet"
+    frame.to_parquet(path)
+    con = connect()
+    forms = {
+        "dataframe": frame,
+        "path": str(path),
+        "sql": f"SELECT * FROM read_parquet('{path}')",
+        "arrow": pa.Table.from_pandas(frame),
+        "relation": con.sql(f"SELECT * FROM read_parquet('{path}')"),
+    }
+    results = {name: historical_features(store, rows).to_pandas() for name, rows in forms.items()}
+    expected = comparable(results["dataframe"], KEY)
+    assert len(expected) == 500
+    for name, got in results.items():
+        pd.testing.assert_frame_equal(comparable(got, KEY), expected, obj=name)
+    job = store.get_historical_features(
+        entity_df=str(path), features=store.get_feature_service("two_tower_training_v1")
+    )
+    batches = list(job.to_arrow_batches(batch_size=128))
+    assert sum(b.num_rows for b in batches) == 500 and max(b.num_rows for b in batches) <= 128
+    out = job.to_parquet(tmp_path / "out" / "training.parquet")
+    pd.testing.assert_frame_equal(comparable(pd.read_parquet(out), KEY), expected)
+    assert [p.name for p in out.parent.iterdir()] == ["training.parquet"]  # no temp file left
 
 
 def test_as_of_hides_later_events(synthetic_build):
