@@ -1,13 +1,17 @@
-"""Benchmark: building the point-in-time training set through Feast vs a raw DuckDB ASOF JOIN.
+"""Benchmark: feature tables and the point-in-time training set, through Feast and raw DuckDB.
 
-For each size, a synthetic dataset is generated, its feature tables built and applied to
-Feast once (cached under --work). Then each method runs in its own fresh process, so peak
-RSS is that method's alone: the Feast API (``get_historical_features(...).to_arrow()`` with
-the interactions as entity rows, the offline store set in feature_store.yaml or --offline-store)
-and the same join written directly as DuckDB ``ASOF JOIN``s (``recsys.asof``). Both produce
-an Arrow table of the same rows and columns; the script prints time, peak RSS and the ratio.
+For each dataset (MovieLens-100K, or synthetic of a given size) the canonical dataset is
+ingested once (cached under --work). Then each step runs in its own fresh process, so its
+peak RSS is its own (a watchdog kills it past --max-rss-gb):
 
-    python benchmarks/bench_training_set.py --sizes 100000 1000000
+- ``features``: the DuckDB SQL that builds the four feature tables, written to parquet;
+- ``asof``: the training set as raw DuckDB ASOF JOINs (``recsys.asof``), streamed to parquet;
+- ``feast``: the same rows through the Feast API with the project's offline store
+  (``get_historical_features(...).to_parquet``, entity rows given as SQL);
+- ``stock``: the Feast API with Feast's stock DuckDB store (``to_arrow``, entity rows as a
+  pandas DataFrame), skipped above --stock-max rows.
+
+    python benchmarks/bench_training_set.py --sizes 0 100000 1000000 10000000
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -22,86 +27,90 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+METHODS = ("features", "asof", "feast", "stock")
 
 
 def prepare(work: Path, size: int) -> Path:
-    """Dataset, features and Feast registry for one size (reused when already there).
-    Size 0 means MovieLens-100K, the real dataset."""
-    from recsys import store as feast_store
-    from recsys.features import build_features
+    """The ingested dataset for one size; 0 means MovieLens-100K."""
     from recsys.ingest import ingest
     from recsys.settings import Settings
 
-    if size == 0:
-        data = work / "movielens-100k"
-        settings = Settings(data_dir=data, dataset="movielens-100k")
-    else:
-        data = work / f"synthetic-{size}"
-        settings = Settings(data_dir=data, dataset="synthetic", synthetic_interactions=size)
-    if not (data / "features" / "manifest.json").exists():
-        ingest(settings)
-        build_features(settings.paths.dataset, settings.paths.features, settings.paths.data_dir)
-    feast_store.apply(settings.paths)
+    name = "movielens-100k" if size == 0 else f"synthetic-{size}"
+    data = work / name
+    if not (data / "dataset" / "manifest.json").exists():
+        dataset = "movielens-100k" if size == 0 else "synthetic"
+        ingest(Settings(data_dir=data, dataset=dataset, synthetic_interactions=max(size, 1000)))
     return data
+
+
+def _feast_apply(data: Path) -> None:
+    from recsys import store as feast_store
+    from recsys.settings import Paths
+
+    feast_store.apply(Paths(data))
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run(method: str, data: Path, offline_store: str | None) -> dict:
-    """One measurement in this (fresh) process; prints its JSON result."""
+def run(method: str, data: Path) -> dict:
+    """One measurement in this (fresh) process."""
     from recsys import store as feast_store
     from recsys.asof import asof_join_sql, view_specs
+    from recsys.features import build_features, default_as_of
     from recsys.settings import Paths
-    from recsys.sql import connect, parquet
-    from recsys.training_set import FEATURE_SERVICE, entity_rows, historical_features
+    from recsys.sql import connect, string
+    from recsys.training_set import FEATURE_SERVICE, entity_rows
 
     paths = Paths(data)
-    config = {"type": offline_store} if offline_store else None
-    store = feast_store.feature_store(paths, config)
-    interactions = parquet(paths.dataset, "interactions")
-    before = peak_rss_mb()
-    if method == "feast":
-        rows = entity_rows(paths.dataset, as_of=_after_last(interactions))
-        before = peak_rss_mb()
+    out = data / "bench-out" / f"{method}.parquet"
+    out.parent.mkdir(exist_ok=True)
+    if method == "features":
         start = time.perf_counter()
-        table = historical_features(store, rows)
-    else:
+        build_features(paths.dataset, paths.features, paths.data_dir)
+        return _result(method, start, rows=None)
+    as_of = default_as_of(paths.dataset)
+    if method == "asof":
+        store = feast_store.feature_store(paths)
         projections = store.get_feature_service(FEATURE_SERVICE).feature_view_projections
         specs = view_specs([store.get_feature_view(p.name) for p in projections])
-        entity = f"SELECT user_id, item_id, rating, event_timestamp FROM {interactions}"
         start = time.perf_counter()
-        table = connect().sql(asof_join_sql(entity, specs)).to_arrow_table()
+        sql = asof_join_sql(entity_rows(paths.dataset, as_of, as_sql=True), specs)
+        con = connect()
+        con.execute("SET preserve_insertion_order = false")
+        con.execute(f"COPY ({sql}) TO {string(str(out))} (FORMAT parquet, COMPRESSION zstd)")
+    elif method == "feast":
+        store = feast_store.feature_store(paths)
+        start = time.perf_counter()
+        job = store.get_historical_features(
+            entity_df=entity_rows(paths.dataset, as_of, as_sql=True),
+            features=store.get_feature_service(FEATURE_SERVICE),
+        )
+        job.to_parquet(out)
+    else:
+        store = feast_store.feature_store(paths, {"type": "duckdb"})
+        frame = entity_rows(paths.dataset, as_of)
+        start = time.perf_counter()
+        table = store.get_historical_features(
+            entity_df=frame, features=store.get_feature_service(FEATURE_SERVICE)
+        ).to_arrow()
+        return _result(method, start, rows=table.num_rows)
+    rows = connect().execute(f"SELECT count(*) FROM read_parquet({string(str(out))})").fetchone()
+    return _result(method, start, rows=rows[0] if rows else None)
+
+
+def _result(method: str, start: float, rows: int | None) -> dict:
     seconds = time.perf_counter() - start
-    return {
-        "method": method,
-        "seconds": round(seconds, 3),
-        "rows": table.num_rows,
-        "columns": table.num_columns,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "rss_before_mb": round(before, 1),
-    }
+    return {"method": method, "seconds": round(seconds, 2), "rows": rows,
+            "peak_rss_mb": round(peak_rss_mb())}  # fmt: skip
 
 
-def _after_last(interactions: str):  # noqa: ANN202 - a datetime
-    from recsys.features import ONE_US
-    from recsys.sql import connect
-
-    return (
-        connect().execute(f"SELECT max(event_timestamp) FROM {interactions}").fetchone()[0] + ONE_US
-    )
-
-
-def measure(
-    method: str, data: Path, offline_store: str | None, timeout: float, max_rss_gb: float
-) -> dict:
+def measure(method: str, data: Path, timeout: float, max_rss_gb: float) -> dict:
     """Run one method in a child process, killing it past ``max_rss_gb`` or ``timeout``."""
     import psutil
 
     cmd = [sys.executable, __file__, "--run", method, "--data", str(data)]
-    if offline_store:
-        cmd += ["--offline-store", offline_store]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc, start, peak = psutil.Process(child.pid), time.monotonic(), 0.0
     while child.poll() is None:
@@ -114,12 +123,10 @@ def measure(
             child.kill()
             child.wait()
             why = (
-                f"RSS passed {max_rss_gb:.0f} GB"
-                if peak > max_rss_gb
-                else f"ran past {timeout:.0f} s"
+                f"RSS passed {max_rss_gb:g} GB" if peak > max_rss_gb else f"ran past {timeout:g} s"
             )
             return {"method": method, "error": f"killed after {elapsed:.0f} s: {why}"}
-        time.sleep(0.1)
+        time.sleep(0.05)
     out, err = child.communicate()
     if child.returncode != 0:
         return {"method": method, "error": (err.strip().splitlines() or ["?"])[-1][:200]}
@@ -128,44 +135,44 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--sizes",
-        type=int,
-        nargs="+",
-        default=[0, 100_000, 1_000_000],
-        help="synthetic interactions; 0 = MovieLens-100K",
-    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[0, 100_000, 1_000_000],
+                        help="synthetic interactions; 0 = MovieLens-100K")  # fmt: skip
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "results" / "data")
-    parser.add_argument("--offline-store", help="dotted path of a Feast offline store class")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--stock-max", type=int, default=1_000_000,
+                        help="skip the stock store above this many interactions")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--max-rss-gb", type=float, default=16, help="kill a method past this")
-    parser.add_argument("--run", choices=["feast", "asof"], help=argparse.SUPPRESS)
+    parser.add_argument("--run", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
-        print(json.dumps(run(args.run, args.data, args.offline_store)))
+        print(json.dumps(run(args.run, args.data)))
         return
+    print(f"{'dataset':>16} {'method':>9} {'seconds':>8} {'peak RSS MB':>11} {'rows':>11}")
     results = []
-    header = f"{'dataset':>14} {'method':>6} {'seconds':>8} {'peak RSS MB':>11} {'rows':>10}"
-    print(header)
     for size in args.sizes:
         data = prepare(args.work, size)
         name = "movielens-100k" if size == 0 else f"synth-{size:,}"
-        pair = {
-            m: measure(m, data, args.offline_store, args.timeout, args.max_rss_gb)
-            for m in ("asof", "feast")
-        }
-        for method, r in pair.items():
+        found = {}
+        for method in args.methods:
+            if method == "stock" and size > args.stock_max:
+                continue
+            r = found[method] = measure(method, data, args.timeout, args.max_rss_gb)
+            if method == "features" and "error" not in r:
+                _feast_apply(data)
             if "error" in r:
-                print(f"{name:>14} {method:>6} {r['error']}")
+                print(f"{name:>16} {method:>9} {r['error']}", flush=True)
             else:
-                print(
-                    f"{name:>14} {method:>6} {r['seconds']:>8.2f} {r['peak_rss_mb']:>11.0f} {r['rows']:>10}"
-                )
-        if all("error" not in r for r in pair.values()):
-            ratio = pair["feast"]["seconds"] / max(pair["asof"]["seconds"], 1e-9)
-            print(f"{name:>14} feast / asof time ratio: {ratio:.1f}x")
-        results.append({"dataset": name, **pair})
+                rows = "" if r["rows"] is None else f"{r['rows']:,}"
+                print(f"{name:>16} {method:>9} {r['seconds']:>8.2f} {r['peak_rss_mb']:>11,} "
+                      f"{rows:>11}", flush=True)  # fmt: skip
+        for method in ("feast", "stock"):
+            if "seconds" in found.get(method, {}) and "seconds" in found.get("asof", {}):
+                ratio = found[method]["seconds"] / max(found["asof"]["seconds"], 1e-9)
+                print(f"{name:>16} {method} / raw asof time: {ratio:.2f}x", flush=True)
+        shutil.rmtree(data / "bench-out", ignore_errors=True)
+        results.append({"dataset": name, **found})
     out = ROOT / "benchmarks" / "results" / "training_set.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -70,7 +70,9 @@ def _is_parquet_file_source(source: DataSource) -> bool:
     if not isinstance(source, FileSource):
         return False
     fmt = source.file_format
-    return (fmt is None and source.path.endswith(".parquet")) or type(fmt).__name__ == "ParquetFormat"
+    return (fmt is None and source.path.endswith(".parquet")) or type(
+        fmt
+    ).__name__ == "ParquetFormat"
 
 
 class _EntityRows:
@@ -166,7 +168,9 @@ class DuckDBRetrievalJob(RetrievalJob):
     def on_demand_feature_views(self) -> list:
         return []
 
-    def persist(self, storage: Any, allow_overwrite: bool = False, timeout: int | None = None) -> None:
+    def persist(
+        self, storage: Any, allow_overwrite: bool = False, timeout: int | None = None
+    ) -> None:
         target = Path(storage.file_options.uri)
         if target.exists() and not allow_overwrite:
             from feast.errors import SavedDatasetLocationAlreadyExists

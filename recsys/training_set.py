@@ -19,14 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.features import default_as_of
 from recsys.io import atomic_write_json, publish_dir, read_json, staging_dir
 from recsys.settings import Settings
-from recsys.sql import connect, one, parquet, timestamp
+from recsys.sql import connect, one, parquet, string, timestamp
 
 log = logging.getLogger(__name__)
 FEATURE_SERVICE = "two_tower_training_v1"
@@ -72,16 +71,14 @@ def split_cuts(dataset: Path, settings: Settings, as_of: datetime | None = None)
     return cuts
 
 
-def entity_rows(dataset: Path, as_of: datetime) -> Any:
-    """The interactions before ``as_of`` as Feast entity rows (a pandas DataFrame)."""
-    return (
-        connect()
-        .execute(
-            f"SELECT {', '.join(ENTITY_COLUMNS)} FROM {parquet(dataset, 'interactions')} "
-            f"WHERE event_timestamp < {timestamp(as_of)} ORDER BY event_timestamp, user_id, item_id"
-        )
-        .fetchdf()
+def entity_rows(dataset: Path, as_of: datetime, as_sql: bool = False) -> Any:
+    """The interactions before ``as_of`` as Feast entity rows: a SQL query (which the
+    project's offline store streams from parquet) or a pandas DataFrame (any store)."""
+    sql = (
+        f"SELECT {', '.join(ENTITY_COLUMNS)} FROM {parquet(dataset, 'interactions')} "
+        f"WHERE event_timestamp < {timestamp(as_of)}"
     )
+    return sql if as_sql else connect().sql(sql).df()
 
 
 def historical_features(store: Any, rows: Any) -> pa.Table:
@@ -92,50 +89,74 @@ def historical_features(store: Any, rows: Any) -> pa.Table:
     return job.to_arrow()
 
 
-def with_split(table: pa.Table, cuts: SplitCuts) -> pa.Table:
-    """Sorted rows with a ``split`` column from the cuts (the order makes runs comparable)."""
-    con = duckdb.connect()
-    con.register("t", table)
-    return con.sql(
-        f"""SELECT *, CASE WHEN event_timestamp < {timestamp(cuts.val_start)} THEN 'train'
-                           WHEN event_timestamp < {timestamp(cuts.test_start)} THEN 'val'
-                           ELSE 'test' END AS split
-            FROM t ORDER BY event_timestamp, user_id, item_id"""
-    ).to_arrow_table()
+def _streams(store: Any) -> bool:
+    """Whether the store is the project's DuckDB store (SQL entity rows, parquet streaming)."""
+    from recsys.offline_store import DuckDBAsofOfflineStoreConfig
+
+    return isinstance(store.config.offline_store, DuckDBAsofOfflineStoreConfig)
 
 
-def summarize(table: pa.Table, cuts: SplitCuts, path: Path) -> TrainingSetSummary:
-    con = duckdb.connect()
-    con.register("t", table)
-    rows = dict(con.execute("SELECT split, count(*) FROM t GROUP BY split").fetchall())
+def _join_to_parquet(store: Any, dataset: Path, as_of: datetime, out: Path) -> None:
+    rows = entity_rows(dataset, as_of, as_sql=_streams(store))
+    job = store.get_historical_features(
+        entity_df=rows, features=store.get_feature_service(FEATURE_SERVICE)
+    )
+    if _streams(store):
+        job.to_parquet(out)
+    else:
+        pq.write_table(job.to_arrow(), out)
+
+
+def _split_sql(joined: Path, cuts: SplitCuts) -> str:
+    """Rows with a ``split`` column, in a fixed order so seeded runs see the same data."""
+    return f"""SELECT *, CASE WHEN event_timestamp < {timestamp(cuts.val_start)} THEN 'train'
+                             WHEN event_timestamp < {timestamp(cuts.test_start)} THEN 'val'
+                             ELSE 'test' END AS split
+               FROM read_parquet({string(str(joined))})
+               ORDER BY event_timestamp, user_id, item_id, rating"""
+
+
+def summarize(path: Path, cuts: SplitCuts, published: Path) -> TrainingSetSummary:
+    con = connect()
+    table = f"read_parquet({string(str(path))})"
+    rows = dict(con.execute(f"SELECT split, count(*) FROM {table} GROUP BY split").fetchall())
     users = dict(
-        con.execute("SELECT split, count(DISTINCT user_id) FROM t GROUP BY split").fetchall()
+        con.execute(f"SELECT split, count(DISTINCT user_id) FROM {table} GROUP BY split").fetchall()
     )
     (cold,) = one(
         con,
-        "SELECT count(DISTINCT user_id) FROM t WHERE split = 'test' AND user_id NOT IN "
-        "(SELECT user_id FROM t WHERE split <> 'test')",
+        f"SELECT count(DISTINCT user_id) FROM {table} WHERE split = 'test' AND user_id NOT IN "
+        f"(SELECT user_id FROM {table} WHERE split <> 'test')",
     )
-    features = [c for c in table.column_names if c not in {*ENTITY_COLUMNS, "split"}]
+    columns = [c for c in pq.read_schema(path).names if c not in {*ENTITY_COLUMNS, "split"}]
+    counts = one(con, f"SELECT count(*), {', '.join(f'count({c})' for c in columns)} FROM {table}")
     coverage = {
-        c: round(1 - table.column(c).null_count / max(table.num_rows, 1), 4) for c in features
+        c: round(n / max(counts[0], 1), 4) for c, n in zip(columns, counts[1:], strict=True)
     }
-    return TrainingSetSummary(cuts, rows, users, cold, coverage, str(path))
+    return TrainingSetSummary(cuts, rows, users, cold, coverage, str(published))
 
 
 def build_training_set(settings: Settings, store: Any | None = None) -> TrainingSetSummary:
-    """Build ``<data>/training/training_set.parquet`` and its ``summary.json``, atomically."""
+    """Build ``<data>/training/training_set.parquet`` and its ``summary.json``, atomically.
+
+    With the project's offline store nothing passes through pandas: entity rows are a SQL
+    query over the interactions, the join streams to parquet, the split is added in DuckDB.
+    """
     from recsys.store import feature_store
 
     paths = settings.paths
     store = store or feature_store(paths)
     cuts = split_cuts(paths.dataset, settings)
-    rows = entity_rows(paths.dataset, cuts.as_of)
-    log.info("point-in-time join of %d entity rows through Feast", len(rows))
-    table = with_split(historical_features(store, rows), cuts)
     with staging_dir(paths.data_dir, "training") as stage:
-        pq.write_table(table, stage / "training_set.parquet", compression="zstd")
-        summary = summarize(table, cuts, paths.training / "training_set.parquet")
+        joined, final = stage / "joined.parquet", stage / "training_set.parquet"
+        log.info("point-in-time join through Feast (%s)", type(store.config.offline_store).__name__)
+        _join_to_parquet(store, paths.dataset, cuts.as_of, joined)
+        connect().execute(
+            f"COPY ({_split_sql(joined, cuts)}) TO {string(str(final))} "
+            f"(FORMAT parquet, COMPRESSION zstd)"
+        )
+        joined.unlink()
+        summary = summarize(final, cuts, paths.training / "training_set.parquet")
         atomic_write_json(stage / "summary.json", asdict(summary))
         publish_dir(stage, paths.training)
     return summary
