@@ -8,6 +8,8 @@ peak RSS is its own (a watchdog kills it past --max-rss-gb):
 - ``asof``: the training set as raw DuckDB ASOF JOINs (``recsys.asof``), streamed to parquet;
 - ``feast``: the same rows through the Feast API with the project's offline store
   (``get_historical_features(...).to_parquet``, entity rows given as SQL);
+- ``check``: the ``feast`` output compared, row for row (``EXCEPT ALL`` both ways), with an
+  independent DuckDB join that uses no ASOF JOIN (``tests/pit_reference.window_join_sql``);
 - ``stock``: the Feast API with Feast's stock DuckDB store (``to_arrow``, entity rows as a
   pandas DataFrame), skipped above --stock-max rows.
 
@@ -27,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-METHODS = ("features", "asof", "feast", "stock")
+METHODS = ("features", "asof", "feast", "check", "stock")
 
 
 def prepare(work: Path, size: int) -> Path:
@@ -54,7 +56,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run(method: str, data: Path) -> dict:
+def run(method: str, data: Path, memory_limit: str | None) -> dict:
     """One measurement in this (fresh) process."""
     from recsys import store as feast_store
     from recsys.asof import asof_join_sql, view_specs
@@ -68,7 +70,7 @@ def run(method: str, data: Path) -> dict:
     out.parent.mkdir(exist_ok=True)
     if method == "features":
         start = time.perf_counter()
-        build_features(paths.dataset, paths.features, paths.data_dir)
+        build_features(paths.dataset, paths.features, paths.data_dir, memory_limit=memory_limit)
         return _result(method, start, rows=None)
     as_of = default_as_of(paths.dataset)
     if method == "asof":
@@ -77,11 +79,34 @@ def run(method: str, data: Path) -> dict:
         specs = view_specs([store.get_feature_view(p.name) for p in projections])
         start = time.perf_counter()
         sql = asof_join_sql(entity_rows(paths.dataset, as_of, as_sql=True), specs)
-        con = connect()
+        con = connect(memory_limit)
         con.execute("SET preserve_insertion_order = false")
         con.execute(f"COPY ({sql}) TO {string(str(out))} (FORMAT parquet, COMPRESSION zstd)")
-    elif method == "feast":
+    elif method == "check":
+        from tests.pit_reference import window_join_sql
+
         store = feast_store.feature_store(paths)
+        projections = store.get_feature_service(FEATURE_SERVICE).feature_view_projections
+        views = [store.get_feature_view(p.name) for p in projections]
+        ours = f"read_parquet({string(str(out.with_name('feast.parquet')))})"
+        start = time.perf_counter()
+        con = connect(memory_limit)
+        con.execute("SET preserve_insertion_order = false")
+        reference = window_join_sql(entity_rows(paths.dataset, as_of, as_sql=True), views)
+        con.execute(f"CREATE TEMP TABLE ref AS {reference}")
+        columns = ", ".join(f'"{c}"' for c in con.execute(f"SELECT * FROM {ours} LIMIT 0").df())
+        diff = [
+            con.execute(
+                f"SELECT count(*) FROM (SELECT {columns} FROM {a} EXCEPT ALL "
+                f"SELECT {columns} FROM {b})"
+            ).fetchone()[0]  # fmt: skip
+            for a, b in ((ours, "ref"), ("ref", ours))
+        ]
+        result = _result(method, start, rows=con.execute("SELECT count(*) FROM ref").fetchone()[0])
+        return {**result, "rows_only_in_feast": diff[0], "rows_only_in_reference": diff[1]}
+    elif method == "feast":
+        offline = {"type": "recsys.offline_store.DuckDBAsofOfflineStore"}
+        store = feast_store.feature_store(paths, {**offline, "memory_limit": memory_limit})
         start = time.perf_counter()
         job = store.get_historical_features(
             entity_df=entity_rows(paths.dataset, as_of, as_sql=True),
@@ -106,11 +131,15 @@ def _result(method: str, start: float, rows: int | None) -> dict:
             "peak_rss_mb": round(peak_rss_mb())}  # fmt: skip
 
 
-def measure(method: str, data: Path, timeout: float, max_rss_gb: float) -> dict:
+def measure(
+    method: str, data: Path, timeout: float, max_rss_gb: float, memory_limit: str | None
+) -> dict:
     """Run one method in a child process, killing it past ``max_rss_gb`` or ``timeout``."""
     import psutil
 
     cmd = [sys.executable, __file__, "--run", method, "--data", str(data)]
+    if memory_limit:
+        cmd += ["--memory-limit", memory_limit]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc, start, peak = psutil.Process(child.pid), time.monotonic(), 0.0
     while child.poll() is None:
@@ -143,11 +172,12 @@ def main() -> None:
                         help="skip the stock store above this many interactions")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--max-rss-gb", type=float, default=16, help="kill a method past this")
+    parser.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 3GB (all methods)")
     parser.add_argument("--run", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
-        print(json.dumps(run(args.run, args.data)))
+        print(json.dumps(run(args.run, args.data, args.memory_limit)))
         return
     print(f"{'dataset':>16} {'method':>9} {'seconds':>8} {'peak RSS MB':>11} {'rows':>11}")
     results = []
@@ -158,11 +188,17 @@ def main() -> None:
         for method in args.methods:
             if method == "stock" and size > args.stock_max:
                 continue
-            r = found[method] = measure(method, data, args.timeout, args.max_rss_gb)
+            r = found[method] = measure(
+                method, data, args.timeout, args.max_rss_gb, args.memory_limit
+            )
             if method == "features" and "error" not in r:
                 _feast_apply(data)
             if "error" in r:
                 print(f"{name:>16} {method:>9} {r['error']}", flush=True)
+            elif method == "check":
+                same = r["rows_only_in_feast"] == r["rows_only_in_reference"] == 0
+                print(f"{name:>16} {method:>9} {r['seconds']:>8.2f} {r['peak_rss_mb']:>11,} "
+                      f"{r['rows']:>11,}  {'identical' if same else f'DIFFERENT: {r}'}", flush=True)  # fmt: skip
             else:
                 rows = "" if r["rows"] is None else f"{r['rows']:,}"
                 print(f"{name:>16} {method:>9} {r['seconds']:>8.2f} {r['peak_rss_mb']:>11,} "

@@ -180,6 +180,7 @@ def compute_features(
     as_of: datetime | None = None,
     recent_items: int = 20,
     built_at: datetime | None = None,
+    memory_limit: str | None = None,
 ) -> FeatureManifest:
     """Write the four feature tables of ``dataset`` into ``out_dir`` (an existing folder)."""
     as_of = as_of or default_as_of(dataset)
@@ -191,7 +192,7 @@ def compute_features(
         "item_content": item_content_sql(dataset, built_at),
         "item_popularity": item_popularity_sql(dataset, as_of, built_at),
     }
-    con = connect()
+    con = connect(memory_limit)
     con.execute("SET preserve_insertion_order = false")  # lets DuckDB stream and spill
     rows = {}
     for view, sql in queries.items():

@@ -44,10 +44,11 @@ def build(settings: Settings, materialize_online: bool = True) -> BuildResult:
         paths.data_dir,
         as_of=settings.as_of,
         recent_items=settings.recent_items,
+        memory_limit=settings.duckdb_memory_limit,
     )
     step("features", t)
     t = time.perf_counter()
-    store = feast_store.apply(paths)
+    store = feast_store.apply(paths, feast_store.feature_store_for(settings))
     step("feast_apply", t)
     t = time.perf_counter()
     training = build_training_set(settings, store)

@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     # How many of a user's most recent items the activity features keep (history pooling in
     # the user tower, already-seen filtering at serve time).
     recent_items: int = Field(20, ge=1, le=200)
-    # Trailing windows (days) for item popularity counts.
-    popularity_windows_days: tuple[int, ...] = (7, 30)
+    # DuckDB memory limit for the feature SQL and the offline store's joins (e.g. "3GB");
+    # past it DuckDB spills to disk instead of growing. None: DuckDB's default, 80% of RAM.
+    duckdb_memory_limit: str | None = None
     # Synthetic dataset: number of interactions and seed (used when dataset == "synthetic").
     synthetic_interactions: int = Field(100_000, ge=1_000, le=50_000_000)
     synthetic_seed: int = 0
@@ -64,8 +65,6 @@ class Settings(BaseSettings):
             )
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave room for training")
-        if len(self.popularity_windows_days) == 0 or min(self.popularity_windows_days) < 1:
-            raise ValueError("popularity_windows_days needs at least one window of >= 1 day")
         return self
 
     @cached_property

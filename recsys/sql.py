@@ -12,10 +12,15 @@ from pathlib import Path
 import duckdb
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection in UTC: naive timestamps and timestamp strings mean UTC."""
+def connect(memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection in UTC: naive timestamps and timestamp strings mean UTC.
+
+    ``memory_limit`` (e.g. "3GB") bounds DuckDB's memory; past it, it spills to disk.
+    """
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    if memory_limit:
+        con.execute(f"SET memory_limit = {string(memory_limit)}")
     return con
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from recsys.settings import FEATURE_REPO, Paths
+from recsys.settings import FEATURE_REPO, Paths, Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -44,6 +44,17 @@ def feature_store(paths: Paths, offline_store: dict[str, Any] | None = None) -> 
     from feast import FeatureStore
 
     return FeatureStore(config=repo_config(paths, offline_store))
+
+
+def feature_store_for(settings: Settings) -> FeatureStore:
+    """The store of ``settings``' data folder, with its DuckDB memory limit applied to the
+    project's offline store."""
+    offline = None
+    if settings.duckdb_memory_limit:
+        raw = yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())["offline_store"]
+        if raw.get("type") == "recsys.offline_store.DuckDBAsofOfflineStore":
+            offline = {**raw, "memory_limit": settings.duckdb_memory_limit}
+    return feature_store(settings.paths, offline)
 
 
 @contextlib.contextmanager

@@ -142,16 +142,16 @@ def build_training_set(settings: Settings, store: Any | None = None) -> Training
     With the project's offline store nothing passes through pandas: entity rows are a SQL
     query over the interactions, the join streams to parquet, the split is added in DuckDB.
     """
-    from recsys.store import feature_store
+    from recsys.store import feature_store_for
 
     paths = settings.paths
-    store = store or feature_store(paths)
+    store = store or feature_store_for(settings)
     cuts = split_cuts(paths.dataset, settings)
     with staging_dir(paths.data_dir, "training") as stage:
         joined, final = stage / "joined.parquet", stage / "training_set.parquet"
         log.info("point-in-time join through Feast (%s)", type(store.config.offline_store).__name__)
         _join_to_parquet(store, paths.dataset, cuts.as_of, joined)
-        connect().execute(
+        connect(settings.duckdb_memory_limit).execute(
             f"COPY ({_split_sql(joined, cuts)}) TO {string(str(final))} "
             f"(FORMAT parquet, COMPRESSION zstd)"
         )

@@ -26,7 +26,7 @@ from recsys.ingest import ingest
 from recsys.sql import connect
 from recsys.training_set import build_training_set, historical_features
 from tests.conftest import event, item, ts, user, write_dataset
-from tests.pit_reference import comparable, pit_join
+from tests.pit_reference import comparable, pit_join, window_join_sql
 
 T0, T1, T2 = "2024-01-01 10:00:00", "2024-01-01 10:05:00", "2024-01-03 00:00:00"
 T8D = "2024-01-09 10:00:00"  # item 10's first events are 8 days old: out of 7d, in 30d
@@ -234,6 +234,7 @@ def test_join_picks_latest_created_before_time_within_ttl(settings_for, tmp_path
         "feast": historical_features(store, entity).to_pandas(),
         "asof sql": con.sql(asof_join_sql("SELECT * FROM entity", view_specs(views))).df(),
         "pandas": pit_join(entity, views),
+        "window sql": con.sql(window_join_sql("SELECT * FROM entity", views)).df(),
     }
     for name, frame in answers.items():
         got = frame.set_index(["user_id", "event_timestamp"])["user_interaction_count"]
