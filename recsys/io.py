@@ -52,7 +52,6 @@ def publish_dir(staging: Path, target: Path) -> Path:
     for old in versions.iterdir():
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
-    staging.mkdir()  # staging_dir() removes it on exit
     return final
 
 
@@ -68,7 +67,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, payload: Any) -> None:
     atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.features import default_as_of
-from recsys.io import atomic_write_json, publish_dir, read_json, staging_dir
+from recsys.io import atomic_write_json, publish_dir, staging_dir
 from recsys.settings import Settings
 from recsys.sql import connect, one, parquet, string, timestamp
 
@@ -160,7 +160,3 @@ def build_training_set(settings: Settings, store: Any | None = None) -> Training
         atomic_write_json(stage / "summary.json", asdict(summary))
         publish_dir(stage, paths.training)
     return summary
-
-
-def load_summary(training_dir: Path) -> dict[str, Any]:
-    return read_json(Path(training_dir) / "summary.json")
