@@ -105,3 +105,9 @@ user_tower_serving_v1 = FeatureService(
     features=[user_profile, user_activity],
     description="Online features the user tower needs at request time.",
 )
+
+item_tower_v1 = FeatureService(
+    name="item_tower_v1",
+    features=[item_content, item_popularity],
+    description="Item features the item tower needs to embed the catalogue as of a time.",
+)

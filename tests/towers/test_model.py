@@ -1,0 +1,104 @@
+"""Tower shapes and normalisation, the logQ correction on a worked example, a cold user's
+embedding from features alone, and a checkpoint round trip."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from towers.config import TowerConfig
+from towers.data import PAD, FeatureEncoder
+from towers.model import softmax_loss
+from towers.train import TrainResult, build_model, load_checkpoint, save_checkpoint
+
+GENRES = ["Action", "Comedy", "Drama"]
+
+
+def rows(n: int = 6) -> pd.DataFrame:
+    """Training-set-like rows: user and item features as the Feast join returns them."""
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "user_id": rng.integers(1, 4, n), "item_id": rng.integers(10, 15, n),
+        "age_bucket": rng.choice(["18-24", "25-34"], n), "gender": rng.choice(["F", "M"], n),
+        "occupation": rng.choice(["writer", "student"], n), "zip_prefix": ["100"] * n,
+        "user_interaction_count": [None, 1, 2, 3, 4, 5][:n], "user_mean_rating": [None, 4.0, 3.5, 3, 2, 5][:n],
+        "user_genre_affinity": [None] + [[0.5, 0.5, 0.0]] * (n - 1),
+        "recent_item_ids": [None, [10], [11, 10], [12, 11, 10], [99, 12], [13]][:n],
+        "item_genres": [["Drama"], ["Comedy", "Drama"], [], ["Action"], ["Drama"], ["Horror"]][:n],
+        "item_release_year": [1995, None, 2000, 1980, 1999, 2001][:n],
+        "item_interaction_count": [None, 1, 5, 2, 9, 3][:n], "item_mean_rating": [None, 4.0, 3, 2, 5, 1][:n],
+        "item_count_7d": [None, 0, 1, 2, 3, 0][:n], "item_count_30d": [None, 1, 2, 2, 3, 1][:n],
+    })  # fmt: skip
+
+
+@pytest.fixture
+def encoder() -> FeatureEncoder:
+    return FeatureEncoder.fit(rows(), GENRES, history=4)
+
+
+def test_encoding_and_tower_shapes(encoder):
+    cfg = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=4)
+    model = build_model(cfg, encoder).eval()
+    users, items = encoder.encode_users(rows()), encoder.encode_items(rows())
+    assert users["history"].shape == (6, 4) and users["affinity"].shape == (6, 3)
+    # Histories: newest first, unknown item 99 → slot 0, padding → PAD.
+    assert users["history"][0].tolist() == [PAD] * 4
+    assert users["history"][4].tolist() == [0, encoder.item_index([12])[0], PAD, PAD]
+    assert items["genres"][1].tolist() == [0, 1, 1] and items["genres"][5].tolist() == [0, 0, 0]
+    u, v = model.user_tower(users), model.item_tower(items)
+    assert u.shape == (6, 8) and v.shape == (6, 8)
+    assert torch.allclose(u.norm(dim=-1), torch.ones(6)) and torch.allclose(
+        v.norm(dim=-1), torch.ones(6)
+    )
+
+
+def test_logq_correction_worked_example():
+    """Two users, two items, temperature 1. Row 0 is (user 0, item 0); item 0 is sampled
+    with probability 0.8 and item 1 with 0.2, so logQ lowers item 0's logit by log 0.8
+    and item 1's by log 0.2."""
+    cfg = TowerConfig(temperature=1.0, logq=True)
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    items = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    log_q = torch.log(torch.tensor([0.8, 0.2]))
+    got = softmax_loss(users, items, torch.tensor([2, 3]), log_q, cfg)
+    row0 = [1.0 - math.log(0.8), 0.6 - math.log(0.2)]  # user 0 · items - log q
+    row1 = [0.0 - math.log(0.8), 0.8 - math.log(0.2)]
+    expected = (-(row0[0] - math.log(sum(map(math.exp, row0))))
+                - (row1[1] - math.log(sum(map(math.exp, row1))))) / 2  # fmt: skip
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    plain = softmax_loss(
+        users, items, torch.tensor([2, 3]), log_q, TowerConfig(temperature=1.0, logq=False)
+    )
+    assert plain.item() != pytest.approx(got.item())
+    # The same item twice in a batch is not its own negative.
+    dup = softmax_loss(users, items[[0, 0]], torch.tensor([2, 2]), None, cfg)
+    assert dup.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unseen_user_gets_finite_deterministic_embedding(encoder):
+    cfg = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=4)
+    model = build_model(cfg, encoder).eval()
+    cold = rows(1).assign(user_id=12345, occupation="astronaut", recent_item_ids=[None])
+    batch = encoder.encode_users(cold)
+    assert batch["user"].tolist() == [0]  # the unknown-user slot
+    a, b = model.user_tower(batch), model.user_tower(encoder.encode_users(cold))
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+def test_checkpoint_round_trip_reproduces_scores(encoder, tmp_path):
+    cfg = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=4, seed=3)
+    torch.manual_seed(3)
+    model = build_model(cfg, encoder).eval()
+    result = TrainResult(model=model, encoder=encoder, config=cfg, best_epoch=1, val_metrics={})
+    path = save_checkpoint(result, tmp_path / "model.pt")
+    loaded, enc2, cfg2 = load_checkpoint(path)
+    assert cfg2 == cfg and enc2.to_dict() == encoder.to_dict()
+    users, items = enc2.encode_users(rows()), enc2.encode_items(rows())
+    with torch.no_grad():
+        before = model.score(model.user_tower(users), model.item_tower(items))
+        after = loaded.score(loaded.user_tower(users), loaded.item_tower(items))
+    assert torch.equal(before, after)

@@ -1,0 +1,62 @@
+"""Configuration of the two-tower model and its training, with a comment for every default.
+
+The checkpoint stores this config, so a model can be rebuilt from the file alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Loss = Literal["softmax", "bce", "triplet"]
+
+
+@dataclass
+class TowerConfig:
+    # Output dimension of both towers (the space items are searched in).
+    dim: int = 64
+    # Width of each tower's hidden layer.
+    hidden: int = 256
+    # Size of the id embeddings (user id, item id) and of the categorical embeddings.
+    id_dim: int = 64
+    cat_dim: int = 16
+    # Probability of replacing a user's id by the out-of-vocabulary slot during training, so
+    # the tower also learns a features-only embedding for users it has never seen.
+    user_id_dropout: float = 0.3
+    # Same for items: new items get a content-and-popularity-only embedding.
+    item_id_dropout: float = 0.1
+    # Dropout inside the MLPs.
+    dropout: float = 0.1
+    # How many recent items the user tower pools (the feature keeps up to this many).
+    history: int = 20
+    # Scores are dot products of L2-normalised vectors divided by this temperature.
+    temperature: float = 0.05
+    # "softmax": in-batch sampled softmax (optionally with mixed negatives);
+    # "bce": binary cross-entropy against sampled negatives; "triplet": margin loss.
+    loss: Loss = "softmax"
+    # Subtract log(sampling probability) from in-batch logits (Yi et al., RecSys 2019).
+    logq: bool = True
+    # Extra negatives per batch drawn uniformly from the catalogue (Yang et al., WWW 2020);
+    # also the negatives of the bce and triplet losses.
+    mixed_negatives: int = 256
+    # Margin of the triplet loss, in cosine units.
+    margin: float = 0.2
+    batch_size: int = 1024
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    # Early stopping: at most this many epochs, stop after `patience` without improvement
+    # of validation recall@`select_k`.
+    epochs: int = 30
+    patience: int = 3
+    select_k: int = 20
+    seed: int = 0
+    # Torch intra-op threads; 0 means one per available core.
+    threads: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TowerConfig:
+        return cls(**values)

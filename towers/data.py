@@ -1,0 +1,261 @@
+"""From feature rows to tensors: vocabularies, normalisation, and the data a run needs.
+
+`FeatureEncoder` is fitted on the training split only (vocabularies of ids and categories,
+mean and standard deviation of each numeric feature) and is saved in the checkpoint, so
+serving encodes a Feast online lookup exactly as training encoded the offline rows.
+Index 0 of every id and category vocabulary is the out-of-vocabulary slot; item index 1 is
+padding for short histories (kept apart from "unknown item").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+USER_CATS = ("age_bucket", "gender", "occupation", "zip_prefix")
+# (column, log1p?) — counts are heavy-tailed, so they are compared on a log scale.
+USER_NUMS = (("user_interaction_count", True), ("user_mean_rating", False))
+ITEM_NUMS = (
+    ("item_release_year", False),
+    ("item_interaction_count", True),
+    ("item_mean_rating", False),
+    ("item_count_7d", True),
+    ("item_count_30d", True),
+)
+OOV, PAD = 0, 1  # item vocabulary: 0 unknown item, 1 padding, 2.. known items
+
+
+def _column(frame: pd.DataFrame | pa.Table, name: str) -> pa.ChunkedArray:
+    if isinstance(frame, pa.Table):
+        return frame.column(name)
+    return pa.chunked_array([pa.array(frame[name], from_pandas=True)])
+
+
+def _padded(
+    column: pa.ChunkedArray, width: int, fill: float | int, dtype: Any = np.float64
+) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as a (rows, width) array of its first `width` elements (`fill`
+    elsewhere), and the (rows, width) mask of the cells that hold an element."""
+    array = column.combine_chunks()
+    if pa.types.is_null(array.type):  # every row missing (pandas gave no list type)
+        return np.full((len(array), width), fill, dtype=dtype), np.zeros((len(array), width), bool)
+    if isinstance(array, pa.LargeListArray):
+        array = array.cast(pa.list_(array.type.value_type))
+    nulls = array.is_null().to_numpy(zero_copy_only=False)
+    offsets = array.offsets.to_numpy()
+    values = array.values.to_numpy(zero_copy_only=False)
+    starts = offsets[:-1]
+    lengths = np.where(nulls, 0, np.minimum(np.diff(offsets), width))
+    cols = np.arange(width)
+    mask = cols[None, :] < lengths[:, None]  # (R, width)
+    out = np.full((len(array), width), fill, dtype=dtype)
+    if values.size:
+        positions = np.minimum(starts[:, None] + cols[None, :], values.size - 1)
+        out[mask] = values[positions[mask]]
+    return out, mask
+
+
+@dataclass
+class FeatureEncoder:
+    """Vocabularies and normalisation statistics, fitted on training rows."""
+
+    user_ids: list[int]
+    item_ids: list[int]
+    cats: dict[str, list[str]]
+    genres: list[str]
+    stats: dict[str, tuple[float, float]]
+    history: int = 20
+    _lookups: dict[str, pd.Index] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def fit(cls, rows: pd.DataFrame, genres: list[str], history: int) -> FeatureEncoder:
+        cats = {c: sorted(rows[c].dropna().unique().tolist()) for c in USER_CATS}
+        stats = {}
+        for name, log in (*USER_NUMS, *ITEM_NUMS):
+            values = rows[name].astype("float64").dropna()
+            values = np.log1p(values) if log else values
+            std = float(values.std()) if len(values) > 1 else 1.0
+            stats[name] = (float(values.mean()) if len(values) else 0.0, std if std > 0 else 1.0)
+        return cls(
+            user_ids=sorted(rows.user_id.unique().tolist()),
+            item_ids=sorted(rows.item_id.unique().tolist()),
+            cats=cats,
+            genres=list(genres),
+            stats=stats,
+            history=history,
+        )
+
+    # --- serialisation (the checkpoint carries this) -------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_ids": self.user_ids, "item_ids": self.item_ids, "cats": self.cats,
+            "genres": self.genres, "stats": self.stats, "history": self.history,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeatureEncoder:
+        stats = {k: (float(v[0]), float(v[1])) for k, v in values["stats"].items()}
+        return cls(**{**values, "stats": stats})
+
+    # --- sizes the model needs ------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids) + 1  # + OOV
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids) + 2  # + OOV, PAD
+
+    def cat_sizes(self) -> list[int]:
+        return [len(self.cats[c]) + 1 for c in USER_CATS]
+
+    # --- encoding -------------------------------------------------------------------------
+    def _index(self, name: str, values: list) -> pd.Index:
+        if name not in self._lookups:
+            self._lookups[name] = pd.Index(values)
+        return self._lookups[name]
+
+    def user_index(self, ids: Any) -> np.ndarray:
+        found = self._index("user", self.user_ids).get_indexer(np.asarray(ids))
+        return np.where(found < 0, 0, found + 1)
+
+    def item_index(self, ids: Any) -> np.ndarray:
+        found = self._index("item", self.item_ids).get_indexer(np.asarray(ids))
+        return np.where(found < 0, OOV, found + 2)
+
+    def _numeric(self, frame: Any, specs: tuple[tuple[str, bool], ...]) -> np.ndarray:
+        columns, missing = [], []
+        for name, log in specs:
+            values = _column(frame, name).to_numpy().astype("float64")
+            nan = np.isnan(values)
+            values = np.log1p(np.clip(values, 0, None)) if log else values
+            mean, std = self.stats[name]
+            columns.append(np.where(nan, 0.0, (values - mean) / std))
+            missing.append(nan.astype("float64"))
+        return np.stack(columns + missing, axis=1)  # (R, 2 * len(specs))
+
+    def encode_users(self, frame: Any) -> dict[str, torch.Tensor]:
+        """User-tower inputs from rows with user_id and the user feature columns."""
+        cats = []
+        for name in USER_CATS:
+            found = self._index(name, self.cats[name]).get_indexer(
+                _column(frame, name).to_pandas().astype(object).to_numpy()
+            )
+            cats.append(np.where(found < 0, 0, found + 1))
+        ids, present = _padded(_column(frame, "recent_item_ids"), self.history, 0, np.int64)
+        history = np.full(ids.shape, PAD, dtype=np.int64)
+        history[present] = self.item_index(ids[present])
+        affinity, _ = _padded(_column(frame, "user_genre_affinity"), len(self.genres), 0.0)
+        return {
+            "user": torch.from_numpy(self.user_index(_column(frame, "user_id").to_numpy())),
+            "cats": torch.from_numpy(np.stack(cats, axis=1)),  # (R, 4)
+            "nums": torch.from_numpy(self._numeric(frame, USER_NUMS)).float(),  # (R, 4)
+            "affinity": torch.from_numpy(affinity).float(),  # (R, G)
+            "history": torch.from_numpy(history),  # (R, L)
+        }
+
+    def encode_items(self, frame: Any) -> dict[str, torch.Tensor]:
+        """Item-tower inputs from rows with item_id and the item feature columns."""
+        genres = _column(frame, "item_genres").combine_chunks()
+        flat = pa.compute.list_flatten(genres).to_numpy(zero_copy_only=False)
+        rows = pa.compute.list_parent_indices(genres).to_numpy()
+        found = self._index("genre", self.genres).get_indexer(flat)
+        bag = np.zeros((len(genres), len(self.genres)), dtype=np.float32)
+        keep = found >= 0
+        bag[rows[keep], found[keep]] = 1.0
+        return {
+            "item": torch.from_numpy(self.item_index(_column(frame, "item_id").to_numpy())),
+            "genres": torch.from_numpy(bag),  # (R, G)
+            "nums": torch.from_numpy(self._numeric(frame, ITEM_NUMS)).float(),  # (R, 10)
+        }
+
+
+def take(batch: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``index`` of every tensor of an encoded batch."""
+    return {k: v[index] for k, v in batch.items()}
+
+
+@dataclass
+class EvalWindow:
+    """One evaluation window: who, what they did, and both towers' inputs as of its start."""
+
+    split: Any  # towers.evaluate.EvalSplit
+    users: dict[str, torch.Tensor]  # rows aligned with split.user_ids
+    items: dict[str, torch.Tensor]  # rows aligned with split.item_ids (the catalogue)
+
+
+@dataclass
+class TowerData:
+    """Everything `train` needs: encoded training rows, sampling statistics, windows."""
+
+    encoder: FeatureEncoder
+    train_users: dict[str, torch.Tensor]  # one row per training interaction
+    train_items: dict[str, torch.Tensor]
+    log_q: torch.Tensor  # (n_items,) log frequency of each item index in the training stream
+    catalogue: dict[str, torch.Tensor]  # every item, features as of the validation cut
+    val: EvalWindow
+    test: EvalWindow | None = None
+
+
+def features_as_of(store: Any, service: str, key: str, ids: np.ndarray, when: Any) -> pd.DataFrame:
+    """Feast point-in-time features of `ids` at time `when`, in the order of `ids`."""
+    rows = pd.DataFrame({key: np.asarray(ids, dtype=np.int64), "event_timestamp": when})
+    table = store.get_historical_features(
+        entity_df=rows, features=store.get_feature_service(service)
+    ).to_df()
+    return table.set_index(key).loc[rows[key]].reset_index()
+
+
+def eval_window(
+    store: Any, encoder: FeatureEncoder, interactions: pd.DataFrame, item_ids: np.ndarray,
+    start: Any, end: Any,
+) -> EvalWindow:  # fmt: skip
+    from towers.evaluate import build_eval_split
+
+    split = build_eval_split(interactions, item_ids, start, end)
+    users = features_as_of(store, "user_tower_serving_v1", "user_id", split.user_ids, start)
+    items = features_as_of(store, "item_tower_v1", "item_id", item_ids, start)
+    return EvalWindow(split, encoder.encode_users(users), encoder.encode_items(items))
+
+
+def load_tower_data(
+    settings: Any, store: Any | None = None, with_test: bool = True, history: int = 20
+) -> TowerData:
+    """Training rows from the point-in-time training set; evaluation windows from Feast."""
+    import pyarrow.parquet as pq
+
+    from recsys.io import read_json
+    from recsys.store import feature_store_for
+    paths = settings.paths
+    store = store or feature_store_for(settings)
+    summary = read_json(paths.training / "summary.json")
+    cuts = {k: pd.Timestamp(v) for k, v in summary["cuts"].items()}
+    genres = read_json(paths.features / "manifest.json")["genres"]
+    table = pq.read_table(paths.training / "training_set.parquet")
+    train = table.filter(pa.compute.equal(table.column("split"), "train"))
+    encoder = FeatureEncoder.fit(train.to_pandas(), genres, history)
+    train_items = encoder.encode_items(train)
+    counts = torch.bincount(train_items["item"], minlength=encoder.n_items).double()
+    log_q = torch.log((counts / counts.sum()).clamp(min=1e-12)).float()
+    interactions = pd.read_parquet(paths.dataset / "interactions.parquet")
+    item_ids = pd.read_parquet(paths.dataset / "items.parquet").item_id.to_numpy()
+    val = eval_window(store, encoder, interactions, item_ids, cuts["val_start"], cuts["test_start"])
+    test = (
+        eval_window(store, encoder, interactions, item_ids, cuts["test_start"], cuts["as_of"])
+        if with_test
+        else None
+    )
+    return TowerData(
+        encoder=encoder,
+        train_users=encoder.encode_users(train),
+        train_items=train_items,
+        log_q=log_q,
+        catalogue=val.items,
+        val=val,
+        test=test,
+    )

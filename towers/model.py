@@ -1,0 +1,165 @@
+"""The two towers and their losses.
+
+UserTower: user-id embedding (slot 0 = unknown user, also used for id-dropout so a
+features-only embedding is learned), profile category embeddings, normalised activity
+numerics, genre affinity, and mean pooling over the embeddings of the user's recent items
+(shared with the item tower's id table) → MLP → L2-normalised vector (B, d).
+ItemTower: item-id embedding (slot 0 = unknown item), genre bag, release year and
+popularity numerics → MLP → L2-normalised vector (B, d).
+Score: dot product / temperature.
+
+Losses (Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
+Recommendations", RecSys 2019; Yang et al., "Mixed Negative Sampling for Learning Two-tower
+Neural Networks in Recommendations", WWW 2020):
+- softmax: in-batch sampled softmax; with `logq` the log of each candidate's sampling
+  probability is subtracted from its logit; with mixed negatives, uniformly drawn catalogue
+  items join the candidate pool;
+- bce: binary cross-entropy of each positive against the uniform negatives;
+- triplet: margin loss between the positive and the hardest uniform negative.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from towers.config import TowerConfig
+from towers.data import PAD
+
+
+def _mlp(inputs: int, cfg: TowerConfig) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(inputs, cfg.hidden),
+        nn.GELU(),
+        nn.Dropout(cfg.dropout),
+        nn.Linear(cfg.hidden, cfg.dim),
+    )
+
+
+def _drop_ids(ids: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Replace ids by the unknown slot (0) with probability p while training."""
+    if not training or p <= 0:
+        return ids
+    return ids.masked_fill(torch.rand(ids.shape, device=ids.device) < p, 0)
+
+
+class ItemTower(nn.Module):
+    def __init__(self, cfg: TowerConfig, n_items: int, n_genres: int, n_nums: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item = nn.Embedding(n_items, cfg.id_dim, padding_idx=PAD)
+        self.genres = nn.Linear(n_genres, cfg.cat_dim, bias=False)  # a bag of genre vectors
+        self.mlp = _mlp(cfg.id_dim + cfg.cat_dim + n_nums, cfg)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = _drop_ids(batch["item"], self.cfg.item_id_dropout, self.training)
+        x = torch.cat(
+            [self.item(ids), self.genres(batch["genres"]), batch["nums"]], dim=-1
+        )  # (B, id_dim + cat_dim + nums)
+        return F.normalize(self.mlp(x), dim=-1)  # (B, d)
+
+
+class UserTower(nn.Module):
+    def __init__(
+        self,
+        cfg: TowerConfig,
+        n_users: int,
+        cat_sizes: list[int],
+        n_genres: int,
+        n_nums: int,
+        item_embedding: nn.Embedding,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.user = nn.Embedding(n_users, cfg.id_dim)
+        self.cats = nn.ModuleList(nn.Embedding(n, cfg.cat_dim) for n in cat_sizes)
+        self.item = item_embedding  # shared: history pooling lives in the item-id space
+        inputs = cfg.id_dim * 2 + cfg.cat_dim * len(cat_sizes) + n_genres + n_nums
+        self.mlp = _mlp(inputs, cfg)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = _drop_ids(batch["user"], self.cfg.user_id_dropout, self.training)
+        history = batch["history"]  # (B, L)
+        mask = (history != PAD).unsqueeze(-1).float()  # (B, L, 1)
+        pooled = (self.item(history) * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, id_dim)
+        cats = [emb(batch["cats"][:, k]) for k, emb in enumerate(self.cats)]
+        x = torch.cat(
+            [self.user(ids), pooled, *cats, batch["affinity"], batch["nums"]], dim=-1
+        )  # (B, inputs)
+        return F.normalize(self.mlp(x), dim=-1)  # (B, d)
+
+
+class TwoTower(nn.Module):
+    def __init__(
+        self,
+        cfg: TowerConfig,
+        n_users: int,
+        n_items: int,
+        cat_sizes: list[int],
+        n_genres: int,
+        user_nums: int,
+        item_nums: int,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_tower = ItemTower(cfg, n_items, n_genres, item_nums)
+        self.user_tower = UserTower(
+            cfg, n_users, cat_sizes, n_genres, user_nums, self.item_tower.item
+        )
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return users @ items.T / self.cfg.temperature  # (U, I)
+
+
+def softmax_loss(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    item_ids: torch.Tensor,
+    log_q: torch.Tensor | None,
+    cfg: TowerConfig,
+    extra: torch.Tensor | None = None,
+    extra_ids: torch.Tensor | None = None,
+    extra_log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In-batch sampled softmax: row i's positive is item i; the other items of the batch
+    (and the `extra` uniform negatives) are its negatives.
+
+    users, items: (B, d); item_ids: (B,) catalogue indices, so that another row with the
+    same item is not counted as a negative; log_q: (B,) log sampling probability of each
+    in-batch item, subtracted from its logit when logQ correction is on.
+    """
+    candidates, ids, lq = items, item_ids, log_q
+    if extra is not None:
+        candidates = torch.cat([items, extra])  # (B + M, d)
+        ids = torch.cat([item_ids, extra_ids])
+        lq = None if log_q is None else torch.cat([log_q, extra_log_q])
+    logits = users @ candidates.T / cfg.temperature  # (B, B + M)
+    if cfg.logq and lq is not None:
+        logits = logits - lq.unsqueeze(0)
+    rows = torch.arange(len(users), device=users.device)
+    same = ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (B, B + M): accidental hits
+    same[rows, rows] = False
+    logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, rows)
+
+
+def bce_loss(
+    users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, cfg: TowerConfig
+) -> torch.Tensor:
+    """Each positive (user_i, item_i) against every sampled negative, as binary labels."""
+    pos = (users * items).sum(-1) / cfg.temperature  # (B,)
+    neg = users @ negatives.T / cfg.temperature  # (B, M)
+    return F.binary_cross_entropy_with_logits(
+        torch.cat([pos.unsqueeze(1), neg], 1),
+        torch.cat([torch.ones_like(pos).unsqueeze(1), torch.zeros_like(neg)], 1),
+    )
+
+
+def triplet_loss(
+    users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, cfg: TowerConfig
+) -> torch.Tensor:
+    """Margin between the positive's cosine and the hardest sampled negative's."""
+    pos = (users * items).sum(-1)  # (B,)
+    hardest = (users @ negatives.T).max(dim=1).values  # (B,)
+    return F.relu(cfg.margin - pos + hardest).mean()

@@ -1,0 +1,182 @@
+"""Training: `train(cfg, data) -> TrainResult`, callable from Dagster, a CLI or a test.
+
+AdamW, one of three losses (see `towers.model`), early stopping on validation recall@K,
+deterministic by seed (data order, negatives and dropout all come from seeded generators;
+one process, fixed thread count). The checkpoint carries the config, the encoder
+(vocabularies and normalisation statistics) and the weights: serving rebuilds the user
+tower from the file alone.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from towers.config import TowerConfig
+from towers.data import EvalWindow, FeatureEncoder, TowerData, take
+from towers.model import TwoTower, bce_loss, softmax_loss, triplet_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model: TwoTower
+    encoder: FeatureEncoder
+    config: TowerConfig
+    best_epoch: int
+    val_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_model(cfg: TowerConfig, encoder: FeatureEncoder) -> TwoTower:
+    return TwoTower(
+        cfg,
+        n_users=encoder.n_users,
+        n_items=encoder.n_items,
+        cat_sizes=encoder.cat_sizes(),
+        n_genres=len(encoder.genres),
+        user_nums=4,
+        item_nums=10,
+    )
+
+
+def set_threads(cfg: TowerConfig) -> None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(cfg.threads or cores or 1)
+
+
+@torch.no_grad()
+def embed(tower: torch.nn.Module, batch: dict[str, torch.Tensor], size: int = 8192) -> torch.Tensor:
+    """Vectors of every row of an encoded batch, in eval mode, in chunks."""
+    tower.eval()
+    n = len(next(iter(batch.values())))
+    parts = [tower(take(batch, torch.arange(i, min(i + size, n)))) for i in range(0, n, size)]
+    return torch.cat(parts) if parts else torch.empty(0, 0)
+
+
+def evaluate_window(model: TwoTower, window: EvalWindow, ks: tuple[int, ...] = (10, 20, 50)) -> dict:
+    from towers.evaluate import rank_metrics
+
+    users = embed(model.user_tower, window.users)  # (U, d)
+    items = embed(model.item_tower, window.items)  # (N, d)
+
+    def scores(block: np.ndarray) -> np.ndarray:
+        return (users[torch.from_numpy(block)] @ items.T).numpy()  # (B, N)
+
+    return rank_metrics(scores, window.split, ks)
+
+
+def _loss(
+    model: TwoTower, data: TowerData, rows: torch.Tensor, cfg: TowerConfig, gen: torch.Generator
+) -> torch.Tensor:
+    users = model.user_tower(take(data.train_users, rows))  # (B, d)
+    item_batch = take(data.train_items, rows)
+    items = model.item_tower(item_batch)  # (B, d)
+    n_catalogue = len(data.catalogue["item"])
+    extra = extra_ids = extra_lq = None
+    if cfg.mixed_negatives > 0:
+        pick = torch.randint(0, n_catalogue, (cfg.mixed_negatives,), generator=gen)
+        negatives = take(data.catalogue, pick)
+        extra, extra_ids = model.item_tower(negatives), negatives["item"]
+        # Expected copies in the candidate pool: uniform draws M/N each.
+        extra_lq = torch.full((len(pick),), math.log(cfg.mixed_negatives / n_catalogue))
+    if cfg.loss == "softmax":
+        # In-batch items appear about B * p(item) times per batch.
+        log_q = data.log_q[item_batch["item"]] + math.log(len(rows))
+        return softmax_loss(users, items, item_batch["item"], log_q, cfg, extra, extra_ids, extra_lq)
+    if extra is None:
+        raise ValueError(f"loss {cfg.loss!r} needs mixed_negatives > 0 (its sampled negatives)")
+    if cfg.loss == "bce":
+        return bce_loss(users, items, extra, cfg)
+    return triplet_loss(users, items, extra, cfg)
+
+
+def train(cfg: TowerConfig, data: TowerData, progress: bool = True) -> TrainResult:
+    """Fit a two-tower model on `data.train_*`, selecting the epoch on `data.val`."""
+    set_threads(cfg)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = build_model(cfg, data.encoder)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(data.train_items["item"])
+    best, best_epoch, best_state, stale = -1.0, 0, None, 0
+    history: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+        total = 0.0
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
+        for rows in bar:
+            loss = _loss(model, data, rows, cfg, gen)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(rows)
+        metrics = evaluate_window(model, data.val)
+        score = metrics["all"][f"recall@{cfg.select_k}"]
+        history.append({"epoch": epoch, "loss": total / n, "val": metrics["all"],
+                        "seconds": round(time.perf_counter() - started, 2)})  # fmt: skip
+        log.info("epoch %d loss %.4f val recall@%d %.4f", epoch, total / n, cfg.select_k, score)
+        if score > best:
+            best, best_epoch, stale = score, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        model=model,
+        encoder=data.encoder,
+        config=cfg,
+        best_epoch=best_epoch,
+        val_metrics=history[best_epoch - 1]["val"] if history else {},
+        history=history,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def save_checkpoint(result: TrainResult, path: Path) -> Path:
+    """Config + encoder + weights in one file, written to a temp name then renamed."""
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "config": result.config.to_dict(),
+            "encoder": result.encoder.to_dict(),
+            "state_dict": result.model.state_dict(),
+            "best_epoch": result.best_epoch,
+            "val_metrics": result.val_metrics,
+        },
+        buffer,
+    )
+    from recsys.io import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def load_checkpoint(path: Path) -> tuple[TwoTower, FeatureEncoder, TowerConfig]:
+    """Rebuild the model from the checkpoint file alone (eval mode)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)  # plain data, no pickle
+    cfg = TowerConfig.from_dict(saved["config"])
+    encoder = FeatureEncoder.from_dict(saved["encoder"])
+    model = build_model(cfg, encoder)
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model, encoder, cfg
