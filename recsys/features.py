@@ -31,6 +31,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
 from recsys.io import atomic_write_json, publish_dir, staging_dir
 from recsys.sql import connect, one, parquet, string, timestamp
 
@@ -87,8 +90,19 @@ def user_profile_sql(dataset: Path, built_at: datetime) -> str:
     """
 
 
+def _part(key: str, part: tuple[int, int]) -> str:
+    """The rows of one hash partition of the entity key: ``(k, of)`` is part k of `of`."""
+    k, of = part
+    return f"AND hash({key}) % {of} = {k}" if of > 1 else ""
+
+
 def user_activity_sql(
-    dataset: Path, as_of: datetime, built_at: datetime, genres: list[str], recent_items: int
+    dataset: Path,
+    as_of: datetime,
+    built_at: datetime,
+    genres: list[str],
+    recent_items: int,
+    part: tuple[int, int] = (0, 1),
 ) -> str:
     # Aggregate each (user, second) group first: one output row per group, so ties at the
     # same timestamp enter a value together and none of them is visible at that timestamp.
@@ -104,7 +118,7 @@ def user_activity_sql(
                    {", " + genre_sums if genres else ""}
             FROM {parquet(dataset, "interactions")} e
             LEFT JOIN {parquet(dataset, "items")} i USING (item_id)
-            WHERE e.event_timestamp < {timestamp(as_of)}
+            WHERE e.event_timestamp < {timestamp(as_of)} {_part("e.user_id", part)}
             GROUP BY e.user_id, e.event_timestamp
         )
         SELECT user_id,
@@ -130,7 +144,9 @@ def item_content_sql(dataset: Path, built_at: datetime) -> str:
     """
 
 
-def item_popularity_sql(dataset: Path, as_of: datetime, built_at: datetime) -> str:
+def item_popularity_sql(
+    dataset: Path, as_of: datetime, built_at: datetime, part: tuple[int, int] = (0, 1)
+) -> str:
     windows = POPULARITY_WINDOWS_DAYS
     enter = ", ".join(f"1 AS d{d}" for d in windows)
     exits = [
@@ -143,7 +159,7 @@ def item_popularity_sql(dataset: Path, as_of: datetime, built_at: datetime) -> s
     return f"""
         WITH ev AS (
             SELECT item_id, event_timestamp, rating FROM {parquet(dataset, "interactions")}
-            WHERE event_timestamp < {timestamp(as_of)}
+            WHERE event_timestamp < {timestamp(as_of)} {_part("item_id", part)}
         ), deltas AS (
             SELECT item_id, event_timestamp + INTERVAL 1 MICROSECOND AS t, 1 AS d_total,
                    coalesce(rating, 0) AS d_rating_sum, (rating IS NOT NULL)::INT AS d_rating_n,
@@ -173,6 +189,11 @@ def genre_vocabulary(dataset: Path) -> list[str]:
     return [r[0] for r in rows if r[0] is not None]
 
 
+# Interactions per partition of the event-derived views: each partition's windows and list
+# aggregates fit in a few GB, which DuckDB cannot spill for list aggregates.
+EVENTS_PER_PART = 5_000_000
+
+
 def compute_features(
     dataset: Path,
     out_dir: Path,
@@ -182,32 +203,61 @@ def compute_features(
     built_at: datetime | None = None,
     memory_limit: str | None = None,
 ) -> FeatureManifest:
-    """Write the four feature tables of ``dataset`` into ``out_dir`` (an existing folder)."""
+    """Write the four feature tables of ``dataset`` into ``out_dir`` (an existing folder).
+
+    The event-derived views partition every window by user or by item, so they are computed
+    in hash partitions of that key (one per ``EVENTS_PER_PART`` interactions), each written
+    sorted by key and time and streamed into the view's single parquet file.
+    """
     as_of = as_of or default_as_of(dataset)
     built_at = built_at or datetime.now(UTC)
     genres = genre_vocabulary(dataset)
-    queries = {
-        "user_profile": user_profile_sql(dataset, built_at),
-        "user_activity": user_activity_sql(dataset, as_of, built_at, genres, recent_items),
-        "item_content": item_content_sql(dataset, built_at),
-        "item_popularity": item_popularity_sql(dataset, as_of, built_at),
-    }
     con = connect(memory_limit)
     con.execute("SET preserve_insertion_order = false")  # lets DuckDB stream and spill
+    (events,) = one(con, f"SELECT count(*) FROM {parquet(dataset, 'interactions')}")
+    parts = max(1, -(-events // EVENTS_PER_PART))
+    queries: dict[str, list[str]] = {
+        "user_profile": [user_profile_sql(dataset, built_at)],
+        "user_activity": [
+            user_activity_sql(dataset, as_of, built_at, genres, recent_items, (k, parts))
+            for k in range(parts)
+        ],
+        "item_content": [item_content_sql(dataset, built_at)],
+        "item_popularity": [
+            item_popularity_sql(dataset, as_of, built_at, (k, parts)) for k in range(parts)
+        ],
+    }
     rows = {}
-    for view, sql in queries.items():
-        path = string(str(Path(out_dir) / f"{view}.parquet"))
-        # Sorted by entity then time: row groups then prune well on entity and time filters.
+    for view, sqls in queries.items():
         key = "user_id" if view.startswith("user") else "item_id"
-        con.execute(
-            f"COPY (SELECT * FROM ({sql}) ORDER BY {key}, event_timestamp) "
-            f"TO {path} (FORMAT parquet, COMPRESSION zstd)"
-        )
-        (rows[view],) = one(con, f"SELECT count(*) FROM read_parquet({path})")
+        files = []
+        for k, sql in enumerate(tqdm(sqls, desc=view, disable=None, leave=False)):
+            files.append(Path(out_dir) / f".{view}.part{k}.parquet")
+            con.execute(
+                f"COPY (SELECT * FROM ({sql}) ORDER BY {key}, event_timestamp) "
+                f"TO {string(str(files[-1]))} (FORMAT parquet, COMPRESSION zstd)"
+            )
+        rows[view] = _concat(files, Path(out_dir) / f"{view}.parquet")
         log.info("feature view %s: %d rows", view, rows[view])
     manifest = FeatureManifest(as_of, built_at, genres, recent_items, rows=rows)
     atomic_write_json(Path(out_dir) / "manifest.json", asdict(manifest))
     return manifest
+
+
+def _concat(parts: list[Path], out: Path) -> int:
+    """Stream parquet parts into one file, batch by batch; remove the parts."""
+    if len(parts) == 1:
+        parts[0].rename(out)
+        return pq.ParquetFile(out).metadata.num_rows
+    schema = pq.read_schema(parts[0])
+    rows = 0
+    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+        for part in parts:
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=256_000):
+                writer.write_batch(batch)
+                rows += batch.num_rows
+            part.unlink()
+    return rows
 
 
 def build_features(

@@ -231,6 +231,7 @@ def load_tower_data(
 
     from recsys.io import read_json
     from recsys.store import feature_store_for
+
     paths = settings.paths
     store = store or feature_store_for(settings)
     summary = read_json(paths.training / "summary.json")

@@ -66,7 +66,9 @@ def embed(tower: torch.nn.Module, batch: dict[str, torch.Tensor], size: int = 81
     return torch.cat(parts) if parts else torch.empty(0, 0)
 
 
-def evaluate_window(model: TwoTower, window: EvalWindow, ks: tuple[int, ...] = (10, 20, 50)) -> dict:
+def evaluate_window(
+    model: TwoTower, window: EvalWindow, ks: tuple[int, ...] = (10, 20, 50)
+) -> dict:
     from towers.evaluate import rank_metrics
 
     users = embed(model.user_tower, window.users)  # (U, d)
@@ -95,7 +97,9 @@ def _loss(
     if cfg.loss == "softmax":
         # In-batch items appear about B * p(item) times per batch.
         log_q = data.log_q[item_batch["item"]] + math.log(len(rows))
-        return softmax_loss(users, items, item_batch["item"], log_q, cfg, extra, extra_ids, extra_lq)
+        return softmax_loss(
+            users, items, item_batch["item"], log_q, cfg, extra, extra_ids, extra_lq
+        )
     if extra is None:
         raise ValueError(f"loss {cfg.loss!r} needs mixed_negatives > 0 (its sampled negatives)")
     if cfg.loss == "bce":
@@ -119,7 +123,8 @@ def train(cfg: TowerConfig, data: TowerData, progress: bool = True) -> TrainResu
         order = torch.randperm(n, generator=gen)
         batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
         total = 0.0
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
+        # disable=None: no bar when stderr is not a terminal (logs, CI), a bar otherwise.
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=None if progress else True, leave=False)
         for rows in bar:
             loss = _loss(model, data, rows, cfg, gen)
             optimizer.zero_grad()

@@ -1,0 +1,149 @@
+"""Baselines on tiny matrices: EASE against its closed form, popularity counts, λ tuning."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from towers.baselines import EASE, MAX_EASE_ITEMS, Popularity, tune_ease_lambda
+from towers.evaluate import build_eval_split, rank_metrics
+
+DAY0 = pd.Timestamp("2020-01-01", tz="UTC")
+START, END = DAY0 + pd.Timedelta(days=10), DAY0 + pd.Timedelta(days=20)
+
+
+def frame(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
+    """Interactions from (user, item, day after DAY0) tuples."""
+    users, items, days = (np.array(c, np.int64) for c in zip(*rows, strict=True))
+    return pd.DataFrame(
+        {"user_id": users, "item_id": items, "event_timestamp": DAY0 + pd.to_timedelta(days, "D")}
+    )
+
+
+def matrix_rows(x: np.ndarray, day: int = 1) -> list[tuple[int, int, int]]:
+    """(user, item, day) for every 1 of a binary users x items matrix; ids = positions."""
+    return [(int(u), int(i), day) for u, i in zip(*np.nonzero(x), strict=True)]
+
+
+def test_ease_equals_the_closed_form():
+    x = (np.random.default_rng(1).random((8, 5)) < 0.5).astype(float)  # (users, items)
+    x[0, 0] = x[0, 1] = 1  # a user seen twice below stays binary
+    rows = matrix_rows(x) + [(0, 0, 2)]
+    model = EASE(l2=3.0).fit(frame(rows), np.arange(5))
+    # Steck (2019), eq. 8: B = I - P diagMat(1 / diag(P)), P = (XᵀX + λI)⁻¹, solved here.
+    p = np.linalg.solve(x.T @ x + 3.0 * np.eye(5), np.eye(5))
+    expected = np.eye(5) - p / np.diag(p)
+    assert np.allclose(model.weights_, expected, atol=1e-6)
+    assert (np.diag(model.weights_) == 0).all()
+    assert model.weights_.dtype == np.float32
+    assert model.matrix_.toarray().tolist() == x.tolist()
+
+
+def test_ease_scores_are_history_times_weights_and_cold_users_get_zeros():
+    x = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 1]])
+    train = frame(matrix_rows(x))
+    window = frame([(0, 3, 12), (2, 1, 15), (9, 0, 11)])  # user 9 has no history: cold
+    split = build_eval_split(pd.concat([train, window]), np.arange(4), START, END)
+    model = EASE(l2=1.0).fit(train, np.arange(4))
+    scores = model.scores(split)
+    assert split.user_ids.tolist() == [0, 2, 9]
+    assert np.allclose(scores[:2], x[[0, 2]] @ model.weights_, atol=1e-6)
+    assert (scores[2] == 0).all() and scores[:2].any(axis=1).all()
+    blocks = model.score_fn(split)
+    assert np.array_equal(blocks(np.array([2, 0])), scores[[2, 0]])
+
+
+def test_ease_recommends_the_planted_co_item():
+    # Items A=0, B=1; C..E are noise. Everyone who had A also had B.
+    rows = [(u, i, 1) for u in range(6) for i in (0, 1)]
+    rows += [(u, i, 2) for u, i in [(6, 2), (6, 3), (7, 3), (7, 4), (8, 2), (8, 4), (9, 4)]]
+    rows += [(20, 0, 3)]  # the new user has only A
+    train = frame(rows)
+    split = build_eval_split(pd.concat([train, frame([(20, 1, 12)])]), np.arange(5), START, END)
+    model = EASE(l2=1.0).fit(train, np.arange(5))
+    scores = model.scores(split)[0]
+    assert int(np.argmax(np.where(split.seen.toarray()[0] > 0, -np.inf, scores))) == 1
+    assert rank_metrics(model.scores(split), split, ks=(1,))["all"]["recall@1"] == 1.0
+
+
+def test_ease_guards():
+    big = frame([(0, 0, 1)])
+    with pytest.raises(ValueError, match=f"{MAX_EASE_ITEMS + 1:,} items"):
+        EASE().fit(big, np.arange(MAX_EASE_ITEMS + 1))
+    with pytest.raises(ValueError, match="l2 must be positive"):
+        EASE(l2=0.0).fit(big, np.arange(3))
+    # Fitting on events inside the window is a leak; scoring refuses it.
+    everything = frame([(0, 0, 1), (0, 1, 12), (1, 2, 13)])
+    split = build_eval_split(everything, np.arange(3), START, END)
+    with pytest.raises(ValueError, match="leak"):
+        EASE().fit(everything, np.arange(3)).scores(split)
+    with pytest.raises(ValueError, match="item_ids differs"):
+        EASE().fit(everything[everything.event_timestamp < START], np.arange(4)).scores(split)
+
+
+def test_popularity_counts_ties_and_window():
+    history = frame([(1, 2, 1), (2, 2, 8), (3, 2, 9), (1, 1, 8), (2, 3, 9), (4, 99, 9)])
+    window = frame([(1, 3, 12), (5, 1, 13)])
+    split = build_eval_split(pd.concat([history, window]), np.array([1, 2, 3, 4]), START, END)
+    model = Popularity().fit(history, np.array([1, 2, 3, 4]))
+    scores = model.scores(split)
+    assert scores.shape == (2, 4)
+    assert scores.tolist() == [[1, 3, 1, 0], [1, 3, 1, 0]]  # item 99 is not in the catalogue
+    assert scores[0, 0] == scores[0, 2]  # tied counts tie; the evaluation breaks ties at random
+    assert np.array_equal(model.score_fn(split)(np.array([1])), scores[1:])
+    # The last 2 days before day 10 are [day 8, day 10): the day-1 event drops out.
+    recent = Popularity(window_days=2).fit(history, np.array([1, 2, 3, 4]), before=START)
+    assert recent.counts_.tolist() == [1, 2, 1, 0]
+    # The cut also drops events at or after it.
+    cut = Popularity().fit(history, np.array([1, 2, 3, 4]), before=DAY0 + pd.Timedelta(days=9))
+    assert cut.counts_.tolist() == [1, 2, 0, 0]
+    with pytest.raises(ValueError, match="leak"):
+        Popularity().fit(pd.concat([history, window]), np.array([1, 2, 3, 4])).scores(split)
+
+
+def clustered(seed: int = 0) -> pd.DataFrame:
+    """60 users in 4 taste groups over 40 Zipf-popular items: 9 events on days 1-9, 3 on 29-31."""
+    rng = np.random.default_rng(seed)
+    popularity = 1 / np.arange(1, 41) ** 0.8
+    rows = []
+    for u in range(60):
+        p = popularity.copy()
+        p[(u % 4) * 10 : (u % 4) * 10 + 10] *= 6
+        items = rng.choice(40, size=12, replace=False, p=p / p.sum())
+        rows += [(u, int(i), 1 + j if j < 9 else 20 + j) for j, i in enumerate(items)]
+    return frame(rows)
+
+
+def test_tune_ease_lambda_picks_the_best_validation_recall():
+    events = clustered()
+    val_start, val_end = DAY0 + pd.Timedelta(days=14), DAY0 + pd.Timedelta(days=40)
+    val = build_eval_split(events, np.arange(40), val_start, val_end)
+    train = events[events.event_timestamp < val_start]
+    grid = (0.1, 5.0, 200.0, 2000.0)
+    recalls = [
+        rank_metrics(EASE(l2).fit(train, np.arange(40)).scores(val), val, ks=(10,))["all"][
+            "recall@10"
+        ]
+        for l2 in grid
+    ]
+    assert len(set(recalls)) > 1  # the choice matters on this data
+    chosen = tune_ease_lambda(train, val, np.arange(40), grid=grid, k=10)
+    assert chosen == grid[int(np.argmax(recalls))]
+
+    # Test-period events (after the validation window) cannot reach the choice: they change
+    # neither the validation split nor the training rows, and the signature takes no test data.
+    later = pd.concat([events, frame([(u, (u * 7) % 40, 50) for u in range(60)])])
+    val_again = build_eval_split(later, np.arange(40), val_start, val_end)
+    assert tune_ease_lambda(train, val_again, np.arange(40), grid=grid, k=10) == chosen
+    assert list(inspect.signature(tune_ease_lambda).parameters) == [
+        "train_interactions",
+        "val_split",
+        "item_ids",
+        "grid",
+        "k",
+    ]
+    with pytest.raises(ValueError, match="leak"):
+        tune_ease_lambda(events, val, np.arange(40), grid=grid, k=10)

@@ -1,0 +1,309 @@
+"""Honest temporal evaluation: the one path every model and baseline is scored through.
+
+A model sees everything before a window's ``start`` and is asked to rank the catalogue for
+each user who acted in ``[start, end)``. Protocol (the model's author must match it):
+
+- **truth** = the user's window items that they had *not* interacted with before ``start``.
+  Items seen before are removed from the ranking (score ``-inf``), so they could never be
+  hit; a user whose window items were all seen before has nothing to find and is dropped.
+- **recall@K** = hits in the top K / ``min(K, |truth|)``, the normalisation of Steck (EASE,
+  WWW 2019): a user with more than K truth items can still reach 1.
+- **NDCG@K**: binary relevance, DCG = sum of ``1 / log2(rank + 1)`` over hits (rank from 1),
+  divided by the ideal DCG of ``min(K, |truth|)`` hits.
+- **Ties** are broken by one fixed random order of the catalogue (``seed``), never by item
+  index: a model that gives everyone the same score (EASE on a cold user) scores as a random
+  ranking, not as whatever the item-id order happens to encode.
+- **Segments**: ``warm`` users have any interaction before ``start`` (any item, even one
+  outside the catalogue), ``cold`` users have none.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[np.ndarray], np.ndarray]  # user row positions (B,) -> scores (B, N)
+SEGMENTS = ("all", "warm", "cold")
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """The users evaluated on one time window and what they did in it."""
+
+    item_ids: np.ndarray  # (N,) int64: the catalogue; position = item index
+    user_ids: np.ndarray  # (U,) int64, ascending: users with at least one new item in the window
+    truth: list[np.ndarray]  # U sorted arrays of item indices first interacted with in the window
+    seen: sp.csr_matrix  # (U, N) 1 where the user interacted before the window: not ranked
+    warm: np.ndarray  # (U,) bool: the user has any interaction before the window
+    start: pd.Timestamp | None = None  # the window [start, end), UTC; lets models check for leaks
+    end: pd.Timestamp | None = None
+
+
+def to_utc(when: Any) -> pd.Timestamp:
+    """A UTC timestamp; naive input is taken as UTC (the project's convention)."""
+    stamp = pd.Timestamp(when)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def item_index(item_ids: np.ndarray) -> pd.Index:
+    """The catalogue as an index (item id -> position); ids must be unique."""
+    index = pd.Index(np.asarray(item_ids, dtype=np.int64))
+    if not index.is_unique:
+        raise ValueError("item_ids has duplicates: the catalogue needs one position per item id")
+    return index
+
+
+def build_eval_split(
+    interactions: pd.DataFrame, item_ids: np.ndarray, start: Any, end: Any | None
+) -> EvalSplit:
+    """The users who interacted with catalogue items in ``[start, end)`` and their history.
+
+    ``interactions`` needs ``user_id``, ``item_id``, ``event_timestamp``; it may hold the whole
+    timeline (history before ``start`` gives ``seen`` and ``warm``; events at or after ``end``
+    are ignored). ``end=None`` means no upper bound.
+    """
+    missing = {"user_id", "item_id", "event_timestamp"} - set(interactions.columns)
+    if missing:
+        raise ValueError(f"interactions lacks column(s) {sorted(missing)}")
+    start = to_utc(start)
+    end = None if end is None else to_utc(end)
+    if end is not None and not start < end:
+        raise ValueError(f"empty window: start={start} must be before end={end}")
+    index = item_index(item_ids)
+    n_items = len(index)
+    when = pd.to_datetime(interactions["event_timestamp"], utc=True)
+    users = interactions["user_id"].to_numpy(np.int64)
+    cols = index.get_indexer(interactions["item_id"].to_numpy(np.int64))  # -1: not in catalogue
+    before = (when < start).to_numpy()
+    inside = ~before if end is None else ~before & (when < end).to_numpy()
+    unknown = int((inside & (cols < 0)).sum())
+    if unknown:
+        log.info("%d window event(s) with items outside the catalogue ignored", unknown)
+    inside &= cols >= 0
+
+    candidates = np.unique(users[inside])  # (C,) ascending
+    in_window = np.searchsorted(candidates, users[inside]) * n_items + cols[inside]
+    history = before & (cols >= 0) & np.isin(users, candidates)
+    seen_keys = np.unique(np.searchsorted(candidates, users[history]) * n_items + cols[history])
+    # Seen items are never ranked, so they can never be hit: they are not truth.
+    truth_keys = np.setdiff1d(np.unique(in_window), seen_keys, assume_unique=True)
+    kept = np.unique(truth_keys // n_items)  # candidate rows that still have truth
+    if len(kept) < len(candidates):
+        log.info(
+            "%d user(s) dropped: every window item was seen before the window",
+            len(candidates) - len(kept),
+        )
+
+    def rows_of(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(new row, item column) of the keys whose candidate row is kept."""
+        rows, cols_ = keys // n_items, keys % n_items
+        pos = np.searchsorted(kept, rows).clip(max=max(len(kept) - 1, 0))
+        keep = (kept[pos] == rows) if len(kept) else np.zeros(len(keys), bool)
+        return pos[keep], cols_[keep]
+
+    truth_rows, truth_cols = rows_of(truth_keys)  # keys sorted, so rows and columns are too
+    seen_rows, seen_cols = rows_of(seen_keys)
+    user_ids = candidates[kept]
+    seen = sp.csr_matrix(
+        (np.ones(len(seen_rows), np.float32), (seen_rows, seen_cols)),
+        shape=(len(user_ids), n_items),
+    )
+    return EvalSplit(
+        item_ids=index.to_numpy(np.int64),
+        user_ids=user_ids,
+        truth=np.split(truth_cols, np.flatnonzero(np.diff(truth_rows)) + 1) if len(kept) else [],
+        seen=seen,
+        warm=np.isin(user_ids, users[before]),
+        start=start,
+        end=end,
+    )
+
+
+def _top_k(s: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) column indices of the k largest scores, best first; ties go to the lower column."""
+    top = np.argpartition(-s, k - 1, axis=1)[:, :k]  # (B, k) unordered
+    kth = np.take_along_axis(s, top, axis=1).min(axis=1, keepdims=True)  # (B, 1)
+    above, level = (s > kth).sum(axis=1), (s == kth).sum(axis=1)
+    for r in np.flatnonzero(above + level > k):  # the k-th score is tied beyond the cut
+        better = np.flatnonzero(s[r] > kth[r])
+        top[r] = np.concatenate([better, np.flatnonzero(s[r] == kth[r])[: k - len(better)]])
+    values = np.take_along_axis(s, top, axis=1)
+    return np.take_along_axis(top, np.lexsort((top, -values), axis=1), axis=1)
+
+
+def _block_scores(scores: np.ndarray | ScoreFn, rows: np.ndarray, n_items: int) -> np.ndarray:
+    """A fresh float copy of the scores of ``rows``: (B, N)."""
+    block = np.asarray(scores(rows) if callable(scores) else scores[rows[0] : rows[-1] + 1])
+    if block.shape != (len(rows), n_items):
+        raise ValueError(
+            f"scores for {len(rows)} users must be ({len(rows)}, {n_items}), got {block.shape}"
+        )
+    dtype = np.float32 if block.dtype == np.float32 else np.float64
+    s = np.array(block, dtype=dtype)  # a copy: seen items are overwritten below
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN; a model must give every item a number")
+    return s
+
+
+def per_user_metrics(
+    scores: np.ndarray | ScoreFn,
+    split: EvalSplit,
+    ks: Sequence[int] = (10, 20, 50),
+    block_size: int = 1024,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """``{"recall@K": (U,), "ndcg@K": (U,)}`` for every K; see the module docstring."""
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    n_users, n_items = len(split.user_ids), len(split.item_ids)
+    if not callable(scores) and np.shape(scores) != (n_users, n_items):
+        raise ValueError(
+            f"scores must be (users, items) = {(n_users, n_items)}, got {np.shape(scores)}"
+        )
+    k_max = min(ks[-1], n_items)
+    n_truth = np.array([len(t) for t in split.truth], dtype=np.int64)  # (U,)
+    if (n_truth == 0).any():
+        raise ValueError(
+            "every evaluated user needs a truth item (build_eval_split drops the rest)"
+        )
+    truth_keys = np.sort(  # (sum |truth|,) user row * N + item index
+        np.concatenate(
+            [np.empty(0, np.int64)] + [u * n_items + t for u, t in enumerate(split.truth)]
+        )
+    )
+    # Scores are read through one fixed random column order, so the lower-column tie-break
+    # of _top_k is a random (but reproducible) tie-break over items.
+    order = np.random.default_rng(seed).permutation(n_items)  # (N,)
+    hits = np.zeros((n_users, k_max), dtype=bool)
+    for lo in range(0, n_users, block_size):
+        rows = np.arange(lo, min(lo + block_size, n_users))
+        s = _block_scores(scores, rows, n_items)  # (B, N)
+        seen = split.seen[lo : rows[-1] + 1]
+        s[np.repeat(np.arange(len(rows)), np.diff(seen.indptr)), seen.indices] = -np.inf
+        top = order[_top_k(s[:, order], k_max)]  # (B, k_max) item indices, best first
+        keys = rows[:, None] * n_items + top
+        pos = np.searchsorted(truth_keys, keys).clip(max=len(truth_keys) - 1)
+        hits[lo : lo + len(rows)] = truth_keys[pos] == keys
+    gains = hits / np.log2(np.arange(2, k_max + 2))  # (U, k_max)
+    ideal = np.concatenate([[0.0], np.cumsum(1 / np.log2(np.arange(2, ks[-1] + 2)))])
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        best = np.minimum(k, n_truth)  # (U,)
+        out[f"recall@{k}"] = hits[:, :k].sum(axis=1) / best
+        out[f"ndcg@{k}"] = gains[:, :k].sum(axis=1) / ideal[best]
+    return out
+
+
+def rank_metrics(
+    scores: np.ndarray | ScoreFn,
+    split: EvalSplit,
+    ks: Sequence[int] = (10, 20, 50),
+    block_size: int = 1024,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Mean recall@K and NDCG@K over all, warm and cold users.
+
+    ``scores`` is a (U, N) array aligned with ``split.user_ids`` and ``split.item_ids``
+    (higher is better), or ``score_fn(rows) -> (B, N)`` where ``rows`` are positions in
+    ``split.user_ids``; it is called on blocks of ``block_size`` users, so U x N never has to
+    be in memory. A segment without users gets NaN metrics and ``users = 0``.
+    """
+    per_user = per_user_metrics(scores, split, ks, block_size, seed)
+    masks = {"all": np.ones(len(split.user_ids), bool), "warm": split.warm, "cold": ~split.warm}
+    result: dict[str, dict[str, float]] = {}
+    for segment in SEGMENTS:
+        mask = np.asarray(masks[segment], dtype=bool)
+        n = int(mask.sum())
+        result[segment] = {
+            name: float(values[mask].mean()) if n else math.nan for name, values in per_user.items()
+        }
+        result[segment]["users"] = n
+    return result
+
+
+def _cell(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def _markdown(results: dict[str, dict[str, dict[str, float]]], title: str, ks: list[int]) -> str:
+    first = next(iter(results.values()))
+    cols = [(seg, f"{m}@{k}") for seg in SEGMENTS for m in ("recall", "ndcg") for k in ks]
+    head = ["model"] + [f"{seg} (n={first[seg]['users']}) {name}" for seg, name in cols]
+    rows = [[model] + [_cell(r[seg][name]) for seg, name in cols] for model, r in results.items()]
+    table = ["| " + " | ".join(row) + " |" for row in [head, ["---"] + ["---:"] * len(cols), *rows]]
+    notes = (
+        "Recall@K = hits / min(K, |truth|) (Steck, WWW 2019); NDCG@K with binary relevance. "
+        "Truth = window items not seen before the window; seen items are not ranked."
+    )
+    return "\n".join([f"# {title}", "", *table, "", notes, ""])
+
+
+def _plot(results: dict[str, dict[str, dict[str, float]]], title: str, ks: list[int]) -> bytes:
+    # The figure is drawn on an Agg canvas directly: no pyplot, no global backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(SEGMENTS), sharey=True)
+    first = next(iter(results.values()))
+    for ax, segment in zip(axes, SEGMENTS, strict=True):
+        for model, metrics in results.items():
+            ax.plot(ks, [metrics[segment][f"recall@{k}"] for k in ks], marker="o", label=model)
+        ax.set(title=f"{segment} (n={first[segment]['users']})", xlabel="K", xticks=ks)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("recall@K")
+    axes[0].set_ylim(bottom=0)
+    axes[-1].legend(loc="best")
+    fig.suptitle(title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def report(
+    results: dict[str, dict[str, dict[str, float]]], out_dir: Path, title: str
+) -> dict[str, Path]:
+    """Write ``metrics.json``, ``metrics.md`` and ``recall_at_k.png`` for several models.
+
+    ``results`` maps a model name to its :func:`rank_metrics` output; all models must have
+    been scored on the same users. Each file is written to a temporary name and renamed.
+    In the JSON (``{"title": ..., "models": results}``) NaN is written as null.
+    """
+    from recsys.io import atomic_write_bytes
+
+    if not results:
+        raise ValueError("results is empty: pass {model name: rank_metrics(...)}")
+    counts = {m: tuple(r[s]["users"] for s in SEGMENTS) for m, r in results.items()}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"models were scored on different users (all, warm, cold): {counts}")
+    first = next(iter(results.values()))
+    ks = sorted(int(name.split("@")[1]) for name in first["all"] if name.startswith("recall@"))
+    clean = {
+        model: {
+            seg: {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in m.items()}
+            for seg, m in metrics.items()
+        }
+        for model, metrics in results.items()
+    }
+    out_dir = Path(out_dir)
+    names = {"json": "metrics.json", "markdown": "metrics.md", "plot": "recall_at_k.png"}
+    paths = {kind: out_dir / name for kind, name in names.items()}
+    payload = json.dumps({"title": title, "models": clean}, indent=2, allow_nan=False)
+    atomic_write_bytes(paths["json"], payload.encode())
+    atomic_write_bytes(paths["markdown"], _markdown(results, title, ks).encode())
+    atomic_write_bytes(paths["plot"], _plot(results, title, ks))
+    return paths
