@@ -158,7 +158,8 @@ def measure(
         time.sleep(0.05)
     out, err = child.communicate()
     if child.returncode != 0:
-        return {"method": method, "error": (err.strip().splitlines() or ["?"])[-1][:200]}
+        lines = [line for line in err.strip().splitlines() if "Error" in line or "error" in line]
+        return {"method": method, "error": (lines or err.strip().splitlines() or ["?"])[-1][:300]}
     return json.loads(out.strip().splitlines()[-1])
 
 

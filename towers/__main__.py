@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from towers.train import evaluate_window, save_checkpoint, train
 
     data = load_tower_data(settings, with_test=False, history=cfg.history)
-    result = train(replace(cfg, loss=args.loss), data)  # type: ignore[arg-type]
+    result = train(replace(cfg, loss=args.loss), data)
     out = args.out or settings.paths.data_dir / "models" / f"two_tower_{args.loss}.pt"
     save_checkpoint(result, out)
     val = evaluate_window(result.model, data.val)["all"]

@@ -131,9 +131,11 @@ def softmax_loss(
     """
     candidates, ids, lq = items, item_ids, log_q
     if extra is not None:
+        assert extra_ids is not None, "extra negatives need their item ids"
         candidates = torch.cat([items, extra])  # (B + M, d)
         ids = torch.cat([item_ids, extra_ids])
-        lq = None if log_q is None else torch.cat([log_q, extra_log_q])
+        has_q = log_q is not None and extra_log_q is not None
+        lq = torch.cat([log_q, extra_log_q]) if has_q else None  # type: ignore[list-item]
     logits = users @ candidates.T / cfg.temperature  # (B, B + M)
     if cfg.logq and lq is not None:
         logits = logits - lq.unsqueeze(0)
