@@ -64,3 +64,24 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
         return Settings(data_dir=tmp_path / "data", dataset=str(dataset), **overrides)
 
     return make
+
+
+SYNTHETIC_AS_OF = ts("2024-10-01 00:00:00")
+
+
+@pytest.fixture(scope="session")
+def synthetic_build(tmp_path_factory):
+    """The whole foundation pipeline on 20K synthetic interactions, built once per session:
+    (settings, recsys.pipeline.BuildResult). Events after SYNTHETIC_AS_OF exist but are
+    hidden by as_of."""
+    from recsys.pipeline import build
+
+    data = tmp_path_factory.mktemp("synthetic") / "data"
+    settings = Settings(
+        data_dir=data,
+        dataset="synthetic",
+        synthetic_interactions=20_000,
+        synthetic_seed=7,
+        as_of=SYNTHETIC_AS_OF,
+    )
+    return settings, build(settings)

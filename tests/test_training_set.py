@@ -15,29 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys import store as feast_store
-from recsys.pipeline import build
 from recsys.settings import FEATURE_REPO
 from recsys.sql import connect, parquet, timestamp
 from recsys.training_set import historical_features
-from tests.conftest import ts
+from tests.conftest import SYNTHETIC_AS_OF
 from tests.pit_reference import comparable, pit_join, window_join_sql
 
-AS_OF = ts("2024-10-01 00:00:00")
-
-
-@pytest.fixture(scope="module")
-def synthetic_build(tmp_path_factory):
-    from recsys.settings import Settings
-
-    data = tmp_path_factory.mktemp("synthetic") / "data"
-    settings = Settings(
-        data_dir=data,
-        dataset="synthetic",
-        synthetic_interactions=20_000,
-        synthetic_seed=7,
-        as_of=AS_OF,
-    )
-    return settings, build(settings)
+AS_OF = SYNTHETIC_AS_OF
 
 
 KEY = ["event_timestamp", "user_id", "item_id", "rating"]
