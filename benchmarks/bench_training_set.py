@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -208,7 +207,8 @@ def main() -> None:
             if "seconds" in found.get(method, {}) and "seconds" in found.get("asof", {}):
                 ratio = found[method]["seconds"] / max(found["asof"]["seconds"], 1e-9)
                 print(f"{name:>16} {method} / raw asof time: {ratio:.2f}x", flush=True)
-        shutil.rmtree(data / "bench-out", ignore_errors=True)
+        for method in found:  # only this run's outputs: another run may share the folder
+            (data / "bench-out" / f"{method}.parquet").unlink(missing_ok=True)
         results.append({"dataset": name, **found})
     out = ROOT / "benchmarks" / "results" / "training_set.json"
     out.parent.mkdir(parents=True, exist_ok=True)
