@@ -62,7 +62,7 @@ def run(method: str, data: Path, memory_limit: str | None) -> dict:
     from recsys.features import build_features, default_as_of
     from recsys.settings import Paths
     from recsys.sql import connect, string
-    from recsys.training_set import FEATURE_SERVICE, entity_rows
+    from recsys.training_set import FEATURE_SERVICE, entity_rows, training_job
 
     paths = Paths(data)
     out = data / "bench-out" / f"{method}.parquet"
@@ -107,11 +107,7 @@ def run(method: str, data: Path, memory_limit: str | None) -> dict:
         offline = {"type": "recsys.offline_store.DuckDBAsofOfflineStore"}
         store = feast_store.feature_store(paths, {**offline, "memory_limit": memory_limit})
         start = time.perf_counter()
-        job = store.get_historical_features(
-            entity_df=entity_rows(paths.dataset, as_of, as_sql=True),
-            features=store.get_feature_service(FEATURE_SERVICE),
-        )
-        job.to_parquet(out)
+        training_job(store, entity_rows(paths.dataset, as_of, as_sql=True)).to_parquet(out)
     else:
         store = feast_store.feature_store(paths, {"type": "duckdb"})
         frame = entity_rows(paths.dataset, as_of)

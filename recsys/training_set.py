@@ -81,12 +81,16 @@ def entity_rows(dataset: Path, as_of: datetime, as_sql: bool = False) -> Any:
     return sql if as_sql else connect().sql(sql).df()
 
 
-def historical_features(store: Any, rows: Any) -> pa.Table:
-    """Feast's point-in-time join of ``rows`` with the training feature service."""
-    job = store.get_historical_features(
+def training_job(store: Any, rows: Any) -> Any:
+    """Feast's point-in-time join of ``rows`` with the training feature service (not run)."""
+    return store.get_historical_features(
         entity_df=rows, features=store.get_feature_service(FEATURE_SERVICE)
     )
-    return job.to_arrow()
+
+
+def historical_features(store: Any, rows: Any) -> pa.Table:
+    """The training-service features of ``rows``, as one Arrow table."""
+    return training_job(store, rows).to_arrow()
 
 
 def _streams(store: Any) -> bool:
@@ -97,11 +101,9 @@ def _streams(store: Any) -> bool:
 
 
 def _join_to_parquet(store: Any, dataset: Path, as_of: datetime, out: Path) -> None:
-    rows = entity_rows(dataset, as_of, as_sql=_streams(store))
-    job = store.get_historical_features(
-        entity_df=rows, features=store.get_feature_service(FEATURE_SERVICE)
-    )
-    if _streams(store):
+    streams = _streams(store)
+    job = training_job(store, entity_rows(dataset, as_of, as_sql=streams))
+    if streams:
         job.to_parquet(out)
     else:
         pq.write_table(job.to_arrow(), out)
