@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-refit", action="store_true",
+                        help="compare: score the model trained on the training split alone, "
+                        "instead of its refit on train + validation")  # fmt: skip
     args = parser.parse_args(argv)
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     cfg = TowerConfig()
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         from towers.compare import compare
 
-        summary = compare(settings, tuple(args.losses), cfg, args.out)
+        summary = compare(settings, tuple(args.losses), cfg, args.out, refit=not args.no_refit)
         sys.stdout.write(Path(summary["files"]["markdown"]).read_text() + "\n")
         return 0
     from towers.data import load_tower_data
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     result = train(replace(cfg, loss=args.loss), data)
     out = args.out or settings.paths.data_dir / "models" / f"two_tower_{args.loss}.pt"
     save_checkpoint(result, out)
+    assert data.val is not None
     val = evaluate_window(result.model, data.val)["all"]
     sys.stdout.write(json.dumps({"checkpoint": str(out), "best_epoch": result.best_epoch,
                                  "seconds": result.seconds, "val": val}, indent=2) + "\n")  # fmt: skip

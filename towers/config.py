@@ -20,6 +20,10 @@ class TowerConfig:
     # Size of the id embeddings (user id, item id) and of the categorical embeddings.
     id_dim: int = 64
     cat_dim: int = 16
+    # Standard deviation of the initial id and category embeddings. Small, so that at first
+    # the towers lean on the features and the ids grow only as far as the data pushes them
+    # (torch's default N(0, 1) would start every id as a large random vector).
+    init_std: float = 0.05
     # Probability of replacing a user's id by the out-of-vocabulary slot during training, so
     # the tower also learns a features-only embedding for users it has never seen.
     user_id_dropout: float = 0.3
@@ -29,8 +33,13 @@ class TowerConfig:
     dropout: float = 0.1
     # How many recent items the user tower pools (the feature keeps up to this many).
     history: int = 20
-    # Scores are dot products of L2-normalised vectors divided by this temperature.
+    # Scores are dot products of L2-normalised vectors divided by this temperature ...
     temperature: float = 0.05
+    # ... plus, when on, a scalar bias per item from the item tower (its "prior": how likely
+    # anyone takes it now, from popularity and trend features), so the direction of the
+    # vectors is free to encode taste. Retrieval stays one dot product: the item's index
+    # vector is [v / temperature, bias] and the user's query is [u, 1].
+    item_bias: bool = True
     # "softmax": in-batch sampled softmax (optionally with mixed negatives);
     # "bce": binary cross-entropy against sampled negatives; "triplet": margin loss.
     loss: Loss = "softmax"
@@ -43,6 +52,10 @@ class TowerConfig:
     margin: float = 0.2
     batch_size: int = 1024
     lr: float = 2e-3
+    # Learning rate of the id and category embedding tables. Higher than `lr`: Adam moves a
+    # parameter by about lr per step it gets a gradient, and a user's row gets one only in
+    # the few batches that hold that user, so at `lr` ids would barely leave their start.
+    embedding_lr: float = 1e-2
     weight_decay: float = 1e-5
     # Early stopping: at most this many epochs, stop after `patience` without improvement
     # of validation recall@`select_k`.

@@ -197,9 +197,21 @@ class TowerData:
     train_users: dict[str, torch.Tensor]  # one row per training interaction
     train_items: dict[str, torch.Tensor]
     log_q: torch.Tensor  # (n_items,) log frequency of each item index in the training stream
-    catalogue: dict[str, torch.Tensor]  # every item, features as of the validation cut
-    val: EvalWindow
+    catalogue: dict[str, torch.Tensor]  # every item, features as of the first window's start
+    val: EvalWindow | None  # scored after each epoch (early stopping); None for a refit
     test: EvalWindow | None = None
+
+
+@dataclass
+class TowerSource:
+    """What every `TowerData` is cut from, read once: the point-in-time training set, the
+    dataset's interactions and catalogue, and each evaluation window's Feast features."""
+
+    table: pa.Table  # the training set, with its `split` column
+    genres: list[str]
+    interactions: pd.DataFrame
+    item_ids: np.ndarray
+    windows: dict[str, tuple[Any, pd.DataFrame, pd.DataFrame]]  # name -> (split, users, items)
 
 
 def features_as_of(store: Any, service: str, key: str, ids: np.ndarray, when: Any) -> pd.DataFrame:
@@ -211,52 +223,78 @@ def features_as_of(store: Any, service: str, key: str, ids: np.ndarray, when: An
     return table.set_index(key).loc[rows[key]].reset_index()
 
 
-def eval_window(
-    store: Any, encoder: FeatureEncoder, interactions: pd.DataFrame, item_ids: np.ndarray,
-    start: Any, end: Any,
-) -> EvalWindow:  # fmt: skip
+def load_source(settings: Any, store: Any | None = None, with_test: bool = True) -> TowerSource:
+    """Read the training set and the features of the validation (and test) window."""
+    import pyarrow.parquet as pq
+
+    from recsys.io import read_json
+    from recsys.store import feature_store_for
     from towers.evaluate import build_eval_split
 
-    split = build_eval_split(interactions, item_ids, start, end)
-    users = features_as_of(store, "user_tower_serving_v1", "user_id", split.user_ids, start)
-    items = features_as_of(store, "item_tower_v1", "item_id", item_ids, start)
-    return EvalWindow(split, encoder.encode_users(users), encoder.encode_items(items))
+    paths = settings.paths
+    store = store or feature_store_for(settings)
+    summary = read_json(paths.training / "summary.json")
+    cuts = {k: pd.Timestamp(v) for k, v in summary["cuts"].items()}
+    interactions = pd.read_parquet(paths.dataset / "interactions.parquet")
+    item_ids = pd.read_parquet(paths.dataset / "items.parquet").item_id.to_numpy()
+    bounds = {"val": (cuts["val_start"], cuts["test_start"])}
+    if with_test:
+        bounds["test"] = (cuts["test_start"], cuts["as_of"])
+    windows = {}
+    for name, (start, end) in bounds.items():
+        split = build_eval_split(interactions, item_ids, start, end)
+        users = features_as_of(store, "user_tower_serving_v1", "user_id", split.user_ids, start)
+        items = features_as_of(store, "item_tower_v1", "item_id", item_ids, start)
+        windows[name] = (split, users, items)
+    return TowerSource(
+        table=pq.read_table(paths.training / "training_set.parquet"),
+        genres=read_json(paths.features / "manifest.json")["genres"],
+        interactions=interactions,
+        item_ids=item_ids,
+        windows=windows,
+    )
+
+
+def tower_data(
+    source: TowerSource, fit_on: tuple[str, ...] = ("train",), history: int = 20
+) -> TowerData:
+    """Training rows of the splits `fit_on`, encoded by an encoder fitted on those rows.
+
+    ``("train",)``: the model whose epochs are chosen on the validation window.
+    ``("train", "val")``: the refit for the test window (no validation window: it trains
+    for the epochs chosen before); users first seen in validation are then known users.
+    """
+    table = source.table
+    rows = table.filter(pa.compute.is_in(table.column("split"), pa.array(list(fit_on))))
+    encoder = FeatureEncoder.fit(rows.to_pandas(), source.genres, history)
+    train_items = encoder.encode_items(rows)
+    counts = torch.bincount(train_items["item"], minlength=encoder.n_items).double()
+    log_q = torch.log((counts / counts.sum()).clamp(min=1e-12)).float()
+
+    def window(name: str) -> EvalWindow | None:
+        if name not in source.windows:
+            return None
+        split, users, items = source.windows[name]
+        return EvalWindow(split, encoder.encode_users(users), encoder.encode_items(items))
+
+    refit = "val" in fit_on
+    val, test = (None if refit else window("val")), window("test")
+    first = val or test
+    if first is None:
+        raise ValueError("a refit on train + val needs the test window (with_test=True)")
+    return TowerData(
+        encoder=encoder,
+        train_users=encoder.encode_users(rows),
+        train_items=train_items,
+        log_q=log_q,
+        catalogue=first.items,
+        val=val,
+        test=test,
+    )
 
 
 def load_tower_data(
     settings: Any, store: Any | None = None, with_test: bool = True, history: int = 20
 ) -> TowerData:
     """Training rows from the point-in-time training set; evaluation windows from Feast."""
-    import pyarrow.parquet as pq
-
-    from recsys.io import read_json
-    from recsys.store import feature_store_for
-
-    paths = settings.paths
-    store = store or feature_store_for(settings)
-    summary = read_json(paths.training / "summary.json")
-    cuts = {k: pd.Timestamp(v) for k, v in summary["cuts"].items()}
-    genres = read_json(paths.features / "manifest.json")["genres"]
-    table = pq.read_table(paths.training / "training_set.parquet")
-    train = table.filter(pa.compute.equal(table.column("split"), "train"))
-    encoder = FeatureEncoder.fit(train.to_pandas(), genres, history)
-    train_items = encoder.encode_items(train)
-    counts = torch.bincount(train_items["item"], minlength=encoder.n_items).double()
-    log_q = torch.log((counts / counts.sum()).clamp(min=1e-12)).float()
-    interactions = pd.read_parquet(paths.dataset / "interactions.parquet")
-    item_ids = pd.read_parquet(paths.dataset / "items.parquet").item_id.to_numpy()
-    val = eval_window(store, encoder, interactions, item_ids, cuts["val_start"], cuts["test_start"])
-    test = (
-        eval_window(store, encoder, interactions, item_ids, cuts["test_start"], cuts["as_of"])
-        if with_test
-        else None
-    )
-    return TowerData(
-        encoder=encoder,
-        train_users=encoder.encode_users(train),
-        train_items=train_items,
-        log_q=log_q,
-        catalogue=val.items,
-        val=val,
-        test=test,
-    )
+    return tower_data(load_source(settings, store, with_test), ("train",), history)

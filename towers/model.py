@@ -5,8 +5,11 @@ features-only embedding is learned), profile category embeddings, normalised act
 numerics, genre affinity, and mean pooling over the embeddings of the user's recent items
 (shared with the item tower's id table) → MLP → L2-normalised vector (B, d).
 ItemTower: item-id embedding (slot 0 = unknown item), genre bag, release year and
-popularity numerics → MLP → L2-normalised vector (B, d).
-Score: dot product / temperature.
+popularity numerics → MLP → L2-normalised vector (B, d), followed (with ``item_bias``) by
+one more column, the item's scalar bias: (B, d + 1).
+Score: dot product of the normalised vectors / temperature (+ the item's bias), `logits`.
+For a vector index the same score is one dot product: `index_vectors` (items) against
+`query_vectors` (users).
 
 Losses (Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
 Recommendations", RecSys 2019; Yang et al., "Mixed Negative Sampling for Learning Two-tower
@@ -28,13 +31,47 @@ from towers.config import TowerConfig
 from towers.data import PAD
 
 
-def _mlp(inputs: int, cfg: TowerConfig) -> nn.Sequential:
+def _mlp(inputs: int, cfg: TowerConfig, outputs: int | None = None) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(inputs, cfg.hidden),
         nn.GELU(),
         nn.Dropout(cfg.dropout),
-        nn.Linear(cfg.hidden, cfg.dim),
+        nn.Linear(cfg.hidden, outputs or cfg.dim),
     )
+
+
+def logits(users: torch.Tensor, items: torch.Tensor, cfg: TowerConfig) -> torch.Tensor:
+    """Scores (U, I) of user vectors (U, d) against item tower outputs (I, d[+1])."""
+    scores = users @ items[:, : cfg.dim].T / cfg.temperature
+    if items.shape[1] > cfg.dim:  # the item bias column
+        scores = scores + items[:, cfg.dim]
+    return scores
+
+
+def paired_logits(users: torch.Tensor, items: torch.Tensor, cfg: TowerConfig) -> torch.Tensor:
+    """Score (B,) of each user row with the item row of the same index."""
+    scores = (users * items[:, : cfg.dim]).sum(-1) / cfg.temperature
+    return scores + items[:, cfg.dim] if items.shape[1] > cfg.dim else scores
+
+
+def index_vectors(items: torch.Tensor, cfg: TowerConfig) -> torch.Tensor:
+    """Item tower outputs as the vectors of a dot-product index: [v / T, bias] (I, d + 1)."""
+    bias = items[:, cfg.dim :] if items.shape[1] > cfg.dim else items.new_zeros(len(items), 1)
+    return torch.cat([items[:, : cfg.dim] / cfg.temperature, bias], dim=1)
+
+
+def query_vectors(users: torch.Tensor) -> torch.Tensor:
+    """User tower outputs as queries of that index: [u, 1] (U, d + 1)."""
+    return torch.cat([users, users.new_ones(len(users), 1)], dim=1)
+
+
+def _embedding(n: int, dim: int, cfg: TowerConfig, padding_idx: int | None = None) -> nn.Embedding:
+    emb = nn.Embedding(n, dim, padding_idx=padding_idx)
+    nn.init.normal_(emb.weight, std=cfg.init_std)
+    if padding_idx is not None:
+        with torch.no_grad():
+            emb.weight[padding_idx].zero_()
+    return emb
 
 
 def _drop_ids(ids: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -48,16 +85,19 @@ class ItemTower(nn.Module):
     def __init__(self, cfg: TowerConfig, n_items: int, n_genres: int, n_nums: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.item = nn.Embedding(n_items, cfg.id_dim, padding_idx=PAD)
+        self.item = _embedding(n_items, cfg.id_dim, cfg, padding_idx=PAD)
         self.genres = nn.Linear(n_genres, cfg.cat_dim, bias=False)  # a bag of genre vectors
-        self.mlp = _mlp(cfg.id_dim + cfg.cat_dim + n_nums, cfg)
+        outputs = cfg.dim + (1 if cfg.item_bias else 0)
+        self.mlp = _mlp(cfg.id_dim + cfg.cat_dim + n_nums, cfg, outputs)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = _drop_ids(batch["item"], self.cfg.item_id_dropout, self.training)
         x = torch.cat(
             [self.item(ids), self.genres(batch["genres"]), batch["nums"]], dim=-1
         )  # (B, id_dim + cat_dim + nums)
-        return F.normalize(self.mlp(x), dim=-1)  # (B, d)
+        out = self.mlp(x)  # (B, d [+ 1])
+        d = self.cfg.dim
+        return torch.cat([F.normalize(out[:, :d], dim=-1), out[:, d:]], dim=-1)  # (B, d [+ 1])
 
 
 class UserTower(nn.Module):
@@ -72,8 +112,8 @@ class UserTower(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.user = nn.Embedding(n_users, cfg.id_dim)
-        self.cats = nn.ModuleList(nn.Embedding(n, cfg.cat_dim) for n in cat_sizes)
+        self.user = _embedding(n_users, cfg.id_dim, cfg)
+        self.cats = nn.ModuleList(_embedding(n, cfg.cat_dim, cfg) for n in cat_sizes)
         self.item = item_embedding  # shared: history pooling lives in the item-id space
         inputs = cfg.id_dim * 2 + cfg.cat_dim * len(cat_sizes) + n_genres + n_nums
         self.mlp = _mlp(inputs, cfg)
@@ -109,7 +149,7 @@ class TwoTower(nn.Module):
         )
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return users @ items.T / self.cfg.temperature  # (U, I)
+        return logits(users, items, self.cfg)  # (U, I)
 
 
 def softmax_loss(
@@ -136,22 +176,22 @@ def softmax_loss(
         ids = torch.cat([item_ids, extra_ids])
         has_q = log_q is not None and extra_log_q is not None
         lq = torch.cat([log_q, extra_log_q]) if has_q else None  # type: ignore[list-item]
-    logits = users @ candidates.T / cfg.temperature  # (B, B + M)
+    scores = logits(users, candidates, cfg)  # (B, B + M)
     if cfg.logq and lq is not None:
-        logits = logits - lq.unsqueeze(0)
+        scores = scores - lq.unsqueeze(0)
     rows = torch.arange(len(users), device=users.device)
     same = ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (B, B + M): accidental hits
     same[rows, rows] = False
-    logits = logits.masked_fill(same, float("-inf"))
-    return F.cross_entropy(logits, rows)
+    scores = scores.masked_fill(same, float("-inf"))
+    return F.cross_entropy(scores, rows)
 
 
 def bce_loss(
     users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, cfg: TowerConfig
 ) -> torch.Tensor:
     """Each positive (user_i, item_i) against every sampled negative, as binary labels."""
-    pos = (users * items).sum(-1) / cfg.temperature  # (B,)
-    neg = users @ negatives.T / cfg.temperature  # (B, M)
+    pos = paired_logits(users, items, cfg)  # (B,)
+    neg = logits(users, negatives, cfg)  # (B, M)
     return F.binary_cross_entropy_with_logits(
         torch.cat([pos.unsqueeze(1), neg], 1),
         torch.cat([torch.ones_like(pos).unsqueeze(1), torch.zeros_like(neg)], 1),
@@ -161,7 +201,8 @@ def bce_loss(
 def triplet_loss(
     users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, cfg: TowerConfig
 ) -> torch.Tensor:
-    """Margin between the positive's cosine and the hardest sampled negative's."""
-    pos = (users * items).sum(-1)  # (B,)
-    hardest = (users @ negatives.T).max(dim=1).values  # (B,)
-    return F.relu(cfg.margin - pos + hardest).mean()
+    """Margin between the positive's score and the hardest sampled negative's; the margin is
+    in cosine units, so in scores it is margin / temperature."""
+    pos = paired_logits(users, items, cfg)  # (B,)
+    hardest = logits(users, negatives, cfg).max(dim=1).values  # (B,)
+    return F.relu(cfg.margin / cfg.temperature - pos + hardest).mean()

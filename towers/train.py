@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from towers.config import TowerConfig
 from towers.data import EvalWindow, FeatureEncoder, TowerData, take
-from towers.model import TwoTower, bce_loss, softmax_loss, triplet_loss
+from towers.model import TwoTower, bce_loss, logits, softmax_loss, triplet_loss
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def evaluate_window(
     items = embed(model.item_tower, window.items)  # (N, d)
 
     def scores(block: np.ndarray) -> np.ndarray:
-        return (users[torch.from_numpy(block)] @ items.T).numpy()  # (B, N)
+        return logits(users[torch.from_numpy(block)], items, model.cfg).numpy()  # (B, N)
 
     return rank_metrics(scores, window.split, ks)
 
@@ -107,18 +107,44 @@ def _loss(
     return triplet_loss(users, items, extra, cfg)
 
 
-def train(cfg: TowerConfig, data: TowerData, progress: bool = True) -> TrainResult:
-    """Fit a two-tower model on `data.train_*`, selecting the epoch on `data.val`."""
+def _optimizer(model: TwoTower, cfg: TowerConfig) -> torch.optim.Optimizer:
+    """AdamW; the embedding tables (ids, categories) in their own group at `embedding_lr`."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    embeddings = [p for p in model.parameters() if id(p) in tables]
+    others = [p for p in model.parameters() if id(p) not in tables]
+    groups: list[dict[str, Any]] = [
+        {"params": others},
+        {"params": embeddings, "lr": cfg.embedding_lr},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def train(
+    cfg: TowerConfig, data: TowerData, progress: bool = True, epochs: int | None = None
+) -> TrainResult:
+    """Fit a two-tower model on `data.train_*`.
+
+    By default the epoch is chosen on `data.val` (early stopping on recall@`select_k`, the
+    best epoch's weights are kept). With `epochs`, exactly that many epochs run and the last
+    weights are kept: the refit on train + validation for the test window, which has no
+    validation window of its own (`data.val` is None) and reuses the epochs chosen before.
+    """
+    if data.val is None and epochs is None:
+        raise ValueError("without a validation window, give the number of epochs to train")
     set_threads(cfg)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg, data.encoder)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(model, cfg)
     n = len(data.train_items["item"])
     best, best_epoch, best_state, stale = -1.0, 0, None, 0
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, (epochs or cfg.epochs) + 1):
         model.train()
         order = torch.randperm(n, generator=gen)
         batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
@@ -131,10 +157,16 @@ def train(cfg: TowerConfig, data: TowerData, progress: bool = True) -> TrainResu
             loss.backward()
             optimizer.step()
             total += loss.item() * len(rows)
-        metrics = evaluate_window(model, data.val)
-        score = metrics["all"][f"recall@{cfg.select_k}"]
-        history.append({"epoch": epoch, "loss": total / n, "val": metrics["all"],
-                        "seconds": round(time.perf_counter() - started, 2)})  # fmt: skip
+        entry: dict[str, Any] = {"epoch": epoch, "loss": total / n}
+        if data.val is not None:
+            entry["val"] = evaluate_window(model, data.val)["all"]
+        entry["seconds"] = round(time.perf_counter() - started, 2)
+        history.append(entry)
+        if epochs is not None:  # fixed length: keep the last weights
+            best_epoch = epoch
+            log.info("epoch %d loss %.4f", epoch, total / n)
+            continue
+        score = entry["val"][f"recall@{cfg.select_k}"]
         log.info("epoch %d loss %.4f val recall@%d %.4f", epoch, total / n, cfg.select_k, score)
         if score > best:
             best, best_epoch, stale = score, epoch, 0
@@ -151,7 +183,7 @@ def train(cfg: TowerConfig, data: TowerData, progress: bool = True) -> TrainResu
         encoder=data.encoder,
         config=cfg,
         best_epoch=best_epoch,
-        val_metrics=history[best_epoch - 1]["val"] if history else {},
+        val_metrics=history[best_epoch - 1].get("val", {}) if history else {},
         history=history,
         seconds=round(time.perf_counter() - started, 2),
     )

@@ -4,6 +4,7 @@ embedding from features alone, and a checkpoint round trip."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import torch
 
 from towers.config import TowerConfig
 from towers.data import PAD, FeatureEncoder
-from towers.model import softmax_loss
+from towers.model import index_vectors, query_vectors, softmax_loss
 from towers.train import TrainResult, build_model, load_checkpoint, save_checkpoint
 
 GENRES = ["Action", "Comedy", "Drama"]
@@ -50,17 +51,32 @@ def test_encoding_and_tower_shapes(encoder):
     assert users["history"][4].tolist() == [0, encoder.item_index([12])[0], PAD, PAD]
     assert items["genres"][1].tolist() == [0, 1, 1] and items["genres"][5].tolist() == [0, 0, 0]
     u, v = model.user_tower(users), model.item_tower(items)
-    assert u.shape == (6, 8) and v.shape == (6, 8)
+    assert u.shape == (6, 8) and v.shape == (6, 9)  # the item's vector, then its bias
     assert torch.allclose(u.norm(dim=-1), torch.ones(6)) and torch.allclose(
-        v.norm(dim=-1), torch.ones(6)
+        v[:, :8].norm(dim=-1), torch.ones(6)
     )
+    plain = build_model(replace(cfg, item_bias=False), encoder).eval()
+    assert plain.item_tower(items).shape == (6, 8)
+
+
+def test_one_dot_product_gives_the_score(encoder):
+    """A vector index reproduces the model's scores: [u, 1] · [v / T, bias] = u·v / T + bias."""
+    cfg = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=4, temperature=0.2)
+    model = build_model(cfg, encoder).eval()
+    with torch.no_grad():
+        u = model.user_tower(encoder.encode_users(rows()))
+        v = model.item_tower(encoder.encode_items(rows()))
+        assert v[:, 8].abs().sum() > 0  # the bias is not zero
+        expected = u @ v[:, :8].T / 0.2 + v[:, 8]
+        assert torch.allclose(model.score(u, v), expected, atol=1e-5)
+        assert torch.allclose(query_vectors(u) @ index_vectors(v, cfg).T, expected, atol=1e-5)
 
 
 def test_logq_correction_worked_example():
     """Two users, two items, temperature 1. Row 0 is (user 0, item 0); item 0 is sampled
     with probability 0.8 and item 1 with 0.2, so logQ lowers item 0's logit by log 0.8
     and item 1's by log 0.2."""
-    cfg = TowerConfig(temperature=1.0, logq=True)
+    cfg = TowerConfig(dim=2, temperature=1.0, logq=True)
     users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     items = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     log_q = torch.log(torch.tensor([0.8, 0.2]))
@@ -70,9 +86,7 @@ def test_logq_correction_worked_example():
     expected = (-(row0[0] - math.log(sum(map(math.exp, row0))))
                 - (row1[1] - math.log(sum(map(math.exp, row1))))) / 2  # fmt: skip
     assert got.item() == pytest.approx(expected, rel=1e-6)
-    plain = softmax_loss(
-        users, items, torch.tensor([2, 3]), log_q, TowerConfig(temperature=1.0, logq=False)
-    )
+    plain = softmax_loss(users, items, torch.tensor([2, 3]), log_q, replace(cfg, logq=False))
     assert plain.item() != pytest.approx(got.item())
     # The same item twice in a batch is not its own negative.
     dup = softmax_loss(users, items[[0, 0]], torch.tensor([2, 2]), None, cfg)
