@@ -94,6 +94,28 @@ item_popularity = FeatureView(
     source=item_popularity_source,
 )
 
+# Top-K candidates per user, precomputed by the promoted model version (the serving fast
+# path). Written by the pipeline's candidate step (recsys.candidates), which also pushes them
+# into the online store; each row names the model version it came from, so serving can
+# refuse candidates of a version it has not loaded.
+user_candidates = FeatureView(
+    name="user_candidates",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="candidate_item_ids", dtype=Array(Int64)),
+        Field(name="candidate_scores", dtype=Array(Float32)),
+        Field(name="model_version", dtype=String),
+    ],
+    source=FileSource(
+        name="user_candidates_source",
+        path=str(DATA_DIR.resolve() / "candidates" / "user_candidates.parquet"),
+        timestamp_field="event_timestamp",
+    ),
+    online=True,
+    description="Top-K items per user from the current model version, for serving.",
+)
+
 two_tower_training_v1 = FeatureService(
     name="two_tower_training_v1",
     features=[user_profile, user_activity, item_content, item_popularity],
@@ -110,4 +132,10 @@ item_tower_v1 = FeatureService(
     name="item_tower_v1",
     features=[item_content, item_popularity],
     description="Item features the item tower needs to embed the catalogue as of a time.",
+)
+
+user_candidates_v1 = FeatureService(
+    name="user_candidates_v1",
+    features=[user_candidates],
+    description="Precomputed candidates of the current model version (serving's fast path).",
 )

@@ -99,6 +99,11 @@ def apply(paths: Paths, store: FeatureStore | None = None) -> FeatureStore:
     return store
 
 
+# The views built from the dataset's events (recsys.features) that `materialize` loads into
+# the online store; `user_candidates` is written there directly by recsys.candidates.
+SERVING_VIEWS = ["user_profile", "user_activity", "item_content", "item_popularity"]
+
+
 def materialize(
     paths: Paths, end: datetime, start: datetime | None = None, store: FeatureStore | None = None
 ) -> FeatureStore:
@@ -110,9 +115,9 @@ def materialize(
     from recsys.features import EPOCH
 
     store = store or feature_store(paths)
-    views = store.list_feature_views()
+    views = [store.get_feature_view(name) for name in SERVING_VIEWS]
     if any(view.most_recent_end_time is None for view in views):
-        store.materialize(start_date=start or EPOCH, end_date=end)
+        store.materialize(start_date=start or EPOCH, end_date=end, feature_views=SERVING_VIEWS)
     else:
-        store.materialize_incremental(end_date=end)
+        store.materialize_incremental(end_date=end, feature_views=SERVING_VIEWS)
     return store
