@@ -26,7 +26,9 @@ from recsys.io import atomic_write_bytes
 CANDIDATES_VIEW = "user_candidates"
 
 
-def item_vectors(model: Any, encoder: Any, store: Any, item_ids: np.ndarray, as_of: Any) -> np.ndarray:
+def item_vectors(
+    model: Any, encoder: Any, store: Any, item_ids: np.ndarray, as_of: Any
+) -> np.ndarray:
     """(N, d + 1) float32 index vectors of ``item_ids`` as of ``as_of``."""
     from towers.data import features_as_of
     from towers.model import index_vectors
@@ -37,7 +39,9 @@ def item_vectors(model: Any, encoder: Any, store: Any, item_ids: np.ndarray, as_
     return index_vectors(vectors, model.cfg).numpy().astype(np.float32)
 
 
-def user_vectors(model: Any, encoder: Any, store: Any, user_ids: np.ndarray, as_of: Any) -> np.ndarray:
+def user_vectors(
+    model: Any, encoder: Any, store: Any, user_ids: np.ndarray, as_of: Any
+) -> np.ndarray:
     """(U, d + 1) float32 query vectors of ``user_ids`` as of ``as_of``."""
     from towers.data import features_as_of
     from towers.model import query_vectors

@@ -103,5 +103,27 @@ class Paths:
         """Point-in-time training set with its temporal split."""
         return self.data_dir / "training"
 
+    @property
+    def incoming(self) -> Path:
+        """New interaction batches (parquet files) dropped here are picked up by the
+        pipeline's sensor; ``processed/`` and ``rejected/`` keep every batch it has seen."""
+        return self.data_dir / "incoming"
+
+    @property
+    def models(self) -> Path:
+        """The model registry: versions, the ``current.json`` switch (recsys.registry)."""
+        return self.data_dir / "models"
+
+    @property
+    def lancedb(self) -> Path:
+        """LanceDB database: one item-embedding table per model version (recsys.vectors)."""
+        return self.data_dir / "lancedb"
+
+    @property
+    def candidates(self) -> Path:
+        """The current version's top-K candidates, the batch source of Feast's
+        ``user_candidates`` view."""
+        return self.data_dir / "candidates"
+
     def feature_file(self, view: str) -> Path:
         return self.features / f"{view}.parquet"

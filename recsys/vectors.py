@@ -325,6 +325,18 @@ class ItemIndex:
         self._ef = ef
         self._refine_factor = refine_factor
 
+    @property
+    def item_ids(self) -> np.ndarray:
+        """(N,) int64 item ids, ascending: row i of `vectors` is item_ids[i]."""
+        return self._ids
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, d) float32 vectors (matrix mode only)."""
+        if self._vectors is None:
+            raise ValueError("vectors are held in memory only in matrix mode")
+        return self._vectors
+
     @classmethod
     def open(
         cls,

@@ -1,0 +1,91 @@
+"""Dagster resources: the pipeline's settings, Feast, LanceDB and the model registry.
+
+Every path comes from one place, `recsys.settings.Settings` (``RECSYS_*`` environment
+variables, or the resource's config in the Dagster UI's launchpad); the other resources
+derive theirs from it, so pointing the pipeline at another data folder is one setting.
+"""
+
+
+from typing import Any
+
+from dagster import ConfigurableResource, ResourceDependency
+
+from recsys.settings import Settings
+
+
+class PipelineSettings(ConfigurableResource):
+    """The recsys settings for a run. Empty fields fall back to ``RECSYS_*`` / defaults."""
+
+    data_dir: str | None = None
+    dataset: str | None = None
+    as_of: str | None = None
+    synthetic_interactions: int | None = None
+    synthetic_seed: int | None = None
+    # Two-tower training: softmax temperatures tried on validation (comma-separated), and
+    # the most epochs a run may take.
+    temperatures: str = "0.05,0.2,1.0"
+    max_epochs: int = 30
+    # Candidates precomputed per user, and the quality gate's tolerance: a new version may be
+    # at most this much below the current one in test recall@20 (and must beat popularity).
+    candidates_k: int = 100
+    gate_tolerance: float = 0.01
+    # Train a new version even when the data and config have not changed.
+    force_retrain: bool = False
+
+    def settings(self) -> Settings:
+        overrides: dict[str, Any] = {
+            key: value
+            for key, value in {
+                "data_dir": self.data_dir,
+                "dataset": self.dataset,
+                "as_of": self.as_of,
+                "synthetic_interactions": self.synthetic_interactions,
+                "synthetic_seed": self.synthetic_seed,
+            }.items()
+            if value is not None
+        }
+        return Settings(**overrides)
+
+    def temperature_grid(self) -> tuple[float, ...]:
+        return tuple(float(t) for t in self.temperatures.split(",") if t.strip())
+
+
+class FeastResource(ConfigurableResource):
+    """The Feast feature store of the data folder (offline store: recsys' DuckDB store)."""
+
+    pipeline: ResourceDependency[PipelineSettings]
+
+    def store(self) -> Any:
+        from recsys.store import feature_store_for
+
+        return feature_store_for(self.pipeline.settings())
+
+
+class LanceDBResource(ConfigurableResource):
+    """The LanceDB folder holding one item table per model version."""
+
+    pipeline: ResourceDependency[PipelineSettings]
+
+    def db_dir(self) -> Any:
+        return self.pipeline.settings().paths.lancedb
+
+
+class ModelRegistryResource(ConfigurableResource):
+    """Model versions and the "current" switch (recsys.registry)."""
+
+    pipeline: ResourceDependency[PipelineSettings]
+
+    def registry(self) -> Any:
+        from recsys.registry import ModelRegistry
+
+        return ModelRegistry(self.pipeline.settings().paths.models)
+
+
+def default_resources() -> dict[str, Any]:
+    pipeline = PipelineSettings()
+    return {
+        "pipeline": pipeline,
+        "feast": FeastResource(pipeline=pipeline),
+        "lancedb": LanceDBResource(pipeline=pipeline),
+        "registry": ModelRegistryResource(pipeline=pipeline),
+    }
