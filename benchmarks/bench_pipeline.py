@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="data folder (default: a temporary one)")
     args = parser.parse_args()
 
-    from dagster import DagsterEventType, materialize
+    from dagster import DagsterEventType, DagsterInstance, materialize
 
     from orchestration.assets import ASSETS
     from orchestration.resources import (
@@ -46,16 +46,20 @@ def main() -> None:
     resources = {"pipeline": pipeline, "feast": FeastResource(pipeline=pipeline),
                  "lancedb": LanceDBResource(pipeline=pipeline),
                  "registry": ModelRegistryResource(pipeline=pipeline)}  # fmt: skip
+    instance = DagsterInstance.ephemeral()
     start = time.perf_counter()
-    result = materialize(ASSETS, resources=resources, raise_on_error=False)
+    result = materialize(ASSETS, resources=resources, raise_on_error=False, instance=instance)
     total = time.perf_counter() - start
     began: dict[str, float] = {}
     steps: dict[str, float] = {}
-    for event in result.all_events:
+    for entry in instance.all_logs(result.run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
         if event.event_type == DagsterEventType.STEP_START:
-            began[event.step_key] = event.timestamp
+            began[event.step_key] = entry.timestamp
         elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
-            steps[event.step_key] = event.timestamp - began[event.step_key]
+            steps[event.step_key] = entry.timestamp - began[event.step_key]
     failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
     print(f"{'asset':>18} {'seconds':>8}")
     for name, seconds in steps.items():

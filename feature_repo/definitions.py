@@ -94,6 +94,30 @@ item_popularity = FeatureView(
     source=item_popularity_source,
 )
 
+CANDIDATES = DATA_DIR.resolve() / "candidates" / "user_candidates.parquet"
+
+
+def _empty_candidates() -> None:
+    """Until a model version is promoted the candidates table is empty, but it exists, so
+    that `feast materialize` over every view works in a fresh checkout."""
+    if CANDIDATES.exists():
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([
+        ("user_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
+        ("candidate_item_ids", pa.list_(pa.int64())),
+        ("candidate_scores", pa.list_(pa.float32())), ("model_version", pa.string()),
+    ])  # fmt: skip
+    CANDIDATES.parent.mkdir(parents=True, exist_ok=True)
+    tmp = CANDIDATES.with_name(f".{CANDIDATES.name}.{os.getpid()}.tmp")
+    pq.write_table(schema.empty_table(), tmp)
+    os.replace(tmp, CANDIDATES)
+
+
+_empty_candidates()
+
 # Top-K candidates per user, precomputed by the promoted model version (the serving fast
 # path). Written by the pipeline's candidate step (recsys.candidates), which also pushes them
 # into the online store; each row names the model version it came from, so serving can
@@ -109,7 +133,7 @@ user_candidates = FeatureView(
     ],
     source=FileSource(
         name="user_candidates_source",
-        path=str(DATA_DIR.resolve() / "candidates" / "user_candidates.parquet"),
+        path=str(CANDIDATES),
         timestamp_field="event_timestamp",
     ),
     online=True,

@@ -72,14 +72,19 @@ def _right_side(spec: ViewSpec, alias: str) -> str:
         + [f"{col} AS {alias}_f{i}" for i, (col, _) in enumerate(spec.features)]
         + [f"{spec.timestamp_field}::TIMESTAMPTZ AS {alias}_ts"]
     )
-    # Among rows of one key and event time the last created wins: keep only that row.
-    tie_break = (
-        f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)}, {spec.timestamp_field} "
-        f"ORDER BY {spec.created_column} DESC) = 1"
-        if spec.created_column
-        else ""
+    if not spec.created_column:
+        return f"(SELECT {columns} FROM {spec.scan}) {alias}"
+    # Among rows of one key and event time the last created wins: keep only that row. The
+    # latest created timestamp per (key, time) is found on those narrow columns alone (a
+    # hash aggregate), and the wide rows stream through a semi join against it: no window
+    # over the feature columns, which DuckDB would have to hold in memory.
+    group = ", ".join([*keys, spec.timestamp_field])
+    latest = f"SELECT {group}, max({spec.created_column}) AS _created FROM {spec.scan} GROUP BY ALL"
+    match = " AND ".join(
+        [f"w.{c} IS NOT DISTINCT FROM l.{c}" for c in [*keys, spec.timestamp_field]]
+        + [f"w.{spec.created_column} IS NOT DISTINCT FROM l._created"]
     )
-    return f"(SELECT {columns} FROM {spec.scan} {tie_break}) {alias}"
+    return f"(SELECT {columns} FROM {spec.scan} w SEMI JOIN ({latest}) l ON {match}) {alias}"
 
 
 def asof_join_sql(
