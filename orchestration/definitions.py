@@ -74,7 +74,7 @@ refresh_schedule = ScheduleDefinition(
     default_status=DefaultSensorStatus.STOPPED,
     description="New interaction files in <data>/incoming → feature_refresh.",
 )
-def incoming_batches(context: SensorEvaluationContext):  # type: ignore[no-untyped-def]
+def incoming_batches(context: SensorEvaluationContext) -> RunRequest | SkipReason:
     from recsys.incoming import batch_key, pending
 
     files = pending(PipelineSettings().settings().paths)

@@ -44,6 +44,47 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    """The whole Dagster graph (job ``full_pipeline``), in this process, on the Dagster
+    instance of ``$DAGSTER_HOME`` when set (runs then show in the UI), else an ephemeral one."""
+    import os
+
+    from dagster import DagsterInstance, materialize
+
+    from orchestration.assets import ASSETS
+    from orchestration.resources import (
+        FeastResource,
+        LanceDBResource,
+        ModelRegistryResource,
+        PipelineSettings,
+    )
+    from recsys.registry import ModelRegistry
+
+    settings = _settings(args)
+    pipeline = PipelineSettings(
+        data_dir=str(settings.data_dir), dataset=settings.dataset,
+        as_of=settings.as_of.isoformat() if settings.as_of else None,
+        synthetic_interactions=settings.synthetic_interactions,
+        synthetic_seed=settings.synthetic_seed, force_retrain=args.force_retrain,
+    )  # fmt: skip
+    resources = {"pipeline": pipeline, "feast": FeastResource(pipeline=pipeline),
+                 "lancedb": LanceDBResource(pipeline=pipeline),
+                 "registry": ModelRegistryResource(pipeline=pipeline)}  # fmt: skip
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
+    result = materialize(ASSETS, resources=resources, instance=instance, raise_on_error=False)
+    failed = [f"{e.asset_key.to_user_string()}:{e.check_name}"
+              for e in result.get_asset_check_evaluations() if not e.passed]  # fmt: skip
+    registry = ModelRegistry(settings.paths.models)
+    current = registry.current()
+    metrics = registry.metrics(current).get("models", {}) if current else {}
+    print(json.dumps({
+        "success": result.success, "failed_checks": failed, "current_version": current,
+        "test_recall@20": {m: {s: r[s]["recall@20"] for s in ("all", "warm", "cold")}
+                           for m, r in metrics.items()},
+    }, indent=2))  # fmt: skip
+    return 0 if result.success and not failed else 1
+
+
 def _synth(args: argparse.Namespace) -> int:
     from recsys.datasets.synthetic import generate_synthetic
 
@@ -75,6 +116,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, help="seed of the synthetic dataset")
     b.add_argument("--no-materialize", action="store_true", help="skip the online store")
     b.set_defaults(func=_build)
+    r = sub.add_parser("pipeline", help="the whole Dagster graph: ingest to promotion")
+    r.add_argument("--dataset", help="movielens-100k (default), synthetic, or a folder path")
+    r.add_argument("--data-dir", type=Path, help="data folder (default: ./data)")
+    r.add_argument("--as-of", help="pipeline 'now' (ISO 8601); default: after the last event")
+    r.add_argument("--synthetic-interactions", type=int, help="size of the synthetic dataset")
+    r.add_argument("--seed", type=int, help="seed of the synthetic dataset")
+    r.add_argument("--force-retrain", action="store_true",
+                   help="train a new version even if data and config did not change")  # fmt: skip
+    r.set_defaults(func=_pipeline)
     s = sub.add_parser("synth", help="write a synthetic canonical dataset folder")
     s.add_argument("--interactions", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
