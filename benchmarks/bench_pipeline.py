@@ -31,21 +31,14 @@ def main() -> None:
     from dagster import DagsterEventType, DagsterInstance, materialize
 
     from orchestration.assets import ASSETS
-    from orchestration.resources import (
-        FeastResource,
-        LanceDBResource,
-        ModelRegistryResource,
-        PipelineSettings,
-    )
+    from orchestration.resources import PipelineSettings, resources_for
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-pipeline-")) / "data"
     if (ROOT / "data" / "raw").exists() and not (work / "raw").exists():
         shutil.copytree(ROOT / "data" / "raw", work / "raw")
     pipeline = PipelineSettings(data_dir=str(work), dataset=args.dataset,
                                 synthetic_interactions=args.interactions)  # fmt: skip
-    resources = {"pipeline": pipeline, "feast": FeastResource(pipeline=pipeline),
-                 "lancedb": LanceDBResource(pipeline=pipeline),
-                 "registry": ModelRegistryResource(pipeline=pipeline)}  # fmt: skip
+    resources = resources_for(pipeline)
     instance = DagsterInstance.ephemeral()
     start = time.perf_counter()
     result = materialize(ASSETS, resources=resources, raise_on_error=False, instance=instance)

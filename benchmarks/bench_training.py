@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from towers.config import TowerConfig as TowerConfigDefault  # noqa: E402
+
 
 def prepare(work: Path, size: int) -> Path:
     """The built data folder for one size (0 = MovieLens-100K); built once, then reused."""
@@ -45,7 +47,7 @@ def prepare(work: Path, size: int) -> Path:
     return data
 
 
-def measure(data: Path, epochs: int | None) -> dict:
+def measure(data: Path, epochs: int | None, temperature: float) -> dict:
     import torch
 
     from recsys.settings import Settings
@@ -56,7 +58,8 @@ def measure(data: Path, epochs: int | None) -> dict:
     start = time.perf_counter()
     tower = tower_data(load_source(Settings(data_dir=data), with_test=False))
     load = time.perf_counter() - start
-    cfg = TowerConfig() if epochs is None else replace(TowerConfig(), epochs=epochs)
+    cfg = replace(TowerConfig(), temperature=temperature)
+    cfg = cfg if epochs is None else replace(cfg, epochs=epochs)
     result = train(cfg, tower, progress=True)
     n = len(tower.train_items["item"])
     history = result.history
@@ -94,6 +97,9 @@ def main() -> None:
     parser.add_argument("--full-max", type=int, default=200_000,
                         help="above this many interactions, run only --epochs-at-scale")  # fmt: skip
     parser.add_argument("--epochs-at-scale", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=TowerConfigDefault.temperature,
+                        help="softmax temperature (the pipeline picks it on validation; "
+                        "MovieLens-100K: 1.0)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results = []
@@ -101,7 +107,7 @@ def main() -> None:
         data = prepare(args.work, size)
         epochs = None if size <= args.full_max else args.epochs_at_scale
         r = {"dataset": "movielens-100k" if size == 0 else f"synthetic-{size}",
-             **measure(data, epochs)}  # fmt: skip
+             "temperature": args.temperature, **measure(data, epochs, args.temperature)}  # fmt: skip
         results.append(r)
         print(json.dumps(r), flush=True)
     print(f"\n{'dataset':>18} {'rows':>9} {'epochs':>6} {'best':>4} {'to best s':>9} "

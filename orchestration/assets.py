@@ -14,7 +14,6 @@ promotion of a worse model. Rejected rows are never dropped silently: a failing 
 moved whole to ``incoming/rejected/`` with its report, and counts go in the metadata.
 """
 
-
 import base64
 import json
 import re

@@ -11,7 +11,6 @@ materialization → candidates of the current version). Schedules (cron from
 ``feature_refresh`` when new files land in ``<data>/incoming``.
 """
 
-
 import os
 
 from dagster import (

@@ -5,7 +5,6 @@ variables, or the resource's config in the Dagster UI's launchpad); the other re
 derive theirs from it, so pointing the pipeline at another data folder is one setting.
 """
 
-
 from typing import Any
 
 from dagster import ConfigurableResource, ResourceDependency
@@ -81,11 +80,15 @@ class ModelRegistryResource(ConfigurableResource):
         return ModelRegistry(self.pipeline.settings().paths.models)
 
 
-def default_resources() -> dict[str, Any]:
-    pipeline = PipelineSettings()
+def resources_for(pipeline: PipelineSettings) -> dict[str, Any]:
+    """The four resources the assets use, all derived from one `PipelineSettings`."""
     return {
         "pipeline": pipeline,
         "feast": FeastResource(pipeline=pipeline),
         "lancedb": LanceDBResource(pipeline=pipeline),
         "registry": ModelRegistryResource(pipeline=pipeline),
     }
+
+
+def default_resources() -> dict[str, Any]:
+    return resources_for(PipelineSettings())

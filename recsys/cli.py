@@ -52,12 +52,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance, materialize
 
     from orchestration.assets import ASSETS
-    from orchestration.resources import (
-        FeastResource,
-        LanceDBResource,
-        ModelRegistryResource,
-        PipelineSettings,
-    )
+    from orchestration.resources import PipelineSettings, resources_for
     from recsys.registry import ModelRegistry
 
     settings = _settings(args)
@@ -67,9 +62,7 @@ def _pipeline(args: argparse.Namespace) -> int:
         synthetic_interactions=settings.synthetic_interactions,
         synthetic_seed=settings.synthetic_seed, force_retrain=args.force_retrain,
     )  # fmt: skip
-    resources = {"pipeline": pipeline, "feast": FeastResource(pipeline=pipeline),
-                 "lancedb": LanceDBResource(pipeline=pipeline),
-                 "registry": ModelRegistryResource(pipeline=pipeline)}  # fmt: skip
+    resources = resources_for(pipeline)
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
     result = materialize(ASSETS, resources=resources, instance=instance, raise_on_error=False)
     failed = [f"{e.asset_key.to_user_string()}:{e.check_name}"
@@ -105,23 +98,23 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="movielens-100k (default), synthetic, or a folder path")
+    p.add_argument("--data-dir", type=Path, help="data folder (default: ./data)")
+    p.add_argument("--as-of", help="pipeline 'now' (ISO 8601); default: after the last event")
+    p.add_argument("--synthetic-interactions", type=int, help="size of the synthetic dataset")
+    p.add_argument("--seed", type=int, help="seed of the synthetic dataset")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="ingest, features, feast apply, training set, materialize")
-    b.add_argument("--dataset", help="movielens-100k (default), synthetic, or a folder path")
-    b.add_argument("--data-dir", type=Path, help="data folder (default: ./data)")
-    b.add_argument("--as-of", help="pipeline 'now' (ISO 8601); default: after the last event")
-    b.add_argument("--synthetic-interactions", type=int, help="size of the synthetic dataset")
-    b.add_argument("--seed", type=int, help="seed of the synthetic dataset")
+    _data_arguments(b)
     b.add_argument("--no-materialize", action="store_true", help="skip the online store")
     b.set_defaults(func=_build)
     r = sub.add_parser("pipeline", help="the whole Dagster graph: ingest to promotion")
-    r.add_argument("--dataset", help="movielens-100k (default), synthetic, or a folder path")
-    r.add_argument("--data-dir", type=Path, help="data folder (default: ./data)")
-    r.add_argument("--as-of", help="pipeline 'now' (ISO 8601); default: after the last event")
-    r.add_argument("--synthetic-interactions", type=int, help="size of the synthetic dataset")
-    r.add_argument("--seed", type=int, help="seed of the synthetic dataset")
+    _data_arguments(r)
     r.add_argument("--force-retrain", action="store_true",
                    help="train a new version even if data and config did not change")  # fmt: skip
     r.set_defaults(func=_pipeline)

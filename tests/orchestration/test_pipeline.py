@@ -17,12 +17,7 @@ import pytest
 from dagster import materialize
 
 from orchestration.assets import ASSETS, check_name
-from orchestration.resources import (
-    FeastResource,
-    LanceDBResource,
-    ModelRegistryResource,
-    PipelineSettings,
-)
+from orchestration.resources import PipelineSettings, resources_for
 from recsys.registry import ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,13 +28,7 @@ DOWNSTREAM = {"dataset", "features", "feast_registry", "training_set", "two_towe
 
 
 def resources(data: Path, **overrides):
-    pipeline = PipelineSettings(data_dir=str(data), **{**FAST, **overrides})
-    return {
-        "pipeline": pipeline,
-        "feast": FeastResource(pipeline=pipeline),
-        "lancedb": LanceDBResource(pipeline=pipeline),
-        "registry": ModelRegistryResource(pipeline=pipeline),
-    }
+    return resources_for(PipelineSettings(data_dir=str(data), **{**FAST, **overrides}))
 
 
 def run(data: Path, selection=None, **overrides):
