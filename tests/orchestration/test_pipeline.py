@@ -209,3 +209,20 @@ def test_killed_run_leaves_current_intact_and_next_run_recovers(pipeline_dir):
     reg = registry(pipeline_dir)
     assert not staging.exists() or not any(staging.iterdir())
     assert reg.current() != current and reg.info(current)["state"] == "retired"
+
+
+def test_sensor_requests_one_refresh_run_per_set_of_new_files(tmp_path, monkeypatch):
+    from dagster import RunRequest, SkipReason, build_sensor_context
+
+    from orchestration.definitions import incoming_batches
+
+    monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path))
+    assert isinstance(incoming_batches(build_sensor_context()), SkipReason)
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "incoming" / "a.parquet").write_bytes(b"x")
+    first = incoming_batches(build_sensor_context())
+    assert isinstance(first, RunRequest)
+    assert incoming_batches(build_sensor_context()).run_key == first.run_key  # same files
+    (tmp_path / "incoming" / "b.parquet").write_bytes(b"y")
+    assert incoming_batches(build_sensor_context()).run_key != first.run_key
+    assert incoming_batches.job_name == "feature_refresh"
