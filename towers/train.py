@@ -54,7 +54,7 @@ def build_model(cfg: TowerConfig, encoder: FeatureEncoder) -> TwoTower:
 
 def set_threads(cfg: TowerConfig) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(cfg.threads or cores or 1)
+    torch.set_num_threads(cfg.threads or max(1, (cores or 1) // 2))
 
 
 @torch.no_grad()
