@@ -20,9 +20,11 @@ class PipelineSettings(ConfigurableResource):
     as_of: str | None = None
     synthetic_interactions: int | None = None
     synthetic_seed: int | None = None
-    # Two-tower training: softmax temperatures tried on validation (comma-separated), and
-    # the most epochs a run may take.
-    temperatures: str = "0.05,0.2,1.0"
+    # Two-tower training: softmax temperatures tried on validation (comma-separated; the two
+    # ends of `towers.compare.TEMPERATURES`, which `python -m towers compare` tries in full:
+    # sharp for personal data, flat where the item prior carries the signal), and the most
+    # epochs a run may take.
+    temperatures: str = "0.05,1.0"
     max_epochs: int = 30
     # Candidates precomputed per user, and the quality gate's tolerance: a new version may be
     # at most this much below the current one in test recall@20 (and must beat popularity).
