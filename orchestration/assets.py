@@ -401,11 +401,20 @@ def _target_version(reg: Any) -> str | None:
     return reg.latest_staged() or reg.current()
 
 
-def _load(reg: Any, version: str) -> tuple[Any, Any]:
+def _version_inputs(pipeline: PipelineSettings, registry: ModelRegistryResource) -> Any:
+    """(settings, registry, version, model, encoder, as_of) for the target version, or None
+    when there is no version yet."""
+    from recsys.features import default_as_of
     from towers.train import load_checkpoint
 
+    settings = pipeline.settings()
+    reg = registry.registry()
+    version = _target_version(reg)
+    if version is None:
+        return None
     model, encoder, _ = load_checkpoint(reg.path(version) / "checkpoint.pt")
-    return model, encoder
+    as_of = settings.as_of or default_as_of(settings.paths.dataset)
+    return settings, reg, version, model, encoder, as_of
 
 
 @asset(group_name="embeddings", deps=[two_tower_model], description="The catalogue through "
@@ -421,17 +430,13 @@ def item_embeddings(
     import pyarrow as pa
 
     from recsys.candidates import item_vectors
-    from recsys.features import default_as_of
     from recsys.vectors import write_item_table
 
-    settings = pipeline.settings()
-    reg = registry.registry()
-    version = _target_version(reg)
-    if version is None:
+    inputs = _version_inputs(pipeline, registry)
+    if inputs is None:
         return MaterializeResult(metadata={"status": "no model version to embed"})
-    model, encoder = _load(reg, version)
+    settings, _, version, model, encoder, as_of = inputs
     items = pd.read_parquet(settings.paths.dataset / "items.parquet")
-    as_of = settings.as_of or default_as_of(settings.paths.dataset)
     vectors = item_vectors(model, encoder, feast.store(), items.item_id.to_numpy(), as_of)
     attributes = pa.Table.from_pandas(items[["title", "genres", "release_year"]],
                                       preserve_index=False)  # fmt: skip
@@ -462,18 +467,14 @@ def user_candidates(
     import pandas as pd
 
     from recsys import candidates
-    from recsys.features import default_as_of
     from recsys.vectors import ItemIndex
 
-    settings = pipeline.settings()
-    reg = registry.registry()
-    version = _target_version(reg)
-    if version is None:
+    inputs = _version_inputs(pipeline, registry)
+    if inputs is None:
         return MaterializeResult(metadata={"status": "no model version"})
-    model, encoder = _load(reg, version)
+    settings, reg, version, model, encoder, as_of = inputs
     index = ItemIndex.open(lancedb.db_dir(), version, mode="matrix")
     item_ids, vectors = index.item_ids, index.vectors
-    as_of = settings.as_of or default_as_of(settings.paths.dataset)
     interactions = pd.read_parquet(settings.paths.dataset / "interactions.parquet")
     store = feast.store()
     table = candidates.user_candidates(
