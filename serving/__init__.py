@@ -1,4 +1,6 @@
-"""Online serving: Feast online lookup → user tower → LanceDB vector search.
+"""Online serving: a FastAPI app (``serving.app.create_app``) answering recommendation
+requests from the current model version, and ``python -m serving`` to run it.
 
-Not built yet: issue 5. It reads the online store that ``recsys.store.materialize`` fills.
+Feast online lookup → user tower → item search in the version's LanceDB table (in memory
+up to 32M floats); the version is swapped atomically when the pipeline promotes a new one.
 """

@@ -1,0 +1,71 @@
+"""The user tower's inputs for one row, in about 50 µs instead of ``encode_users``' ~1.5 ms.
+
+``towers.data.FeatureEncoder.encode_users`` is built for batches: pandas indexes, Arrow
+list padding, one pass per column. For a single request most of its time is that
+machinery's fixed cost (measured 1.6 ms p50 on a 2-core machine, a fifth of the 10 ms
+budget). :class:`RowEncoder` does the same arithmetic with dict lookups on one row, with
+the same float64 operations in the same order, so its tensors are identical, not just
+close: ``tests/serving/test_features.py`` compares them with ``torch.equal`` against
+``encode_users`` on every user's Feast online row and on cold-start rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from towers.data import OOV, PAD, USER_CATS, USER_NUMS, FeatureEncoder
+
+
+class RowEncoder:
+    """``FeatureEncoder.encode_users`` for one row given as a dict of feature values."""
+
+    def __init__(self, encoder: FeatureEncoder) -> None:
+        self.history = encoder.history
+        self.n_genres = len(encoder.genres)
+        # Vocabulary position + offset, as FeatureEncoder.user_index / item_index / cats.
+        self.users = {int(u): k + 1 for k, u in enumerate(encoder.user_ids)}
+        self.items = {int(i): k + 2 for k, i in enumerate(encoder.item_ids)}
+        self.cats = [{v: k + 1 for k, v in enumerate(encoder.cats[name])} for name in USER_CATS]
+        self.stats = [(log, *encoder.stats[name]) for name, log in USER_NUMS]
+
+    def knows(self, user_id: int) -> bool:
+        return user_id in self.users
+
+    def encode(self, user_id: int | None, row: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Tensors of one user (batch of 1); ``user_id`` None means the unknown-user slot."""
+        user = self.users.get(user_id, 0) if user_id is not None else 0
+        cats = [
+            lookup.get(value, 0) if isinstance(value, str) else 0
+            for lookup, value in zip(self.cats, (row.get(name) for name in USER_CATS), strict=True)
+        ]
+        history = np.full(self.history, PAD, dtype=np.int64)
+        recent: Sequence[int] = row.get("recent_item_ids") or ()
+        for slot, item in enumerate(recent[: self.history]):
+            history[slot] = self.items.get(int(item), OOV)
+        affinity = np.zeros(self.n_genres, dtype=np.float64)
+        given = row.get("user_genre_affinity") or ()
+        width = min(len(given), self.n_genres)
+        if width:
+            affinity[:width] = np.asarray(given[:width], dtype=np.float64)
+        values = np.array(
+            [np.nan if (v := row.get(name)) is None else float(v) for name, _ in USER_NUMS],
+            dtype=np.float64,
+        )
+        nums = np.empty(2 * len(self.stats), dtype=np.float64)
+        for k, (log, mean, std) in enumerate(self.stats):
+            value = values[k : k + 1]
+            nan = np.isnan(value)
+            scaled = np.log1p(np.clip(value, 0, None)) if log else value
+            nums[k] = np.where(nan, 0.0, (scaled - mean) / std)[0]
+            nums[len(self.stats) + k] = float(nan[0])
+        return {
+            "user": torch.tensor([user], dtype=torch.int64),
+            "cats": torch.tensor([cats], dtype=torch.int64),
+            "nums": torch.from_numpy(nums[None, :]).float(),
+            "affinity": torch.from_numpy(affinity[None, :]).float(),
+            "history": torch.from_numpy(history[None, :]),
+        }

@@ -1,0 +1,223 @@
+"""The HTTP API against a real server (``python -m serving`` on a loopback port) over a data
+folder the Dagster graph built: known and cold users, exclusions, errors, candidates,
+health, readiness and metrics."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tests.serving.conftest import Pipeline, Server
+
+UNKNOWN = 987_654_321
+
+
+def seen_before_as_of(pipeline: Pipeline) -> dict[int, set[int]]:
+    manifest = json.loads((pipeline.data / "features" / "manifest.json").read_text())
+    events = pipeline.interactions()
+    before = events[events.event_timestamp < pd.Timestamp(manifest["as_of"])]
+    return {int(u): set(g.item_id.tolist()) for u, g in before.groupby("user_id")}
+
+
+@pytest.fixture(scope="module")
+def seen(pipeline: Pipeline) -> dict[int, set[int]]:
+    return seen_before_as_of(pipeline)
+
+
+@pytest.fixture(scope="module")
+def stored_candidates(pipeline: Pipeline) -> dict[int, tuple[list[int], list[float]]]:
+    path = pipeline.data / "models" / "versions" / pipeline.version / "candidates.parquet"
+    table = pq.read_table(path).to_pydict()
+    return {
+        u: (ids, scores)
+        for u, ids, scores in zip(
+            table["user_id"], table["candidate_item_ids"], table["candidate_scores"], strict=True
+        )
+    }
+
+
+def test_known_user_gets_ranked_unseen_items_of_the_current_version(
+    server: Server, pipeline: Pipeline, seen: dict[int, set[int]], stored_candidates: dict
+) -> None:
+    titles = dict(zip(pipeline.items().item_id, pipeline.items().title, strict=True))
+    heavy = sorted(seen, key=lambda u: -len(seen[u]))[:5]  # most items to exclude
+    for user in [*heavy, *list(seen)[:15]]:
+        status, body = server.get(f"/recommendations/{user}?k=20")
+        assert status == 200, body
+        assert body["user_id"] == user and body["model_version"] == pipeline.version
+        items = body["items"]
+        ids = [i["item_id"] for i in items]
+        scores = [i["score"] for i in items]
+        assert len(ids) == 20 == len(set(ids)) and body["k"] == 20
+        assert not set(ids) & seen[user], "an already-seen item was recommended"
+        assert body["excluded"] >= len(seen[user])
+        assert scores == sorted(scores, reverse=True)
+        assert all(i["title"] == titles[i["item_id"]] for i in items)
+        # The pipeline's offline top-100 of the same version (batch forward pass, same
+        # exclusions) is an independent oracle of the online path.
+        want_ids, want_scores = stored_candidates[user]
+        np.testing.assert_allclose(scores, want_scores[:20], rtol=1e-4, atol=1e-4)
+        assert ids == want_ids[:20] or set(ids) == set(want_ids[:20])
+
+
+def test_k_bounds_the_list(server: Server, seen: dict[int, set[int]]) -> None:
+    user = next(iter(seen))
+    for k in (1, 7, 100):
+        status, body = server.get(f"/recommendations/{user}?k={k}")
+        assert status == 200 and len(body["items"]) == k
+    assert len(server.get(f"/recommendations/{user}")[1]["items"]) == 20  # the default
+
+
+def test_no_user_is_recommended_an_item_already_seen(
+    server: Server, seen: dict[int, set[int]]
+) -> None:
+    for user in list(seen)[::5]:
+        status, body = server.get(f"/recommendations/{user}?k=100")
+        assert status == 200
+        assert not {i["item_id"] for i in body["items"]} & seen[user], user
+
+
+def test_unknown_user_is_404_with_a_clear_message(server: Server) -> None:
+    for path in (f"/recommendations/{UNKNOWN}", f"/candidates/{UNKNOWN}", "/recommendations/-3"):
+        status, body = server.get(path)
+        assert status == 404, (path, body)
+    assert "unknown" in server.get(f"/recommendations/{UNKNOWN}")[1]["detail"]
+    assert "POST /recommendations" in server.get(f"/recommendations/{UNKNOWN}")[1]["detail"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/recommendations/1?k=0",
+        "/recommendations/1?k=101",
+        "/recommendations/1?k=-1",
+        "/recommendations/1?k=abc",
+        "/recommendations/1?k=2.5",
+        "/recommendations/1?k=",
+        "/recommendations/abc",
+        "/recommendations/1.5",
+        "/recommendations/9223372036854775808",  # past int64
+        "/recommendations/%F0%9F%98%80",
+        "/candidates/xyz",
+    ],
+)
+def test_invalid_path_or_query_is_422(server: Server, path: str) -> None:
+    status, body = server.get(path)
+    assert status == 422, body
+    assert "detail" in body and "input" not in body["detail"][0]  # inputs are not echoed
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ("not json", {"content-type": "application/json"}),
+        ('{"age": 30', {"content-type": "application/json"}),
+        ("null", {"content-type": "application/json"}),
+        ("[1, 2]", {"content-type": "application/json"}),
+        ('{"age": 30}', {"content-type": "text/plain"}),
+        ({"age": "30"}, None),
+        ({"age": 30.5}, None),
+        ({"age": -1}, None),
+        ({"age": True}, None),
+        ({"gender": 1}, None),
+        ({"zip_code": ["1"]}, None),
+        ({"recent_item_ids": "1,2"}, None),
+        ({"recent_item_ids": [1, "2"]}, None),
+        ({"recent_item_ids": [1, None]}, None),
+        ({"recent_item_ids": [2**63]}, None),
+        ({"recent_item_ids": list(range(1001))}, None),
+        ({"k": 0}, None),
+        ({"k": 101}, None),
+        ({"k": "5"}, None),
+        ({"unknown_field": 1}, None),
+    ],
+)
+def test_malformed_body_is_422(server: Server, body: object, headers: dict | None) -> None:
+    status, answer = server.post("/recommendations", body, headers)
+    assert status == 422, answer
+
+
+def test_oversized_body_is_413(server: Server) -> None:
+    status, _ = server.post("/recommendations", "x" * 70_000, {"content-type": "application/json"})
+    assert status == 413
+    # Without a Content-Length (chunked upload): counted as it arrives.
+    conn = http.client.HTTPConnection(*server.base, timeout=30)
+    try:
+        chunks = iter([b'{"zip_code": "' + b"9" * 40_000, b"9" * 40_000 + b'"}'])
+        conn.request("POST", "/recommendations", body=chunks, encode_chunked=True,
+                     headers={"content-type": "application/json"})  # fmt: skip
+        assert conn.getresponse().status == 413
+    finally:
+        conn.close()
+    assert server.post("/recommendations", {"age": 30})[0] == 200  # the server is fine
+
+
+def test_cold_start_user_is_deterministic_and_excludes_the_given_items(
+    server: Server, pipeline: Pipeline
+) -> None:
+    recent = pipeline.items().item_id.head(5).tolist()
+    body = {"age": 31, "gender": "F", "occupation": "engineer", "zip_code": "94110",
+            "recent_item_ids": recent, "k": 15}  # fmt: skip
+    status, first = server.post("/recommendations", body)
+    assert status == 200, first
+    assert first["user_id"] is None and first["model_version"] == pipeline.version
+    ids = [i["item_id"] for i in first["items"]]
+    assert len(ids) == 15 == len(set(ids)) and not set(ids) & set(recent)
+    assert first["excluded"] == 5
+    assert server.post("/recommendations", body)[1] == first  # same request, same answer
+    # Only what the body says: no profile at all is a valid (if vague) request...
+    status, empty = server.post("/recommendations", {})
+    assert status == 200 and len(empty["items"]) == 20
+    # ...and the profile and history do change the answer.
+    other = {**body, "age": 60, "gender": "M", "recent_item_ids": recent[::-1][:2]}
+    assert server.post("/recommendations", other)[1]["items"] != first["items"]
+    # Explicit nulls are missing values; unknown item ids are out-of-vocabulary history.
+    nulls = {"age": None, "gender": None, "occupation": None, "zip_code": None,
+             "recent_item_ids": [UNKNOWN, -1]}  # fmt: skip
+    assert server.post("/recommendations", nulls)[0] == 200
+
+
+def test_candidates_come_from_the_online_store_of_the_served_version(
+    server: Server, pipeline: Pipeline, stored_candidates: dict
+) -> None:
+    for user in list(stored_candidates)[:10]:
+        status, body = server.get(f"/candidates/{user}")
+        assert status == 200, body
+        assert body["source"] == "online_store"
+        assert body["model_version"] == body["stored_version"] == pipeline.version
+        want_ids, want_scores = stored_candidates[user]
+        assert [i["item_id"] for i in body["items"]] == want_ids
+        np.testing.assert_allclose([i["score"] for i in body["items"]], want_scores, rtol=1e-6)
+        assert all(i["title"] for i in body["items"])
+
+
+def test_health_readiness_docs_and_metrics(server: Server, pipeline: Pipeline) -> None:
+    assert server.get("/healthz") == (200, {"status": "ok"})
+    status, ready = server.get("/readyz")
+    assert status == 200 and ready["ready"] is True
+    assert ready["model_version"] == ready["current"] == pipeline.version
+    assert server.get("/docs")[0] == 200
+    paths = server.get("/openapi.json")[1]["paths"]
+    assert {"/recommendations/{user_id}", "/recommendations", "/candidates/{user_id}"} <= set(paths)
+    server.get(f"/recommendations/{UNKNOWN}")
+    server.get("/no/such/path/123")
+    status, text = server.get("/metrics")
+    assert status == 200
+    lines = text.splitlines()
+
+    def has(prefix: str) -> bool:
+        return any(line.startswith(prefix) for line in lines)
+
+    assert has('recsys_serving_requests_total{endpoint="/recommendations/{user_id}",'
+               'method="GET",status="200"}')  # fmt: skip
+    assert has('recsys_serving_requests_total{endpoint="/recommendations/{user_id}",'
+               'method="GET",status="404"}')  # fmt: skip
+    assert has('recsys_serving_requests_total{endpoint="unmatched",method="GET",status="404"}')
+    assert has('recsys_serving_request_duration_seconds_bucket{endpoint="/readyz",le="0.01"}')
+    assert f'recsys_serving_model_info{{version="{pipeline.version}"}} 1.0' in lines
+    assert not any("/no/such/path" in line for line in lines)  # raw paths are not labels

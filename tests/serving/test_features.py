@@ -1,0 +1,283 @@
+"""Serving's Python versions of the pipeline's features and encoding, against the originals:
+profile features against the DuckDB SQL on every user, cold-start activity features
+against Feast's online rows, the one-row encoder against ``FeatureEncoder.encode_users``,
+the seen-items map against pandas; and a version that fails to load is never served."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recsys.features import user_profile_sql
+from recsys.registry import ModelRegistry
+from recsys.schema import TABLES
+from recsys.settings import Paths, Settings
+from recsys.sql import connect
+from serving.encoding import RowEncoder
+from serving.features import USER_SCHEMA, ItemGenres, age_bucket, cold_start_row, zip_prefix
+from serving.loaded import SeenItems, VersionLoadError, load_version
+from serving.metrics import Metrics
+from serving.settings import ServingSettings
+from serving.state import ServingState
+from tests.serving.conftest import Pipeline
+from towers.train import load_checkpoint
+
+
+def sql_profiles(dataset: Path) -> pd.DataFrame:
+    sql = user_profile_sql(dataset, datetime.now(UTC))
+    return connect().execute(f"SELECT user_id, age_bucket, zip_prefix FROM ({sql})").df()
+
+
+def none_if_na(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
+def test_profile_features_equal_the_sql_on_every_user(pipeline: Pipeline) -> None:
+    dataset = pipeline.data / "dataset"
+    users = pd.read_parquet(dataset / "users.parquet")
+    sql = sql_profiles(dataset).set_index("user_id").loc[users.user_id]
+    assert len(users) > 100
+    for user, sql_row in zip(users.itertuples(), sql.itertuples(), strict=True):
+        age = None if pd.isna(user.age) else int(user.age)
+        assert age_bucket(age) == none_if_na(sql_row.age_bucket), user
+        assert zip_prefix(user.zip_code) == none_if_na(sql_row.zip_prefix), user
+
+
+def test_profile_features_equal_the_sql_on_edge_cases(tmp_path: Path) -> None:
+    ages: list[int | None] = [None, -1, 0, 17, 18, 24, 25, 34, 35, 44, 45, 49, 50, 55, 56, 99]
+    zips: list[str | None] = [None, "", "1", "12", "123", "12345", "ñandú", "😀12",
+                              "e\u0301xyz", "🇫🇷🇩🇪x"]  # fmt: skip
+    rows = [
+        {"user_id": n, "age": ages[n % len(ages)], "gender": "F", "occupation": "x",
+         "zip_code": zips[n % len(zips)]}
+        for n in range(len(ages) * len(zips))
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows, schema=TABLES["users"]), tmp_path / "users.parquet")
+    sql = sql_profiles(tmp_path).set_index("user_id")
+    for row in rows:
+        assert age_bucket(row["age"]) == none_if_na(sql.loc[row["user_id"], "age_bucket"]), row
+        assert zip_prefix(row["zip_code"]) == none_if_na(sql.loc[row["user_id"], "zip_prefix"])
+
+
+@pytest.fixture(scope="module")
+def online(pipeline: Pipeline) -> tuple[list[int], dict[str, list[Any]], pd.DataFrame]:
+    """Every user's Feast online row (user_tower_serving_v1), plus an unknown user."""
+    from recsys.store import feature_store_for
+
+    store = feature_store_for(Settings(data_dir=pipeline.data))
+    users = sorted(pd.read_parquet(pipeline.data / "dataset" / "users.parquet").user_id)
+    users.append(987_654_321)
+    response = store.get_online_features(
+        features=store.get_feature_service("user_tower_serving_v1"),
+        entity_rows=[{"user_id": u} for u in users],
+    )
+    return users, response.to_dict(), response.to_df()
+
+
+def test_cold_start_features_equal_the_online_features_of_the_same_history(
+    pipeline: Pipeline, online: tuple[list[int], dict[str, list[Any]], pd.DataFrame]
+) -> None:
+    """A stored user's profile and full history (newest first; within one timestamp, item
+    ids descending, as the SQL lists them) through the cold-start path give the columns
+    Feast serves for that user; only the mean rating is not in a request."""
+    users, values, _ = online
+    manifest = json.loads((pipeline.data / "features" / "manifest.json").read_text())
+    genres = ItemGenres.from_items(pipeline.data / "dataset" / "items.parquet", manifest["genres"])
+    profiles = pd.read_parquet(pipeline.data / "dataset" / "users.parquet").set_index("user_id")
+    events = pipeline.interactions()
+    events = events[events.event_timestamp < pd.Timestamp(manifest["as_of"])]
+    events = events.sort_values(["event_timestamp", "item_id"], ascending=False)
+    histories = events.groupby("user_id", sort=False).item_id.agg(list)
+    compared = 0
+    for position, user in enumerate(users[:-1]):
+        stored = {name: column[position] for name, column in values.items()}
+        if stored["user_interaction_count"] is None:  # no activity online (none before as_of)
+            assert user not in histories.index
+            continue
+        profile = profiles.loc[user]
+        row = cold_start_row(
+            age=int(profile.age), gender=profile.gender, occupation=profile.occupation,
+            zip_code=profile.zip_code, recent_item_ids=histories[user], item_genres=genres,
+            recent_items=manifest["recent_items"],
+        )  # fmt: skip
+        for name in ("age_bucket", "gender", "occupation", "zip_prefix",
+                     "user_interaction_count", "recent_item_ids"):  # fmt: skip
+            assert row[name] == stored[name], (user, name)
+        np.testing.assert_array_equal(
+            np.float32(row["user_genre_affinity"]), np.float32(stored["user_genre_affinity"])
+        )
+        assert row["user_mean_rating"] is None
+        compared += 1
+    assert compared > 100
+
+
+def test_no_history_means_no_activity_features() -> None:
+    genres = ItemGenres(np.array([1], dtype=np.int64), np.ones((1, 2), np.uint8), ("a", "b"))
+    row = cold_start_row(age=None, gender=None, occupation=None, zip_code=None,
+                         recent_item_ids=[], item_genres=genres, recent_items=20)  # fmt: skip
+    assert all(value is None for value in row.values())
+    # An unknown item counts as an interaction with no genre (the SQL's LEFT JOIN).
+    row = cold_start_row(age=None, gender=None, occupation=None, zip_code=None,
+                         recent_item_ids=[1, 99, 1], item_genres=genres, recent_items=2)  # fmt: skip
+    assert row["user_interaction_count"] == 3 and row["recent_item_ids"] == [1, 99]
+    assert row["user_genre_affinity"] == [np.float32(2 / 3)] * 2
+
+
+def assert_same_tensors(fast: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], i: int):
+    assert fast.keys() == batch.keys()
+    for name, tensor in fast.items():
+        assert tensor.dtype == batch[name].dtype, name
+        assert torch.equal(tensor[0], batch[name][i]), (name, tensor[0], batch[name][i])
+
+
+def test_row_encoder_equals_encode_users_on_every_online_row(
+    pipeline: Pipeline, online: tuple[list[int], dict[str, list[Any]], pd.DataFrame]
+) -> None:
+    users, values, frame = online
+    version = ModelRegistry(pipeline.data / "models").current()
+    assert version is not None
+    _, encoder, _ = load_checkpoint(pipeline.data / "models" / "versions" / version /
+                                    "checkpoint.pt")  # fmt: skip
+    batch = encoder.encode_users(frame)  # the pandas frame Feast returns, as in training
+    rows = RowEncoder(encoder)
+    loaded = load_version(Paths(pipeline.data), version)
+    for i, user in enumerate(users):
+        row = {name: column[i] for name, column in values.items()}
+        fast = rows.encode(user, row)
+        assert_same_tensors(fast, batch, i)
+        with torch.no_grad():  # the traced user tower serving runs gives the same vectors
+            assert torch.equal(loaded.tower(fast), loaded.model.user_tower(fast)), user
+    assert rows.knows(users[0]) and not rows.knows(users[-1])
+
+    # Cold-start rows (no user id: the unknown slot), as an Arrow table of Feast's types.
+    genres = ItemGenres.from_items(pipeline.data / "dataset" / "items.parquet", encoder.genres)
+    items = pipeline.items().item_id.tolist()
+    cold = [
+        cold_start_row(age=a, gender=g, occupation=o, zip_code=z, recent_item_ids=r,
+                       item_genres=genres, recent_items=20)
+        for a, g, o, z, r in [
+            (None, None, None, None, []), (25, "F", "engineer", "94110", items[:3]),
+            (70, "M", "no-such-job", "", items[::-1][:40] + [987_654_321]),
+            (12, "X", None, "😀", [items[5]] * 3),
+        ]
+    ]  # fmt: skip
+    table = pa.Table.from_pylist([{"user_id": -1, **row} for row in cold], schema=USER_SCHEMA)
+    batch = encoder.encode_users(table)
+    for i, row in enumerate(cold):
+        assert_same_tensors(rows.encode(None, row), batch, i)
+
+
+def test_seen_items_group_every_interaction_before_as_of(pipeline: Pipeline) -> None:
+    manifest = json.loads((pipeline.data / "features" / "manifest.json").read_text())
+    as_of = pd.Timestamp(manifest["as_of"])
+    seen = SeenItems.from_parquet(pipeline.data / "dataset" / "interactions.parquet", as_of)
+    events = pipeline.interactions()
+    before = events[events.event_timestamp < as_of]
+    want = before.groupby("user_id").item_id.agg(lambda s: sorted(set(s)))
+    assert seen.users.tolist() == want.index.tolist()
+    for user, items in want.items():
+        assert seen.get(int(user)).tolist() == items
+    assert seen.get(987_654_321).size == 0 and seen.get(-(2**63)).size == 0
+    dupes = SeenItems.from_arrays(np.array([2, 1, 2, 2]), np.array([5, 7, 5, 3]))
+    assert dupes.get(2).tolist() == [3, 5] and dupes.get(1).tolist() == [7]
+    assert SeenItems.from_arrays(np.array([]), np.array([])).get(1).size == 0
+
+
+def test_a_version_that_fails_to_load_is_never_served(pipeline: Pipeline, tmp_path: Path) -> None:
+    data = tmp_path / "data"  # a copy: promoting a broken version must not disturb the server
+    shutil.copytree(pipeline.data, data, symlinks=True)
+    settings = ServingSettings(data_dir=data, retry_failed_seconds=0.01)
+    state = ServingState(settings, Metrics())
+    state.open_store()
+    served = state.refresh()
+    assert served is not None and served.version == pipeline.version
+    assert state.readiness()[0]
+
+    registry = ModelRegistry(data / "models")
+    broken = "29990101T000000000000-nolance0"  # a complete folder, but no item table
+    shutil.copytree(registry.path(pipeline.version), registry.versions_dir / broken)
+    registry.set_state(broken, "staged")
+    registry.promote(broken)
+    assert state.refresh() is served  # still the old, consistent version
+    ready, body = state.readiness()
+    assert not ready and broken in body["reason"] and "item table" in body["error"]
+    assert body["model_version"] == pipeline.version
+    with pytest.raises(VersionLoadError, match="item table"):
+        load_version(state.paths, broken)
+
+    registry.promote(pipeline.version)  # a rollback: the served version is current again
+    assert state.refresh() is served and state.readiness()[0]
+    registry.set_state(broken, "rejected")
+    with pytest.raises(VersionLoadError, match="quality gate"):
+        load_version(state.paths, broken)
+
+
+def copy_data(pipeline: Pipeline, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(pipeline.data, data, symlinks=True)
+    return data
+
+
+def test_ann_search_serves_users_with_long_histories(pipeline: Pipeline, tmp_path: Path) -> None:
+    """LanceDB mode on an IVF_HNSW_SQ table, with exclusion lists as long as the catalogue
+    (over-fetching k + excluded rows must fit the index's search breadth)."""
+    from recsys.settings import Paths
+    from recsys.vectors import ItemIndex, write_item_table
+
+    data = copy_data(pipeline, tmp_path)
+    registry = ModelRegistry(data / "models")
+    real = ItemIndex.open(data / "lancedb", pipeline.version, mode="matrix")
+    version = "29990101T000000000000-annindex"
+    shutil.copytree(registry.path(pipeline.version), registry.versions_dir / version)
+    registry.set_state(version, "staged")
+    titles = pa.table({"title": [a["title"] for a in real.attributes(real.item_ids)]})
+    write_item_table(data / "lancedb", version, real.item_ids, real.vectors, titles,
+                     ann_min_rows=0)  # fmt: skip
+    ann = load_version(Paths(data), version, "lance")
+    exact = load_version(Paths(data), version, "matrix")
+    assert (ann.index.mode, ann.index.index_type) == ("lance", "IVF_HNSW_SQ")
+    items = real.item_ids.tolist()
+    for history in (items[:3], items[: len(items) - 30], items[::-1][:1000]):
+        row = ann.cold_row(age=30, gender="F", occupation=None, zip_code="123",
+                           recent_item_ids=history)  # fmt: skip
+        exclude = np.unique(history)
+        got = ann.recommend(None, row, 20, exclude)
+        want = exact.recommend(None, row, 20, exclude)
+        assert not {i["item_id"] for i in got} & set(history)
+        overlap = {i["item_id"] for i in got} & {i["item_id"] for i in want}
+        assert len(got) == len(want) and len(overlap) >= 0.9 * len(want)
+
+
+def test_a_republished_dataset_reloads_the_seen_items(pipeline: Pipeline, tmp_path: Path) -> None:
+    """A feature refresh publishes a new dataset folder: the same version is reloaded with
+    the new interactions in its seen-items map."""
+    from recsys.io import publish_dir, staging_dir
+
+    data = copy_data(pipeline, tmp_path)
+    state = ServingState(ServingSettings(data_dir=data), Metrics())
+    served = state.refresh()
+    assert served is not None
+    user = int(served.seen.users[0])
+    new_item = next(i for i in served.index.item_ids.tolist() if i not in served.seen.get(user))
+    events = pq.read_table(data / "dataset" / "interactions.parquet")
+    event = {"user_id": user, "item_id": new_item, "rating": 4.0,
+             "event_timestamp": served.as_of - timedelta(seconds=1)}  # fmt: skip
+    added = pa.concat_tables([events, pa.Table.from_pylist([event], schema=events.schema)])
+    with staging_dir(data, "dataset") as stage:
+        shutil.copytree(data / "dataset", stage, dirs_exist_ok=True)
+        pq.write_table(added, stage / "interactions.parquet")
+        publish_dir(stage, data / "dataset")
+    reloaded = state.refresh()
+    assert reloaded is not None and reloaded is not served
+    assert reloaded.version == served.version
+    assert new_item in reloaded.seen.get(user) and new_item not in served.seen.get(user)
