@@ -482,7 +482,8 @@ class ItemIndex:
         if self.index_type != "flat":
             query = (
                 query.nprobes(self._num_partitions)
-                .ef(max(self._ef, fetch))
+                # Lance needs ef >= rows fetched * refine factor (it refines that many).
+                .ef(max(self._ef, fetch * self._refine_factor))
                 .refine_factor(self._refine_factor)
             )
         result = query.to_arrow()

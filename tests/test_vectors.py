@@ -276,5 +276,9 @@ def test_ann_index_recall_at_20(db_dir: Path) -> None:
         assert np.all(np.diff(scores) <= 0)
         recalls.append(len(set(got.tolist()) & set(want.tolist())) / 20)
     assert np.mean(recalls) >= 0.8, np.mean(recalls)
+    # A long exclusion list (fetched rows * refine factor above the default ef) still works.
+    long_seen = ids[:300]
+    got, _ = index.search(queries[0], 20, exclude=long_seen)
+    assert len(got) == 20 and not np.isin(got, long_seen).any()
     # Below the threshold no index is built.
     assert write_item_table(db_dir, "small", ids, vecs).index_type == "flat"
