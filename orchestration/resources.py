@@ -9,7 +9,7 @@ from typing import Any
 
 from dagster import ConfigurableResource, ResourceDependency
 
-from recsys.settings import Settings
+from recsys.settings import Settings, settings_from
 
 
 class PipelineSettings(ConfigurableResource):
@@ -34,18 +34,13 @@ class PipelineSettings(ConfigurableResource):
     force_retrain: bool = False
 
     def settings(self) -> Settings:
-        overrides: dict[str, Any] = {
-            key: value
-            for key, value in {
-                "data_dir": self.data_dir,
-                "dataset": self.dataset,
-                "as_of": self.as_of,
-                "synthetic_interactions": self.synthetic_interactions,
-                "synthetic_seed": self.synthetic_seed,
-            }.items()
-            if value is not None
-        }
-        return Settings(**overrides)
+        return settings_from(
+            data_dir=self.data_dir,
+            dataset=self.dataset,
+            as_of=self.as_of,
+            synthetic_interactions=self.synthetic_interactions,
+            synthetic_seed=self.synthetic_seed,
+        )
 
     def temperature_grid(self) -> tuple[float, ...]:
         return tuple(float(t) for t in self.temperatures.split(",") if t.strip())

@@ -13,20 +13,15 @@ from typing import Any
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from recsys.settings import Settings
+    from recsys.settings import settings_from
 
-    overrides = {
-        key: value
-        for key, value in {
-            "data_dir": args.data_dir,
-            "dataset": args.dataset,
-            "as_of": args.as_of,
-            "synthetic_interactions": args.synthetic_interactions,
-            "synthetic_seed": args.seed,
-        }.items()
-        if value is not None
-    }
-    return Settings(**overrides)
+    return settings_from(
+        data_dir=args.data_dir,
+        dataset=args.dataset,
+        as_of=args.as_of,
+        synthetic_interactions=args.synthetic_interactions,
+        synthetic_seed=args.seed,
+    )
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -55,13 +50,12 @@ def _pipeline(args: argparse.Namespace) -> int:
     from orchestration.resources import PipelineSettings, resources_for
     from recsys.registry import ModelRegistry
 
-    settings = _settings(args)
     pipeline = PipelineSettings(
-        data_dir=str(settings.data_dir), dataset=settings.dataset,
-        as_of=settings.as_of.isoformat() if settings.as_of else None,
-        synthetic_interactions=settings.synthetic_interactions,
-        synthetic_seed=settings.synthetic_seed, force_retrain=args.force_retrain,
+        data_dir=str(args.data_dir) if args.data_dir else None, dataset=args.dataset,
+        as_of=args.as_of, synthetic_interactions=args.synthetic_interactions,
+        synthetic_seed=args.seed, force_retrain=args.force_retrain,
     )  # fmt: skip
+    settings = pipeline.settings()
     resources = resources_for(pipeline)
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
     result = materialize(ASSETS, resources=resources, instance=instance, raise_on_error=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +71,12 @@ class Settings(BaseSettings):
     @cached_property
     def paths(self) -> Paths:
         return Paths(self.data_dir)
+
+
+def settings_from(**values: Any) -> Settings:
+    """Settings with the given values where they are not None; the rest from ``RECSYS_*``
+    variables and defaults (what a CLI flag or a Dagster resource field left empty means)."""
+    return Settings(**{key: value for key, value in values.items() if value is not None})
 
 
 class Paths:
