@@ -58,7 +58,7 @@ def peak_rss_mb() -> float:
 def run(method: str, data: Path, memory_limit: str | None) -> dict:
     """One measurement in this (fresh) process."""
     from recsys import store as feast_store
-    from recsys.asof import asof_join_sql, view_specs
+    from recsys.asof import asof_join_sql, view_specs, without_needless_tiebreaks
     from recsys.features import build_features, default_as_of
     from recsys.settings import Paths
     from recsys.sql import connect, string
@@ -77,9 +77,10 @@ def run(method: str, data: Path, memory_limit: str | None) -> dict:
         projections = store.get_feature_service(FEATURE_SERVICE).feature_view_projections
         specs = view_specs([store.get_feature_view(p.name) for p in projections])
         start = time.perf_counter()
-        sql = asof_join_sql(entity_rows(paths.dataset, as_of, as_sql=True), specs)
         con = connect(memory_limit)
         con.execute("SET preserve_insertion_order = false")
+        specs = without_needless_tiebreaks(con, specs)
+        sql = asof_join_sql(entity_rows(paths.dataset, as_of, as_sql=True), specs)
         con.execute(f"COPY ({sql}) TO {string(str(out))} (FORMAT parquet, COMPRESSION zstd)")
     elif method == "check":
         from tests.pit_reference import window_join_sql

@@ -37,7 +37,7 @@ from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMeta
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from pydantic import StrictStr
 
-from recsys.asof import asof_join_sql, view_spec
+from recsys.asof import asof_join_sql, view_spec, without_needless_tiebreaks
 from recsys.sql import string, timestamp
 
 
@@ -220,10 +220,11 @@ class DuckDBAsofOfflineStore(DuckDBOfflineStore):
                 fv,
                 wanted.get(fv.projection.name_to_use(), []),
                 full_feature_names,
-                scan=_scan(fv.batch_source, config.repo_path),
+                path=FileSource.get_uri_for_file_path(config.repo_path, fv.batch_source.path),
             )
             for fv in feature_views
         ]
+        specs = without_needless_tiebreaks(con, specs)
         for spec in specs:
             missing = [e for e, _ in spec.join_keys if e not in entity.columns]
             if missing:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys import store as feast_store
-from recsys.asof import asof_join_sql, view_specs
+from recsys.asof import asof_join_sql, view_specs, without_needless_tiebreaks
 from recsys.features import EPOCH, build_features
 from recsys.ingest import ingest
 from recsys.sql import connect
@@ -233,6 +233,11 @@ def test_join_picks_latest_created_before_time_within_ttl(settings_for, tmp_path
     answers = {
         "feast": historical_features(store, entity).to_pandas(),
         "asof sql": con.sql(asof_join_sql("SELECT * FROM entity", view_specs(views))).df(),
+        "asof sql, tie-break where needed": con.sql(
+            asof_join_sql(
+                "SELECT * FROM entity", without_needless_tiebreaks(con, view_specs(views))
+            )
+        ).df(),
         "pandas": pit_join(entity, views),
         "window sql": con.sql(window_join_sql("SELECT * FROM entity", views)).df(),
     }
@@ -241,6 +246,10 @@ def test_join_picks_latest_created_before_time_within_ttl(settings_for, tmp_path
         for user_id, when, right, *_ in JOIN_CASES:
             answer = got.loc[(user_id, when)]
             assert (None if pd.isna(answer) else answer) == right, (name, user_id, when)
+    # Which views the SQL joins narrow (lists fetched late) and which need the tie-break.
+    specs = {s.name: s for s in without_needless_tiebreaks(con, view_specs(views))}
+    assert [n for n, s in specs.items() if s.late_path] == ["user_activity", "item_content"]
+    assert [n for n, s in specs.items() if s.ties] == ["user_activity"]
     # The fixture discriminates: every wrong join differs from the right one somewhere.
     for k in range(3):
         assert any(case[3 + k] != case[2] for case in JOIN_CASES)
