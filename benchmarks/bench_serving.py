@@ -28,12 +28,14 @@ Phases:
 1. the data folder as it is (MovieLens-100K: 1,682 items, in-memory matrix search);
 2. ``--catalogue`` items (default 100,000): the version's checkpoint is copied under two
    fake versions whose LanceDB tables hold the real item vectors plus synthetic ones
-   (random real vectors with noise, renormalised), one table with the IVF_HNSW_SQ index and
-   one without. Training a real 100K-item model would need a ~10M-interaction pipeline run
-   (its features and training set alone take ~8 minutes here, then training); for latency only the catalogue size matters, since the user side (Feast,
-   user tower) is unchanged. First a search-only comparison in-process (the same query
-   vectors and exclusions as serving: every user's seen items), then the server end to
-   end with the matrix, LanceDB ANN and LanceDB flat search.
+   (random real vectors with noise, renormalised), one table with the IVF_HNSW_SQ index (and
+   the in-memory HNSW graph ``write_item_table`` keeps beside it) and one without. Training
+   a real 100K-item model would need a ~10M-interaction pipeline run (its features and
+   training set alone take minutes here, then training); for latency only the catalogue
+   size matters, since the user side (Feast, user tower) is unchanged. First a search-only
+   comparison in-process (the same query vectors and exclusions as serving: every user's
+   seen items), then the server end to end with the HNSW graph (what ``auto`` picks at this
+   size), the matrix, LanceDB ANN and LanceDB flat search.
 """
 
 from __future__ import annotations
@@ -315,7 +317,7 @@ def fake_versions(data: Path, n: int, seed: int) -> tuple[str, str]:
         shutil.copytree(registry.path(current), registry.versions_dir / version)
         registry.set_state(version, "staged")
         info = write_item_table(data / "lancedb", version, ids, vectors, table,
-                                ann_min_rows=min_rows)  # fmt: skip
+                                ann_min_rows=min_rows, hnsw_min_rows=min_rows)  # fmt: skip
         print(f"  {version}: {info.rows} items, {info.index_type}, built in "
               f"{info.build_seconds:.1f} s", file=sys.stderr)  # fmt: skip
         versions.append(version)
@@ -325,7 +327,7 @@ def fake_versions(data: Path, n: int, seed: int) -> tuple[str, str]:
 def search_only(data: Path, ann: str, flat: str, queries: int, seed: int) -> list[dict[str, Any]]:
     """The item search alone, in-process, with serving's own query vectors and exclusions."""
     from recsys.settings import Paths
-    from recsys.vectors import ANN_EF, ANN_REFINE_FACTOR, ItemIndex
+    from recsys.vectors import ItemIndex
     from serving.loaded import load_version
     from serving.metrics import Metrics
     from serving.settings import ServingSettings
@@ -348,32 +350,17 @@ def search_only(data: Path, ann: str, flat: str, queries: int, seed: int) -> lis
     rows = []
     matrix = ItemIndex.open(data / "lancedb", ann, mode="matrix")
     lance_flat = ItemIndex.open(data / "lancedb", flat, mode="lance")
-    cases_by_label: list[tuple[str, Any]] = [
-        ("matrix", lambda e: matrix),
-        # The ef serving opens an ANN index with (serving.loaded._ann_ef): enough for the
-        # longest exclusion list, paid by every query.
-        ("lance ANN, serving ef", lambda e: loaded_lance),
-        # What a per-query ef in recsys/vectors.py would cost: ef = max(100, 2 * fetch).
-        ("lance ANN, ef/query", lambda e: per_query(e)),
-        ("lance flat", lambda e: lance_flat),
+    indexes = [
+        ("matrix", matrix),
+        ("hnsw (in memory)", ItemIndex.open(data / "lancedb", ann, mode="hnsw")),
+        # ef = max(100, 2 x rows fetched) per query (recsys.vectors._search_lance)
+        ("lance ANN", ItemIndex.open(data / "lancedb", ann, mode="lance")),
+        ("lance flat", lance_flat),
     ]
-    loaded_lance = load_version(Paths(data), ann, "lance").index
-    by_ef: dict[int, ItemIndex] = {}
-
-    def per_query(exclude: np.ndarray) -> ItemIndex:
-        need = max(ANN_EF, ANN_REFINE_FACTOR * (20 + exclude.size))
-        ef = 1 << (need - 1).bit_length()  # a few indexes, by power of two
-        if ef not in by_ef:
-            by_ef[ef] = ItemIndex.open(data / "lancedb", ann, mode="lance", ef=ef)
-        return by_ef[ef]
-
-    for label, index_for in cases_by_label:
-        opened = {id(index_for(e)): index_for(e) for _, e in cases}  # opened before timing
-        for index in opened.values():
-            index.search(cases[0][0], 20, exclude=cases[0][1])  # warm-up
+    for label, index in indexes:
+        index.search(cases[0][0], 20, exclude=cases[0][1])  # warm-up
         lat, hits = [], 0
         for (q, e), want in zip(cases, truth, strict=True):
-            index = index_for(e)
             t0 = time.perf_counter()
             got, _ = index.search(q, 20, exclude=e)
             lat.append(time.perf_counter() - t0)
@@ -440,10 +427,11 @@ def main() -> None:
         search_rows = search_only(data, ann, flat, args.search_queries, args.seed)
         registry = ModelRegistry(data / "models")
         label = f"{args.catalogue // 1000}K"
-        for version, mode in ((ann, "matrix"), (ann, "lance"), (flat, "lance")):
+        phases = [(ann, "hnsw", "hnsw"), (ann, "matrix", "matrix"), (ann, "lance", "ann"),
+                  (flat, "lance", "flat")]  # fmt: skip
+        for version, mode, name in phases:
             registry.promote(version, reason="benchmark")
             rows += run_phase(label, data, mode, paths, args)
-            name = "flat" if version == flat else {"matrix": "matrix", "lance": "ann"}[mode]
             rows[-1]["search"] = rows[-2]["search"] = name
 
     load = os.getloadavg()

@@ -34,7 +34,7 @@ import torch
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
-from recsys.vectors import ANN_EF, ANN_REFINE_FACTOR, ItemIndex, SearchMode
+from recsys.vectors import ItemIndex, SearchMode
 from serving.encoding import RowEncoder
 from serving.features import ItemGenres, cold_start_row
 from towers.data import FeatureEncoder
@@ -190,22 +190,6 @@ class Loaded:
         )
 
 
-def _ann_ef(seen: SeenItems, recent_items: int) -> int:
-    """HNSW search breadth that no request can exceed.
-
-    ``ItemIndex._search_lance`` over-fetches ``k + len(exclude)`` rows with
-    ``ef = max(ANN_EF, fetch)`` and ``refine_factor`` 2, and Lance requires ``ef >= fetch *
-    refine_factor``: a user with more than ~30 seen items fails ("ef must be greater than or
-    equal to k"). Until that is fixed per query in ``recsys/vectors.py``, the index is opened
-    with an ef that covers the largest possible fetch: the longest seen list plus the online
-    recent items (or the longest cold-start history), plus MAX_K. Every ANN query pays for
-    the heaviest user's breadth; the matrix (the default below 500K items) is unaffected.
-    """
-    longest = int(np.diff(seen.offsets).max()) if seen.users.size else 0
-    fetch = MAX_K + max(longest + recent_items, MAX_RECENT_ITEMS)
-    return max(ANN_EF, ANN_REFINE_FACTOR * fetch)
-
-
 def _traced(
     model: TwoTower, rows: RowEncoder, item_ids: np.ndarray
 ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
@@ -268,10 +252,6 @@ def load_version(paths: Paths, version: str, search_mode: SearchMode = "auto") -
     seen = SeenItems.from_parquet(dataset / "interactions.parquet", as_of)
     try:
         index = ItemIndex.open(paths.lancedb, version, mode=search_mode)
-        if index.mode == "lance" and index.index_type != "flat":
-            index = ItemIndex.open(
-                paths.lancedb, version, mode="lance", ef=_ann_ef(seen, recent_items)
-            )
     except (FileNotFoundError, LookupError) as exc:
         raise VersionLoadError(f"item table of version {version}: {exc}") from exc
     if index.dim != cfg.dim + 1:

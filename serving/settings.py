@@ -39,10 +39,10 @@ class ServingSettings(BaseSettings):
     # A version that failed to load is retried at most this often (the error stays visible
     # in /readyz meanwhile).
     retry_failed_seconds: float = Field(10.0, gt=0, le=3600)
-    # recsys.vectors.ItemIndex search mode: "auto" keeps up to 32M floats in memory (exact,
-    # fastest below that size, see that module's measurements) and uses LanceDB's ANN index
-    # beyond.
-    search_mode: Literal["auto", "matrix", "lance"] = "auto"
+    # recsys.vectors.ItemIndex search mode: "auto" keeps up to 32M floats in memory, scanned
+    # whole (exact) below 20K items and searched through an HNSW graph from there, and uses
+    # LanceDB's ANN index beyond (that module has the measurements).
+    search_mode: Literal["auto", "matrix", "hnsw", "lance"] = "auto"
     # Online feature lookups: "sqlite" reads Feast's SQLite online store directly (same
     # values, a quarter of the time: serving.online), "feast" through FeatureStore's API.
     # "sqlite" falls back to "feast" when the online store is another kind.

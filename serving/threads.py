@@ -1,4 +1,4 @@
-"""One compute thread per server process: torch's and the BLAS library's thread pools.
+"""One compute thread per server process: torch's, faiss's and the BLAS library's pools.
 
 A request's work is small (a user-tower forward pass, one matrix-vector product over the
 item vectors); spreading it over threads costs synchronisation, and on a busy machine a
@@ -19,6 +19,7 @@ import logging
 import os
 from pathlib import Path
 
+import faiss
 import torch
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,10 @@ def _loaded_openblas() -> list[str]:
 
 
 def limit_threads(n: int) -> int:
-    """Set torch's intra-op threads and every loaded OpenBLAS to ``n``; returns how many
-    BLAS libraries were set."""
+    """Set torch's intra-op threads, faiss's OpenMP threads and every loaded OpenBLAS to
+    ``n``; returns how many BLAS libraries were set."""
     torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
     count = 0
     for path in _loaded_openblas():
         try:

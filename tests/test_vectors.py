@@ -248,6 +248,9 @@ def test_auto_mode_follows_the_memory_budget(db_dir: Path) -> None:
     write_item_table(db_dir, "ann", ids, vecs, ann_min_rows=0)
     assert ItemIndex.open(db_dir, "flat").mode == "matrix"
     assert ItemIndex.open(db_dir, "ann").mode == "matrix"
+    # From hnsw_min_rows rows on, in memory means the HNSW graph rather than a full scan.
+    assert ItemIndex.open(db_dir, "flat", hnsw_min_rows=100).mode == "hnsw"
+    assert ItemIndex.open(db_dir, "ann", hnsw_min_rows=101).mode == "matrix"
     small = 100 * 16 - 1
     assert ItemIndex.open(db_dir, "ann", matrix_budget_floats=small).mode == "lance"
     # Without an ANN index LanceDB would scan everything anyway: the matrix is faster.
@@ -282,3 +285,59 @@ def test_ann_index_recall_at_20(db_dir: Path) -> None:
     assert len(got) == 20 and not np.isin(got, long_seen).any()
     # Below the threshold no index is built.
     assert write_item_table(db_dir, "small", ids, vecs).index_type == "flat"
+
+
+def test_hnsw_mode_recall_exclusion_and_exact_scores(db_dir: Path) -> None:
+    """The in-memory HNSW graph: excluded ids never come back, scores are the exact dot
+    products (same arithmetic as the matrix), recall@20 against the exact top-20 is high on
+    random vectors shaped like the towers' (``[v / T, bias]`` with unit v, queries
+    ``[u, 1]``): no clusters for the graph to follow, the hard case."""
+    n, d = 5_000, 32
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.arange(n, dtype=np.int64) * 3 + 1)
+    bias = rng.normal(0, 1, (n, 1)).astype(np.float32)
+    vecs = np.hstack([normalised(n, d - 1, seed=4) / 0.2, bias])
+    write_item_table(db_dir, VERSION, ids, vecs)
+    index = ItemIndex.open(db_dir, VERSION, mode="hnsw")
+    matrix = ItemIndex.open(db_dir, VERSION, mode="matrix")
+    assert index.mode == "hnsw" and index.rows == n
+    np.testing.assert_array_equal(index.vectors, matrix.vectors)
+    recalls = []
+    queries = np.hstack([normalised(50, d - 1, seed=12), np.ones((50, 1), np.float32)])
+    for j, u in enumerate(queries):
+        seen = ids[np.random.default_rng(j).choice(n, 30, replace=False)]
+        seen = np.concatenate([seen, matrix.search(u, 5)[0]])  # some of the true best, too
+        got, scores = index.search(u, 20, exclude=seen)
+        want, _ = exact_top(ids, vecs, u, 20, exclude=seen)
+        assert not np.isin(got, seen).any()
+        assert np.all(np.diff(scores) <= 0)
+        by_id = dict(zip(ids.tolist(), (vecs @ u).tolist(), strict=True))
+        np.testing.assert_allclose(scores, [by_id[i] for i in got.tolist()], atol=1e-5)
+        recalls.append(len(set(got.tolist()) & set(want.tolist())) / 20)
+    assert np.mean(recalls) >= 0.95, np.mean(recalls)
+    # Excluding all but five returns at most those five; excluding everything, nothing.
+    u = queries[0]
+    rest, _ = index.search(u, 20, exclude=ids[5:])
+    assert set(rest.tolist()) <= set(ids[:5].tolist())
+    assert index.search(u, 20, exclude=ids)[0].size == 0
+
+
+def test_hnsw_graph_is_kept_reused_rebuilt_when_unreadable_and_dropped(db_dir: Path) -> None:
+    ids, vecs = catalogue(n=500)
+    assert not write_item_table(db_dir, "small", ids, vecs).hnsw_graph  # below hnsw_min_rows
+    assert write_item_table(db_dir, VERSION, ids, vecs, hnsw_min_rows=500).hnsw_graph
+    (graph,) = (db_dir / ".hnsw").glob(f"{VERSION}@*.faiss")  # built before publishing
+    written = graph.stat().st_mtime_ns
+    u = normalised(1, 16, seed=3)[0]
+    first = ItemIndex.open(db_dir, VERSION, mode="hnsw").search(u, 10)
+    np.testing.assert_array_equal(first[0], exact_top(ids, vecs, u, 10)[0])
+    again = ItemIndex.open(db_dir, VERSION, mode="hnsw").search(u, 10)
+    assert graph.stat().st_mtime_ns == written  # read, not rebuilt
+    np.testing.assert_array_equal(again[0], first[0])
+    graph.write_bytes(b"not a faiss index")
+    rebuilt = ItemIndex.open(db_dir, VERSION, mode="hnsw").search(u, 10)
+    np.testing.assert_array_equal(rebuilt[0], first[0])
+    assert graph.stat().st_size > 100  # rewritten whole
+    assert list_versions(db_dir) == [VERSION, "small"]  # the graph folder is not a table
+    drop_item_table(db_dir, VERSION)
+    assert not graph.exists()
