@@ -58,7 +58,7 @@ def peak_rss_mb() -> float:
 def run(method: str, data: Path, memory_limit: str | None) -> dict:
     """One measurement in this (fresh) process."""
     from recsys import store as feast_store
-    from recsys.asof import asof_join_sql, view_specs, without_needless_tiebreaks
+    from recsys.asof import asof_join_sql, prepare, view_specs, without_needless_tiebreaks
     from recsys.features import build_features, default_as_of
     from recsys.settings import Paths
     from recsys.sql import connect, string
@@ -79,7 +79,7 @@ def run(method: str, data: Path, memory_limit: str | None) -> dict:
         start = time.perf_counter()
         con = connect(memory_limit)
         con.execute("SET preserve_insertion_order = false")
-        specs = without_needless_tiebreaks(con, specs)
+        specs = without_needless_tiebreaks(prepare(con), specs)
         sql = asof_join_sql(entity_rows(paths.dataset, as_of, as_sql=True), specs)
         con.execute(f"COPY ({sql}) TO {string(str(out))} (FORMAT parquet, COMPRESSION zstd)")
     elif method == "check":

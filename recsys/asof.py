@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from feast.types import Array
 
 from recsys.sql import string
@@ -34,6 +35,7 @@ class ViewSpec:
     # One local parquet file whose features are wide (lists): the ASOF JOIN then carries only
     # each match's row number, and the features are fetched once at the end by that number.
     late_path: str | None = None
+    late_rows: int = 0  # rows of that file
     # Whether rows may tie on (key, event time) with different created timestamps; False
     # skips the tie-break (see ``without_needless_tiebreaks``).
     ties: bool = True
@@ -58,7 +60,7 @@ def view_spec(
     )
     wanted = [f for f in fv.features if features is None or f.name in features]
     view_name = fv.projection.name_to_use()
-    wide = any(isinstance(f.dtype, Array) for f in wanted)
+    late = any(isinstance(f.dtype, Array) for f in wanted) and Path(path).is_file()
     return ViewSpec(
         name=fv.name,
         scan=f"read_parquet({string(path)})",
@@ -70,8 +72,27 @@ def view_spec(
         ttl=fv.ttl if fv.ttl and fv.ttl.total_seconds() > 0 else None,
         timestamp_field=source.timestamp_field,
         created_column=source.created_timestamp_column or None,
-        late_path=path if wide and Path(path).is_file() else None,
+        late_path=path if late else None,
+        late_rows=pq.ParquetFile(path).metadata.num_rows if late else 0,
     )
+
+
+# Connection settings the SQL of ``asof_join_sql`` is written for. DuckDB makes the smaller
+# side of a hash join (by its estimate) the build side, but its estimates after ASOF JOINs
+# are far off (at 50M entity rows it took the 147M rows of one view for the joined rows and
+# built the hash table on the 50M rows of lists instead, spilling tens of GB): the SQL
+# states each build side itself (the right-hand side of every join).
+CONNECTION_SETTINGS = ("SET disabled_optimizers = 'build_side_probe_side'",)
+# A late-fetched view with at least this many rows is fetched by a hash table over the
+# joined entity rows (the view's rows then stream past it); a smaller one is the hash table.
+BIG_VIEW_ROWS = 1_000_000
+
+
+def prepare(con: Any) -> Any:
+    """``con`` with :data:`CONNECTION_SETTINGS` applied."""
+    for statement in CONNECTION_SETTINGS:
+        con.execute(statement)
+    return con
 
 
 def view_specs(feature_views: list[Any]) -> list[ViewSpec]:
@@ -144,9 +165,14 @@ def asof_join_sql(
 
     Views with narrow features carry them through their ASOF JOIN. Views with wide ones
     (``late_path``) carry a row number instead, and their features are fetched after every
-    ASOF JOIN is done, so no sort ever moves the lists: one hash join by row number each.
+    ASOF JOIN is done, so no sort ever moves the lists: one hash join by row number each,
+    small views first, and big ones last with the hash table on the entity side. Run it on a
+    connection set up by :func:`prepare`.
     """
-    helpers, joins, fetches, selects = [], [], [], []
+    helpers: list[str] = []
+    joins: list[str] = []
+    selects: list[str] = []
+    fetches: list[tuple[int, int, str, str]] = []  # (view rows, k, view scan, condition)
     for k, spec in enumerate(specs):
         a = f"v{k}"
         on = [f"e.{entity} = {a}_k{i}" for i, (entity, _) in enumerate(spec.join_keys)]
@@ -159,10 +185,8 @@ def asof_join_sql(
             helpers.append(f"{a}_rn")
             columns = ", ".join(f"{col} AS {a}_f{i}" for i, (col, _) in enumerate(spec.features))
             scan = f"read_parquet({string(spec.late_path)}, file_row_number = true)"
-            fetches.append(
-                f"LEFT JOIN (SELECT file_row_number AS {a}_row, {columns} FROM {scan}) w{k} "
-                f"ON j.{a}_rn = w{k}.{a}_row"
-            )
+            fetches.append((spec.late_rows, k, f"(SELECT file_row_number AS {a}_row, {columns} "
+                            f"FROM {scan}) w{k}", f"j.{a}_rn = w{k}.{a}_row"))  # fmt: skip
         else:
             helpers += [f"{a}_f{i}" for i in range(len(spec.features))]
         for i, (_, output) in enumerate(spec.features):
@@ -173,7 +197,10 @@ def asof_join_sql(
                 value = f"CASE WHEN {fresh} THEN {value} END"
             selects.append(f'{value} AS "{output}"')
     inner = f"SELECT e.*, {', '.join(helpers)} FROM ({entity_sql}) e {' '.join(joins)}"
-    return (
-        f"SELECT j.* EXCLUDE ({', '.join(helpers)}), {', '.join(selects)} "
-        f"FROM ({inner}) j {' '.join(fetches)}"
-    )
+    body = f"({inner}) j"
+    for rows, _, view, on in sorted(fetches):
+        if rows >= BIG_VIEW_ROWS:  # the rows joined so far are the hash table
+            body = f"{view} RIGHT JOIN ({body}) ON {on}"
+        else:  # the view is the hash table
+            body = f"{body} LEFT JOIN {view} ON {on}"
+    return f"SELECT j.* EXCLUDE ({', '.join(helpers)}), {', '.join(selects)} FROM {body}"

@@ -37,7 +37,7 @@ from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMeta
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from pydantic import StrictStr
 
-from recsys.asof import asof_join_sql, view_spec, without_needless_tiebreaks
+from recsys.asof import asof_join_sql, prepare, view_spec, without_needless_tiebreaks
 from recsys.sql import string, timestamp
 
 
@@ -224,7 +224,7 @@ class DuckDBAsofOfflineStore(DuckDBOfflineStore):
             )
             for fv in feature_views
         ]
-        specs = without_needless_tiebreaks(con, specs)
+        specs = without_needless_tiebreaks(prepare(con), specs)
         for spec in specs:
             missing = [e for e, _ in spec.join_keys if e not in entity.columns]
             if missing:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys import store as feast_store
-from recsys.asof import asof_join_sql, view_specs, without_needless_tiebreaks
+from recsys.asof import asof_join_sql, prepare, view_specs, without_needless_tiebreaks
 from recsys.features import EPOCH, build_features
 from recsys.ingest import ingest
 from recsys.sql import connect
@@ -228,7 +228,7 @@ def test_join_picks_latest_created_before_time_within_ttl(settings_for, tmp_path
         store.get_feature_view(n)
         for n in ("user_profile", "user_activity", "item_content", "item_popularity")
     ]
-    con = connect()
+    con = prepare(connect())
     con.register("entity", entity)
     answers = {
         "feast": historical_features(store, entity).to_pandas(),
