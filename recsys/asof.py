@@ -198,9 +198,9 @@ def asof_join_sql(
             selects.append(f'{value} AS "{output}"')
     inner = f"SELECT e.*, {', '.join(helpers)} FROM ({entity_sql}) e {' '.join(joins)}"
     body = f"({inner}) j"
-    for rows, _, view, on in sorted(fetches):
+    for rows, _, view, condition in sorted(fetches):
         if rows >= BIG_VIEW_ROWS:  # the rows joined so far are the hash table
-            body = f"{view} RIGHT JOIN ({body}) ON {on}"
+            body = f"{view} RIGHT JOIN ({body}) ON {condition}"
         else:  # the view is the hash table
-            body = f"{body} LEFT JOIN {view} ON {on}"
+            body = f"{body} LEFT JOIN {view} ON {condition}"
     return f"SELECT j.* EXCLUDE ({', '.join(helpers)}), {', '.join(selects)} FROM {body}"
