@@ -5,7 +5,8 @@
 For each catalogue size N: random L2-normalised float32 vectors (d=64 by default), written
 once without an index ("flat") and once with the ANN index; then ``--queries`` random
 normalised user vectors, each searched for the top ``--k`` items with ``--exclude`` random
-already-seen ids, in three modes: LanceDB flat, LanceDB ANN and the in-memory matrix. Recall
+already-seen ids, in four modes: LanceDB flat, LanceDB ANN, the in-memory matrix and the
+in-memory HNSW graph (its build time includes writing the table). Recall
 is recall@k against NumPy's exact top-k with the same exclusions. Latency is per query,
 single-threaded, wall clock. Random vectors have no cluster structure: the hardest case for
 an ANN index (recall on real embeddings is higher).
@@ -25,7 +26,7 @@ import numpy as np
 os.environ.setdefault("LANCEDB_LOG", "error")  # LanceDB warns on every new table otherwise
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from recsys.vectors import ANN_MIN_ROWS, ItemIndex, write_item_table  # noqa: E402
+from recsys.vectors import ANN_MIN_ROWS, HNSW_MIN_ROWS, ItemIndex, write_item_table  # noqa: E402
 
 
 def normalised(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -85,15 +86,23 @@ def main() -> None:
         seen = np.stack([rng.choice(ids, args.exclude, replace=False) for _ in queries])
         truth = exact_top(ids, vecs, queries, seen, args.k)
 
-        flat = write_item_table(db_dir, f"bench-{n}-flat", ids, vecs, ann_min_rows=n + 1)
-        ann = write_item_table(db_dir, f"bench-{n}-ann", ids, vecs, ann_min_rows=0)
-        # What serving would open: the table write_item_table makes with the default threshold.
+        none = n + 1  # no ANN index, no HNSW graph
+        flat = write_item_table(db_dir, f"bench-{n}-flat", ids, vecs, ann_min_rows=none,
+                                hnsw_min_rows=none)  # fmt: skip
+        ann = write_item_table(db_dir, f"bench-{n}-ann", ids, vecs, ann_min_rows=0,
+                               hnsw_min_rows=none)  # fmt: skip
+        graph = write_item_table(db_dir, f"bench-{n}-hnsw", ids, vecs, ann_min_rows=none,
+                                 hnsw_min_rows=0)  # fmt: skip
+        # What serving would open: the table write_item_table makes with the default thresholds.
         production = f"bench-{n}-ann" if n >= ANN_MIN_ROWS else f"bench-{n}-flat"
-        auto = ItemIndex.open(db_dir, production).mode
+        auto = ItemIndex.open(db_dir, production, hnsw_min_rows=n + 1).mode
+        if auto == "matrix" and n >= HNSW_MIN_ROWS:
+            auto = "hnsw"
         cases = [
             ("lance flat", flat.build_seconds, f"bench-{n}-flat", "lance"),
             (f"lance {ann.index_type}", ann.build_seconds, f"bench-{n}-ann", "lance"),
             ("matrix", flat.build_seconds, f"bench-{n}-flat", "matrix"),
+            ("hnsw (in memory)", graph.build_seconds, f"bench-{n}-hnsw", "hnsw"),
         ]
         for label, build, version, mode in cases:
             t0 = time.perf_counter()

@@ -42,10 +42,18 @@ Search modes (:meth:`ItemIndex.open`):
 
 * ``"matrix"``: the vectors are held in memory as an (N, d) float32 array; a query is
   ``vectors @ u`` plus ``np.argpartition``. Exact.
+* ``"hnsw"``: the same in-memory vectors plus a faiss HNSW graph (M=32, efConstruction 80,
+  efSearch 128) over them after the MIPS-to-L2 transform (``_mips_to_l2``); excluded ids
+  are skipped inside the graph walk (faiss ``IDSelectorNot``), and the candidates' scores
+  are recomputed from the vectors exactly as the matrix computes them. ``write_item_table``
+  builds the graph before publishing (from ``HNSW_MIN_ROWS`` rows) and keeps it in
+  ``db_dir/.hnsw/<version>@<table version>.faiss``; opening reads it, or rebuilds it when it
+  is missing or unreadable.
 * ``"lance"``: LanceDB search on the pinned version (ANN if indexed, else flat), over-fetching
   ``k + len(exclude)`` rows, then filtering and re-scoring in NumPy.
 * ``"auto"``: lance only when the table has an ANN index and ``rows * dim`` exceeds
-  ``MATRIX_BUDGET_FLOATS`` (32M floats = 128 MB, 500K items at d=64); otherwise matrix.
+  ``MATRIX_BUDGET_FLOATS`` (32M floats = 128 MB, 500K items at d=64); otherwise in memory:
+  matrix below ``HNSW_MIN_ROWS`` (20K) rows, hnsw from there.
 
 Why (``benchmarks/bench_vectors.py``, d=64, top-20 with 20 excluded ids, 2,000 queries,
 single thread, load average 3.5 on 2 CPUs from a concurrent benchmark, so absolute numbers

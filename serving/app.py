@@ -37,7 +37,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.features import FEATURE_COLUMNS
 from serving.loaded import MAX_K, MAX_RECENT_ITEMS, Loaded
@@ -59,6 +59,9 @@ UserId = Annotated[
     int, Path(ge=INT64_MIN, le=INT64_MAX, description="The user's id (int64).", examples=[1])
 ]
 ItemId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+# The ratings the interactions validation accepts (recsys.validation: 1 to 5); strict
+# floats take integers too (4 is a rating, "4" is not).
+Rating = Annotated[float, Field(ge=1.0, le=5.0, allow_inf_nan=False)]
 
 
 # --- request and response bodies -----------------------------------------------------------
@@ -77,6 +80,7 @@ class ColdStartRequest(BaseModel):
                     "occupation": "engineer",
                     "zip_code": "94110",
                     "recent_item_ids": [50, 181, 258],
+                    "recent_ratings": [5.0, 4.0, None],
                     "k": 10,
                 }
             ]
@@ -92,7 +96,24 @@ class ColdStartRequest(BaseModel):
         max_length=MAX_RECENT_ITEMS,
         description="Items the user interacted with, newest first; never recommended back.",
     )
+    recent_ratings: list[Rating | None] | None = Field(
+        None,
+        max_length=MAX_RECENT_ITEMS,
+        description="The user's rating of each of recent_item_ids (same length, null for an "
+        "unrated item); their mean is the user's mean rating feature.",
+    )
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
+
+    @model_validator(mode="after")
+    def _one_rating_per_item(self) -> ColdStartRequest:
+        if self.recent_ratings is not None and len(self.recent_ratings) != len(
+            self.recent_item_ids or []
+        ):
+            raise ValueError(
+                f"recent_ratings has {len(self.recent_ratings)} entries for "
+                f"{len(self.recent_item_ids or [])} recent_item_ids: give one per item"
+            )
+        return self
 
 
 class Item(BaseModel):
@@ -293,6 +314,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             occupation=body.occupation,
             zip_code=body.zip_code,
             recent_item_ids=recent,
+            recent_ratings=body.recent_ratings,
         )
         exclude = np.unique(np.asarray(recent, dtype=np.int64))
         items = loaded.recommend(None, row, body.k, exclude)

@@ -16,8 +16,9 @@ exactly as it would see a stored one with that profile and history:
 * ``user_genre_affinity``: per genre of the vocabulary, the share of those interactions
   whose item has that genre (an unknown item counts in the denominator and in no genre: the
   SQL's ``LEFT JOIN`` of the items table), as float32;
-* ``user_mean_rating``: a request carries no ratings, so it is missing (as for events
-  without ratings in the SQL);
+* ``user_mean_rating``: the mean of the ratings given with the items (``recent_ratings``,
+  one per item, null for an unrated one); missing when none is given (as the SQL's mean
+  over events without ratings);
 * ``recent_item_ids``: the first ``recent_items`` ids, newest first as given;
 * no interactions at all: every activity column is missing (the SQL has no activity row
   for such a user, and Feast returns nulls).
@@ -115,10 +116,18 @@ def cold_start_row(
     recent_item_ids: Sequence[int],
     item_genres: ItemGenres,
     recent_items: int,
+    recent_ratings: Sequence[float | None] | None = None,
 ) -> dict[str, Any]:
     """The feature columns of a user with this profile and these interactions (newest
-    first), as Feast would return them; ``user_id`` is left out (the user has none)."""
+    first, ``recent_ratings`` aligned with them), as Feast would return them; ``user_id``
+    is left out (the user has none)."""
     ids = np.asarray(list(recent_item_ids), dtype=np.int64)
+    if recent_ratings is not None and len(recent_ratings) != ids.size:
+        raise ValueError(
+            f"{len(recent_ratings)} ratings for {ids.size} items: give one per item (null "
+            "for an unrated one)"
+        )
+    rated = [float(r) for r in recent_ratings or () if r is not None]
     row: dict[str, Any] = {
         "age_bucket": age_bucket(age),
         "gender": gender,
@@ -134,6 +143,8 @@ def cold_start_row(
         affinity = (item_genres.counts(ids) / float(ids.size)).astype(np.float32)
         row.update(
             user_interaction_count=int(ids.size),
+            # The SQL's sum(rating) / count(rating), in double precision.
+            user_mean_rating=sum(rated) / len(rated) if rated else None,
             user_genre_affinity=affinity.tolist(),
             recent_item_ids=ids[:recent_items].tolist(),
         )

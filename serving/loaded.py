@@ -177,6 +177,7 @@ class Loaded:
         occupation: str | None,
         zip_code: str | None,
         recent_item_ids: list[int],
+        recent_ratings: list[float | None] | None = None,
     ) -> dict[str, Any]:
         """The feature row of a user the store does not know (``serving.features``)."""
         return cold_start_row(
@@ -185,6 +186,7 @@ class Loaded:
             occupation=occupation,
             zip_code=zip_code,
             recent_item_ids=recent_item_ids,
+            recent_ratings=recent_ratings,
             item_genres=self.item_genres,
             recent_items=self.recent_items,
         )

@@ -131,6 +131,11 @@ def test_invalid_path_or_query_is_422(server: Server, path: str) -> None:
         ({"recent_item_ids": [1, None]}, None),
         ({"recent_item_ids": [2**63]}, None),
         ({"recent_item_ids": list(range(1001))}, None),
+        ({"recent_item_ids": [1, 2], "recent_ratings": [4.0]}, None),  # one per item
+        ({"recent_ratings": [4.0]}, None),
+        ({"recent_item_ids": [1], "recent_ratings": ["4"]}, None),
+        ({"recent_item_ids": [1], "recent_ratings": [5.5]}, None),
+        ({"recent_item_ids": [1], "recent_ratings": [0]}, None),
         ({"k": 0}, None),
         ({"k": 101}, None),
         ({"k": "5"}, None),

@@ -88,8 +88,8 @@ def test_cold_start_features_equal_the_online_features_of_the_same_history(
     pipeline: Pipeline, online: tuple[list[int], dict[str, list[Any]], pd.DataFrame]
 ) -> None:
     """A stored user's profile and full history (newest first; within one timestamp, item
-    ids descending, as the SQL lists them) through the cold-start path give the columns
-    Feast serves for that user; only the mean rating is not in a request."""
+    ids descending, as the SQL lists them) with their ratings, through the cold-start path,
+    give the columns Feast serves for that user; without the ratings, no mean rating."""
     users, values, _ = online
     manifest = json.loads((pipeline.data / "features" / "manifest.json").read_text())
     genres = ItemGenres.from_items(pipeline.data / "dataset" / "items.parquet", manifest["genres"])
@@ -98,27 +98,36 @@ def test_cold_start_features_equal_the_online_features_of_the_same_history(
     events = events[events.event_timestamp < pd.Timestamp(manifest["as_of"])]
     events = events.sort_values(["event_timestamp", "item_id"], ascending=False)
     histories = events.groupby("user_id", sort=False).item_id.agg(list)
-    compared = 0
+    ratings = events.groupby("user_id", sort=False).rating.agg(
+        lambda r: [None if pd.isna(x) else float(x) for x in r]
+    )
+    compared = mean_ratings = 0
     for position, user in enumerate(users[:-1]):
         stored = {name: column[position] for name, column in values.items()}
         if stored["user_interaction_count"] is None:  # no activity online (none before as_of)
             assert user not in histories.index
             continue
         profile = profiles.loc[user]
-        row = cold_start_row(
+        profile_and_history = dict(
             age=int(profile.age), gender=profile.gender, occupation=profile.occupation,
             zip_code=profile.zip_code, recent_item_ids=histories[user], item_genres=genres,
             recent_items=manifest["recent_items"],
         )  # fmt: skip
+        row = cold_start_row(**profile_and_history, recent_ratings=ratings[user])
         for name in ("age_bucket", "gender", "occupation", "zip_prefix",
                      "user_interaction_count", "recent_item_ids"):  # fmt: skip
             assert row[name] == stored[name], (user, name)
         np.testing.assert_array_equal(
             np.float32(row["user_genre_affinity"]), np.float32(stored["user_genre_affinity"])
         )
-        assert row["user_mean_rating"] is None
+        if stored["user_mean_rating"] is None:
+            assert row["user_mean_rating"] is None, user
+        else:
+            assert row["user_mean_rating"] == pytest.approx(stored["user_mean_rating"], rel=1e-12)
+            mean_ratings += 1
+        assert cold_start_row(**profile_and_history)["user_mean_rating"] is None
         compared += 1
-    assert compared > 100
+    assert compared > 100 and mean_ratings > 100
 
 
 def test_no_history_means_no_activity_features() -> None:
