@@ -5,7 +5,7 @@
 For each catalogue size N: random L2-normalised float32 vectors (d=64 by default), written
 once without an index ("flat") and once with the ANN index; then ``--queries`` random
 normalised user vectors, each searched for the top ``--k`` items with ``--exclude`` random
-already-seen ids, in four modes: LanceDB flat, LanceDB ANN, the in-memory matrix and the
+already-seen ids (one compute thread, as in a server process), in four modes: LanceDB flat, LanceDB ANN, the in-memory matrix and the
 in-memory HNSW graph (its build time includes writing the table). Recall
 is recall@k against NumPy's exact top-k with the same exclusions. Latency is per query,
 single-threaded, wall clock. Random vectors have no cluster structure: the hardest case for
@@ -27,6 +27,7 @@ os.environ.setdefault("LANCEDB_LOG", "error")  # LanceDB warns on every new tabl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from recsys.vectors import ANN_MIN_ROWS, HNSW_MIN_ROWS, ItemIndex, write_item_table  # noqa: E402
+from serving.threads import limit_threads  # noqa: E402
 
 
 def normalised(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--db", type=Path, default=None, help="LanceDB folder (default: temp)")
     args = parser.parse_args()
 
+    limit_threads(1)  # as a server process: BLAS, faiss and torch on one thread
     rng = np.random.default_rng(args.seed)
     db_dir = args.db or Path(tempfile.mkdtemp(prefix="bench-vectors-"))
     rows = []

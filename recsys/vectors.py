@@ -43,7 +43,7 @@ Search modes (:meth:`ItemIndex.open`):
 * ``"matrix"``: the vectors are held in memory as an (N, d) float32 array; a query is
   ``vectors @ u`` plus ``np.argpartition``. Exact.
 * ``"hnsw"``: the same in-memory vectors plus a faiss HNSW graph (M=32, efConstruction 80,
-  efSearch 128) over them after the MIPS-to-L2 transform (``_mips_to_l2``); excluded ids
+  efSearch 256 or ``hnsw_ef``) over them after the MIPS-to-L2 transform (``_mips_to_l2``); excluded ids
   are skipped inside the graph walk (faiss ``IDSelectorNot``), and the candidates' scores
   are recomputed from the vectors exactly as the matrix computes them. ``write_item_table``
   builds the graph before publishing (from ``HNSW_MIN_ROWS`` rows) and keeps it in
@@ -53,7 +53,7 @@ Search modes (:meth:`ItemIndex.open`):
   ``k + len(exclude)`` rows, then filtering and re-scoring in NumPy.
 * ``"auto"``: lance only when the table has an ANN index and ``rows * dim`` exceeds
   ``MATRIX_BUDGET_FLOATS`` (32M floats = 128 MB, 500K items at d=64); otherwise in memory:
-  matrix below ``HNSW_MIN_ROWS`` (20K) rows, hnsw from there.
+  matrix below ``HNSW_MIN_ROWS`` (50K) rows, hnsw from there.
 
 Why (``benchmarks/bench_vectors.py``, d=64, top-20 with 20 excluded ids, 2,000 queries,
 single thread, load average 3.5 on 2 CPUs from a concurrent benchmark, so absolute numbers
@@ -116,11 +116,12 @@ MATRIX_BUDGET_FLOATS = 32_000_000
 
 # "auto" picks the matrix below this many rows and the in-memory HNSW graph from here on (in
 # memory, i.e. within MATRIX_BUDGET_FLOATS). Measured crossover: see the module docstring.
-HNSW_MIN_ROWS = 20_000
+HNSW_MIN_ROWS = 50_000
 # The in-memory graph (faiss IndexHNSWFlat over the MIPS-to-L2 transformed vectors).
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128
+# Search breadth (per query: at least k): recall against speed, see the module docstring.
+HNSW_EF_SEARCH = 256
 # Built graphs are kept in this folder of the LanceDB directory, one file per table version.
 HNSW_DIR = ".hnsw"
 
@@ -389,6 +390,7 @@ class ItemIndex:
         ef: int,
         refine_factor: int,
         hnsw: Any | None = None,
+        hnsw_ef: int = HNSW_EF_SEARCH,
     ) -> None:
         self.version = version
         self.mode = mode
@@ -403,6 +405,7 @@ class ItemIndex:
         self._ef = ef
         self._refine_factor = refine_factor
         self._hnsw = hnsw  # faiss.IndexHNSWFlat over `vectors` (hnsw mode), row i = position i
+        self._hnsw_ef = hnsw_ef
 
     @property
     def item_ids(self) -> np.ndarray:
@@ -427,6 +430,7 @@ class ItemIndex:
         hnsw_min_rows: int = HNSW_MIN_ROWS,
         ef: int = ANN_EF,
         refine_factor: int = ANN_REFINE_FACTOR,
+        hnsw_ef: int = HNSW_EF_SEARCH,
     ) -> ItemIndex:
         """Open the published table of ``version``.
 
@@ -490,6 +494,7 @@ class ItemIndex:
             num_partitions=int(meta.get("num_partitions", 1)),
             ef=ef,
             refine_factor=refine_factor,
+            hnsw_ef=hnsw_ef,
             hnsw=(
                 _hnsw_index(vectors, _hnsw_cache(db_dir, version, table.version))
                 if resolved == "hnsw" and vectors is not None
@@ -568,7 +573,7 @@ class ItemIndex:
         batch = faiss.IDSelectorBatch(masked.astype(np.int64, copy=False)) if masked.size else None
         skip = faiss.IDSelectorNot(batch) if batch is not None else None
         search_parameters = faiss.SearchParametersHNSW  # type: ignore[attr-defined]
-        params = search_parameters(efSearch=max(HNSW_EF_SEARCH, k), sel=skip)
+        params = search_parameters(efSearch=max(self._hnsw_ef, k), sel=skip)
         k = min(k, self.rows - int(masked.size))
         if k <= 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)

@@ -34,7 +34,7 @@ import torch
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
-from recsys.vectors import ItemIndex, SearchMode
+from recsys.vectors import HNSW_EF_SEARCH, ItemIndex, SearchMode
 from serving.encoding import RowEncoder
 from serving.features import ItemGenres, cold_start_row
 from towers.data import FeatureEncoder
@@ -231,7 +231,9 @@ def source_key(paths: Paths, version: str) -> tuple[str, str, str]:
     return (version, os.path.realpath(paths.dataset), os.path.realpath(paths.features))
 
 
-def load_version(paths: Paths, version: str, search_mode: SearchMode = "auto") -> Loaded:
+def load_version(
+    paths: Paths, version: str, search_mode: SearchMode = "auto", hnsw_ef: int = HNSW_EF_SEARCH
+) -> Loaded:
     """Load ``version`` whole (model, item index, seen items), check that the parts agree,
     and warm it up, so that the object is ready for traffic the moment it is swapped in."""
     started = time.perf_counter()
@@ -253,7 +255,7 @@ def load_version(paths: Paths, version: str, search_mode: SearchMode = "auto") -
     recent_items = int(manifest.get("recent_items", encoder.history))
     seen = SeenItems.from_parquet(dataset / "interactions.parquet", as_of)
     try:
-        index = ItemIndex.open(paths.lancedb, version, mode=search_mode)
+        index = ItemIndex.open(paths.lancedb, version, mode=search_mode, hnsw_ef=hnsw_ef)
     except (FileNotFoundError, LookupError) as exc:
         raise VersionLoadError(f"item table of version {version}: {exc}") from exc
     if index.dim != cfg.dim + 1:

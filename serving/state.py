@@ -22,6 +22,7 @@ retried every ``retry_failed_seconds``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -114,7 +115,9 @@ class ServingState:
                 return served
             self.loading = version
             try:
-                loaded = load_version(self.paths, version, self.settings.search_mode)
+                loaded = load_version(
+                    self.paths, version, self.settings.search_mode, self.settings.hnsw_ef
+                )
             except Exception as exc:
                 log.exception("cannot load model version %s; still serving %s", version,
                               served.version if served else "nothing")  # fmt: skip
@@ -124,6 +127,13 @@ class ServingState:
             finally:
                 self.loading = None
             self.loaded = loaded  # the swap
+            # Long-lived objects (the version's model, tables and index, the imports) leave
+            # the cyclic collector's view, so its full passes walk only what requests
+            # allocate instead of pausing every request for the whole heap. Unfreezing first
+            # lets the replaced version's cycles be collected, once per switch.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
             self.failure = None
             self._readers = {}  # re-resolved on the next lookup (a new `feast apply`)
             self.metrics.model_loads.labels("success").inc()
