@@ -214,7 +214,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(data: Path, search_mode: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(
+    data: Path, search_mode: str, log: Path, workers: int = 1
+) -> tuple[subprocess.Popen[bytes], int]:
     import http.client
 
     port = free_port()
@@ -222,10 +224,11 @@ def start_server(data: Path, search_mode: str, log: Path) -> tuple[subprocess.Po
     with log.open("wb") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "serving", "--data-dir", str(data), "--port", str(port),
-             "--log-level", "warning"],
+             "--log-level", "warning", "--workers", str(workers)],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     deadline = time.monotonic() + 180
+    ready = 0  # consecutive 200s: with several workers each answers some of them
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
@@ -235,7 +238,8 @@ def start_server(data: Path, search_mode: str, log: Path) -> tuple[subprocess.Po
             response = conn.getresponse()
             body = json.loads(response.read())
             conn.close()
-            if response.status == 200:
+            ready = ready + 1 if response.status == 200 else 0
+            if ready >= 10 * workers:
                 print(f"  server ready: {body['items']} items, search {body['search']}",
                       file=sys.stderr)  # fmt: skip
                 return server, port
@@ -259,7 +263,8 @@ def run_phase(
     name: str, data: Path, search_mode: str, paths: list[str], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     print(f"phase {name} ({search_mode})", file=sys.stderr, flush=True)
-    server, port = start_server(data, search_mode, data.parent / f"server-{name}.log")
+    server, port = start_server(data, search_mode, data.parent / f"server-{name}.log",
+                                args.workers)  # fmt: skip
     rows = []
     try:
         base = {"host": "127.0.0.1", "port": port, "paths": paths, "timeout": args.timeout}
@@ -408,6 +413,10 @@ def main() -> None:
     parser.add_argument("--catalogue", type=int, default=100_000,
                         help="items of the synthetic catalogue phase (0: skip it)")  # fmt: skip
     parser.add_argument("--search-queries", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--searches", nargs="+", default=["hnsw", "matrix", "ann", "flat"],
+                        choices=["hnsw", "matrix", "ann", "flat"],
+                        help="server phases of the catalogue (default: all four)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
     args = parser.parse_args()
@@ -430,12 +439,14 @@ def main() -> None:
         phases = [(ann, "hnsw", "hnsw"), (ann, "matrix", "matrix"), (ann, "lance", "ann"),
                   (flat, "lance", "flat")]  # fmt: skip
         for version, mode, name in phases:
+            if name not in args.searches:
+                continue
             registry.promote(version, reason="benchmark")
             rows += run_phase(label, data, mode, paths, args)
             rows[-1]["search"] = rows[-2]["search"] = name
 
     load = os.getloadavg()
-    print(f"\nGET /recommendations/{{user}}?k=20, 1 uvicorn worker, load generator in another "
+    print(f"\nGET /recommendations/{{user}}?k=20, {args.workers} uvicorn worker(s), load generator in another "
           f"process, loopback; {os.cpu_count()} CPUs; load average now {load[0]:.1f} "
           f"{load[1]:.1f} {load[2]:.1f} (load = mean 1-min load average during the test)")  # fmt: skip
     print(f"open loop: {args.rate:g} requests/s for {args.seconds:g} s, latency from the "

@@ -44,8 +44,8 @@ class ServingSettings(BaseSettings):
     # whole (exact) below 50K items and searched through an HNSW graph from there, and uses
     # LanceDB's ANN index beyond (that module has the measurements).
     search_mode: Literal["auto", "matrix", "hnsw", "lance"] = "auto"
-    # The HNSW graph's search breadth: higher finds more of the exact top-k, slower (at 100K
-    # random unit vectors, recall@20 0.84 / 0.96 / 0.99 at 128 / 256 / 512).
+    # The HNSW graph's search breadth: higher finds more of the exact top-k, slower
+    # (recsys.vectors has the measurements at the default).
     hnsw_ef: int = Field(HNSW_EF_SEARCH, ge=16, le=8192)
     # Online feature lookups: "sqlite" reads Feast's SQLite online store directly (same
     # values, a quarter of the time: serving.online), "feast" through FeatureStore's API.
