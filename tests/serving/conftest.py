@@ -174,27 +174,32 @@ class Server:
         return call(self.base, "POST", path, body, headers)
 
 
-def start_server(data: Path, log: Path, timeout: float = 120, wait_for: str = "/readyz") -> Server:
-    """``python -m serving`` on a free port, once ``wait_for`` answers 200."""
+def start_server(
+    data: Path, log: Path, timeout: float = 120, wait_for: str = "/readyz", workers: int = 1
+) -> Server:
+    """``python -m serving`` on a free port, once ``wait_for`` answers 200 (ten times in a
+    row per worker: each worker answers some of the calls)."""
     port = free_port()
     env = {**os.environ, "RECSYS_SERVING_RETRY_FAILED_SECONDS": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "serving", "--data-dir", str(data), "--port", str(port),
-             "--reload-interval", "0.2"],
+             "--reload-interval", "0.2", "--workers", str(workers)],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     server = Server(("127.0.0.1", port), process, log)
     deadline = time.monotonic() + timeout
+    ready = 0
     while True:
         assert process.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "server not ready: " + log.read_text()[-3000:]
         try:
-            if server.get(wait_for)[0] == 200:
-                return server
+            ready = ready + 1 if server.get(wait_for)[0] == 200 else 0
         except OSError:
-            pass
-        time.sleep(0.2)
+            ready = 0
+        if ready >= 10 * workers:
+            return server
+        time.sleep(0.2 if ready == 0 else 0.02)
 
 
 def stop_server(server: Server) -> None:

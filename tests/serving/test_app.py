@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import http.client
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.serving.conftest import Pipeline, Server
+from tests.serving.conftest import Pipeline, Server, start_server, stop_server
 
 UNKNOWN = 987_654_321
 
@@ -226,3 +227,21 @@ def test_health_readiness_docs_and_metrics(server: Server, pipeline: Pipeline) -
     assert has('recsys_serving_request_duration_seconds_bucket{endpoint="/readyz",le="0.01"}')
     assert f'recsys_serving_model_info{{version="{pipeline.version}"}} 1.0' in lines
     assert not any("/no/such/path" in line for line in lines)  # raw paths are not labels
+
+
+def test_two_worker_processes_answer_like_one(
+    server: Server, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """``python -m serving --workers 2``: two processes behind one port, the same answers
+    (and 404s) as the one-process server, whichever worker takes the request."""
+    two = start_server(pipeline.data, tmp_path / "two-workers.log", workers=2)
+    try:
+        users = pipeline.interactions().user_id.drop_duplicates().head(30).tolist()
+        for user in [*users, 10**12]:
+            path = f"/recommendations/{user}?k=10"
+            assert two.get(path) == server.get(path), user
+        assert two.post("/recommendations", {"age": 30}) == server.post(
+            "/recommendations", {"age": 30}
+        )
+    finally:
+        stop_server(two)
