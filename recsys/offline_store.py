@@ -220,7 +220,7 @@ class DuckDBAsofOfflineStore(DuckDBOfflineStore):
                 fv,
                 wanted.get(fv.projection.name_to_use(), []),
                 full_feature_names,
-                path=FileSource.get_uri_for_file_path(config.repo_path, fv.batch_source.path),
+                path=_source_path(fv.batch_source, config.repo_path),
             )
             for fv in feature_views
         ]
@@ -292,9 +292,13 @@ class DuckDBAsofOfflineStore(DuckDBOfflineStore):
         return DuckDBRetrievalJob(_connect(config), sql)
 
 
+def _source_path(source: Any, repo_path: Any) -> str:
+    """The parquet path of a FileSource, resolved against the feature repository."""
+    return str(FileSource.get_uri_for_file_path(repo_path, source.path))
+
+
 def _scan(source: Any, repo_path: Any) -> str:
-    path = FileSource.get_uri_for_file_path(repo_path, source.path)
-    return f"read_parquet({string(path)})"
+    return f"read_parquet({string(_source_path(source, repo_path))})"
 
 
 def _pull_sql(
