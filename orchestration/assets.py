@@ -341,6 +341,7 @@ def two_tower_model(
 
     from towers.compare import compare
     from towers.config import TowerConfig
+    from towers.export import export_version
 
     settings = pipeline.settings()
     reg = registry.registry()
@@ -354,6 +355,8 @@ def two_tower_model(
     current = reg.current()
     current_metrics = reg.metrics(current) if current else None
     if existing is not None:
+        # A version from before the user tower was exported for serving gets its graph.
+        export_version(reg.path(existing), missing_only=True)
         metrics = reg.metrics(existing)
         ok, why = _gate(metrics, current_metrics if current != existing else None,
                         pipeline.gate_tolerance)  # fmt: skip
@@ -369,6 +372,7 @@ def two_tower_model(
     with reg.build(version, {"fingerprint": print_, "state": "training"}) as folder:
         summary = compare(settings, ("softmax",), base, folder, progress=False, temperatures=grid)
         (folder / "two_tower_softmax.pt").rename(folder / "checkpoint.pt")
+        export_version(folder)  # the user tower as the server runs it (towers.export)
         metrics = json.loads((folder / "metrics.json").read_text())
         ok, why = _gate(metrics, current_metrics, pipeline.gate_tolerance)
     run = summary["runs"]["softmax"]

@@ -2,7 +2,8 @@
 
 Layout under ``<data>/models``::
 
-    versions/<version>/        a complete version: checkpoint.pt, metrics.json,
+    versions/<version>/        a complete version: checkpoint.pt, user_tower.onnx (the
+                               user tower as served: towers.export), metrics.json,
                                candidates.parquet, version.json (fingerprint, state, ...)
     .staging/<version>/        a version being built (a killed run leaves it here; the next
                                run deletes it)

@@ -368,6 +368,14 @@ def _hnsw_index(vectors: np.ndarray, cache: Path | None) -> Any:
     return index
 
 
+def _distinct(ids: np.ndarray) -> np.ndarray:
+    """The distinct ids, ascending; no sort when they already are (serving passes them so)."""
+    ids = np.asarray(ids).astype(np.int64, copy=False).ravel()
+    if ids.size < 2 or bool((ids[1:] > ids[:-1]).all()):
+        return ids
+    return np.unique(ids)
+
+
 def _column_numpy(table: pa.Table, column: str) -> np.ndarray:
     return table.column(column).combine_chunks().to_numpy(zero_copy_only=False)
 
@@ -539,11 +547,7 @@ class ItemIndex:
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
             raise ValueError(f"k must be a non-negative integer, got {k!r}")
         k = int(k)
-        seen = (
-            np.unique(np.asarray(exclude).astype(np.int64, copy=False).ravel())
-            if exclude is not None
-            else np.empty(0, dtype=np.int64)
-        )
+        seen = _distinct(exclude) if exclude is not None else np.empty(0, dtype=np.int64)
         if k == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if self.mode == "matrix":

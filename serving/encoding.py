@@ -37,35 +37,41 @@ class RowEncoder:
 
     def encode(self, user_id: int | None, row: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Tensors of one user (batch of 1); ``user_id`` None means the unknown-user slot."""
+        return {name: torch.from_numpy(value) for name, value in self.arrays(user_id, row).items()}
+
+    def arrays(self, user_id: int | None, row: dict[str, Any]) -> dict[str, np.ndarray]:
+        """:meth:`encode` as numpy arrays (what ONNX Runtime takes: ``serving.tower``)."""
         user = self.users.get(user_id, 0) if user_id is not None else 0
         cats = [
             lookup.get(value, 0) if isinstance(value, str) else 0
             for lookup, value in zip(self.cats, (row.get(name) for name in USER_CATS), strict=True)
         ]
-        history = np.full(self.history, PAD, dtype=np.int64)
+        history = np.full((1, self.history), PAD, dtype=np.int64)
         recent: Sequence[int] = row.get("recent_item_ids") or ()
-        for slot, item in enumerate(recent[: self.history]):
-            history[slot] = self.items.get(int(item), OOV)
-        affinity = np.zeros(self.n_genres, dtype=np.float64)
+        if recent:
+            items = self.items
+            slots = [items.get(int(item), OOV) for item in recent[: self.history]]
+            history[0, : len(slots)] = slots
+        affinity = np.zeros((1, self.n_genres), dtype=np.float64)
         given = row.get("user_genre_affinity") or ()
         width = min(len(given), self.n_genres)
         if width:
-            affinity[:width] = np.asarray(given[:width], dtype=np.float64)
+            affinity[0, :width] = np.asarray(given[:width], dtype=np.float64)
         values = np.array(
             [np.nan if (v := row.get(name)) is None else float(v) for name, _ in USER_NUMS],
             dtype=np.float64,
         )
-        nums = np.empty(2 * len(self.stats), dtype=np.float64)
+        nums = np.empty((1, 2 * len(self.stats)), dtype=np.float64)
         for k, (log, mean, std) in enumerate(self.stats):
             value = values[k : k + 1]
             nan = np.isnan(value)
             scaled = np.log1p(np.clip(value, 0, None)) if log else value
-            nums[k] = np.where(nan, 0.0, (scaled - mean) / std)[0]
-            nums[len(self.stats) + k] = float(nan[0])
+            nums[0, k] = np.where(nan, 0.0, (scaled - mean) / std)[0]
+            nums[0, len(self.stats) + k] = float(nan[0])
         return {
-            "user": torch.tensor([user], dtype=torch.int64),
-            "cats": torch.tensor([cats], dtype=torch.int64),
-            "nums": torch.from_numpy(nums[None, :]).float(),
-            "affinity": torch.from_numpy(affinity[None, :]).float(),
-            "history": torch.from_numpy(history[None, :]),
+            "user": np.array([user], dtype=np.int64),
+            "cats": np.array([cats], dtype=np.int64),
+            "nums": nums.astype(np.float32),
+            "affinity": affinity.astype(np.float32),
+            "history": history,
         }

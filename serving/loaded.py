@@ -17,19 +17,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
@@ -37,8 +34,9 @@ from recsys.settings import Paths
 from recsys.vectors import HNSW_EF_SEARCH, ItemIndex, SearchMode
 from serving.encoding import RowEncoder
 from serving.features import ItemGenres, cold_start_row
+from serving.tower import TowerFn, TowerKind, load_user_tower
 from towers.data import FeatureEncoder
-from towers.model import TwoTower, query_vectors
+from towers.model import TwoTower
 from towers.train import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -109,9 +107,10 @@ class Loaded:
 
     version: str
     model: TwoTower
-    # The user tower, traced (TorchScript): the same kernels without the Python module
-    # machinery, 0.26 ms instead of 0.44 ms per call; checked to give identical outputs.
-    tower: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    # The user tower as run per request (serving.tower): ONNX Runtime over the version's
+    # exported graph, else TorchScript, else the module; checked against the module.
+    tower: TowerFn
+    tower_kind: TowerKind
     encoder: FeatureEncoder
     index: ItemIndex
     # ITEM_FIELDS of every item as Python lists, in index.item_ids order: a response's
@@ -133,10 +132,8 @@ class Loaded:
         ``user_id`` None: the unknown-user slot (0) of the id embedding, as for a cold-start
         request (training taught that slot by id dropout).
         """
-        batch = self.rows.encode(user_id, row)
-        with torch.no_grad():
-            user = self.tower(batch)  # (1, d)
-        return query_vectors(user)[0].numpy()
+        user = self.tower(self.rows.arrays(user_id, row))  # (1, d)
+        return np.append(user[0], np.float32(1.0))  # towers.model.query_vectors of one row
 
     def knows_user(self, user_id: int) -> bool:
         """The user had an id embedding in training (encoder vocabulary)."""
@@ -192,29 +189,15 @@ class Loaded:
         )
 
 
-def _traced(
-    model: TwoTower, rows: RowEncoder, item_ids: np.ndarray
-) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-    """The user tower traced on an example row, if the trace gives exactly the eager
-    outputs on a few different rows; else the eager module."""
-    tower = model.user_tower.eval()
-    examples = [
-        rows.encode(None, {}),
-        rows.encode(None, {"age_bucket": "25-34", "gender": "F", "user_interaction_count": 3,
+def _tower_examples(rows: RowEncoder, item_ids: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """A few different rows the fast user towers are checked on before serving."""
+    return [
+        rows.arrays(None, {}),
+        rows.arrays(None, {"age_bucket": "25-34", "gender": "F", "user_interaction_count": 3,
                            "user_mean_rating": 4.0, "user_genre_affinity": [0.5, 0.25],
                            "recent_item_ids": item_ids[:3].tolist()}),
-        rows.encode(next(iter(rows.users), None), {"recent_item_ids": item_ids[-40:].tolist()}),
+        rows.arrays(next(iter(rows.users), None), {"recent_item_ids": item_ids[-40:].tolist()}),
     ]  # fmt: skip
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-            traced = torch.jit.trace(tower, (examples[1],), strict=False, check_trace=False)
-            if all(torch.equal(traced(e), tower(e)) for e in examples):
-                return cast(Callable[[dict[str, torch.Tensor]], torch.Tensor], traced)
-            log.warning("traced user tower differs from the eager one: using the eager one")
-    except Exception:  # tracing is an optimisation: never a reason not to serve
-        log.exception("cannot trace the user tower: using the eager one")
-    return cast(Callable[[dict[str, torch.Tensor]], torch.Tensor], tower)
 
 
 def _attribute_columns(index: ItemIndex) -> dict[str, list[Any]]:
@@ -232,7 +215,11 @@ def source_key(paths: Paths, version: str) -> tuple[str, str, str]:
 
 
 def load_version(
-    paths: Paths, version: str, search_mode: SearchMode = "auto", hnsw_ef: int = HNSW_EF_SEARCH
+    paths: Paths,
+    version: str,
+    search_mode: SearchMode = "auto",
+    hnsw_ef: int = HNSW_EF_SEARCH,
+    threads: int = 1,
 ) -> Loaded:
     """Load ``version`` whole (model, item index, seen items), check that the parts agree,
     and warm it up, so that the object is ready for traffic the moment it is swapped in."""
@@ -264,10 +251,14 @@ def load_version(
             f"need {cfg.dim} + 1 (bias)"
         )
     rows = RowEncoder(encoder)
+    tower, tower_kind = load_user_tower(
+        model.user_tower, folder, _tower_examples(rows, index.item_ids), threads
+    )
     loaded = Loaded(
         version=version,
         model=model,
-        tower=_traced(model, rows, index.item_ids),
+        tower=tower,
+        tower_kind=tower_kind,
         encoder=encoder,
         index=index,
         attributes=_attribute_columns(index),
@@ -288,7 +279,7 @@ def load_version(
     seconds = time.perf_counter() - started
     loaded = replace(loaded, load_seconds=seconds)
     log.info(
-        "loaded model version %s in %.2fs: %s, %d users with %d seen items",
-        version, seconds, index, loaded.seen.users.size, loaded.seen.interactions,
+        "loaded model version %s in %.2fs: %s, user tower in %s, %d users with %d seen items",
+        version, seconds, index, tower_kind, loaded.seen.users.size, loaded.seen.interactions,
     )  # fmt: skip
     return loaded

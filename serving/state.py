@@ -116,7 +116,11 @@ class ServingState:
             self.loading = version
             try:
                 loaded = load_version(
-                    self.paths, version, self.settings.search_mode, self.settings.hnsw_ef
+                    self.paths,
+                    version,
+                    self.settings.search_mode,
+                    self.settings.hnsw_ef,
+                    self.settings.compute_threads,
                 )
             except Exception as exc:
                 log.exception("cannot load model version %s; still serving %s", version,
@@ -202,6 +206,7 @@ class ServingState:
                 as_of=loaded.as_of.isoformat(),
                 items=loaded.index.rows,
                 search=f"{loaded.index.mode} ({loaded.index.index_type})",
+                user_tower=loaded.tower_kind,
             )
             return True, body
         body.update(ready=False, reason=reason)

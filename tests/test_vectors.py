@@ -99,6 +99,9 @@ def test_exclusion_removes_seen_items_and_still_returns_k(db_dir: Path, mode: st
     want_ids, want_scores = exact_top(ids, vecs, u, 20, exclude=seen)
     np.testing.assert_array_equal(got_ids, want_ids)
     np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
+    # Repeated ids count once (the count decides how many are left to return).
+    again, _ = index.search(u, 20, exclude=np.concatenate([seen, seen[::-1]]))
+    np.testing.assert_array_equal(again, got_ids)
     # Excluding nearly everything leaves fewer than k.
     rest_ids, _ = index.search(u, 20, exclude=ids[5:])
     assert sorted(rest_ids.tolist()) == sorted(ids[:5].tolist())

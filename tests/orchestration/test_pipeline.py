@@ -81,14 +81,19 @@ def test_whole_graph_promotes_a_consistent_version(pipeline_dir):
     assert len(online["candidate_item_ids"][0]) == 100
     metrics = reg.metrics(current)["models"]
     assert {"popularity", "EASE", "two-tower (softmax)"} <= set(metrics)
+    assert (reg.path(current) / "user_tower.onnx").stat().st_size > 0  # the served tower
 
 
 def test_second_run_without_new_data_makes_no_new_version(pipeline_dir):
     before = registry(pipeline_dir).current()
+    # As a version from before the user tower was exported: the run gives it its graph.
+    graph = registry(pipeline_dir).path(before) / "user_tower.onnx"
+    graph.unlink()
     result = run(pipeline_dir)
     assert result.success
     reg = registry(pipeline_dir)
     assert reg.versions() == [before] and reg.current() == before
+    assert graph.stat().st_size > 0
 
 
 def _base_batch(data: Path, n: int = 3) -> pd.DataFrame:
