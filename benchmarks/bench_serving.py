@@ -4,8 +4,8 @@
     python benchmarks/bench_serving.py --data /tmp/pb/data --catalogue 0      # ML-100K only
 
 The data folder (one with a promoted version, e.g. from ``recsys pipeline``) is copied to a
-temporary folder first and never written to. Each phase starts ``python -m serving`` (one
-uvicorn worker) as a subprocess and drives it from a separate load-generator process
+temporary folder first and never written to. Each phase starts ``python -m serving``
+(``--workers`` uvicorn workers, default 1) as a subprocess and drives it from a separate load-generator process
 (asyncio, keep-alive connections, loopback only) in two ways, in this order:
 
 * closed loop: ``--concurrency`` connections each sending its next request as soon as the
@@ -15,10 +15,15 @@ uvicorn worker) as a subprocess and drives it from a separate load-generator pro
   stalled server is not hidden by a client that waits: no coordinated omission); at most
   ``--max-in-flight`` requests outstanding, and a request not answered within
   ``--timeout`` seconds counts as an error (a rate the server cannot sustain shows up as
-  errors and latencies near the timeout).
+  errors and latencies near the timeout); ``--repeat`` times.
 
 The load generator shares the machine's cores with the server (and with anything else
-running): the load average during each test is printed beside it.
+running): the load average during each test is printed beside it, and on a virtual machine
+the steal time (the share of CPU time the hypervisor gave to other machines meanwhile),
+which is what decides this machine's tail latencies from one run to the next.
+
+Before the phases, the user tower alone in-process: the PyTorch module, TorchScript, and
+the version's ONNX graph in ONNX Runtime (what serving runs), on served rows.
 
 Users are drawn at random (seeded) from the dataset's users; every request is
 ``GET /recommendations/{user}?k=20``.
@@ -259,6 +264,26 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
         server.wait()
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(all, steal) CPU ticks of the machine so far (Linux /proc/stat; zeros elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(ticks), ticks[7] if len(ticks) > 7 else 0
+
+
+def _measured(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One load-generator test, with the machine's load average and the share of CPU time
+    the hypervisor gave to other machines (steal) while it ran."""
+    load, (total, steal) = os.getloadavg()[0], _cpu_ticks()
+    result = generate(cfg)
+    total2, steal2 = _cpu_ticks()
+    return {**result, "load": (load + os.getloadavg()[0]) / 2,
+            "steal": 100 * (steal2 - steal) / max(total2 - total, 1)}  # fmt: skip
+
+
 def run_phase(
     name: str, data: Path, search_mode: str, paths: list[str], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
@@ -270,17 +295,15 @@ def run_phase(
         base = {"host": "127.0.0.1", "port": port, "paths": paths, "timeout": args.timeout}
         # Closed loop first: an open loop at a rate the server cannot sustain leaves a
         # backlog (up to --max-in-flight requests) that would delay the next test.
-        load_before = os.getloadavg()[0]
-        result = generate({**base, "kind": "closed", "concurrency": args.concurrency,
-                           "seconds": args.closed_seconds})  # fmt: skip
+        result = _measured({**base, "kind": "closed", "concurrency": args.concurrency,
+                            "seconds": args.closed_seconds})  # fmt: skip
         rows.append({"phase": name, "search": search_mode,
-                     "test": f"closed c={args.concurrency}",
-                     "load": (load_before + os.getloadavg()[0]) / 2, **result})  # fmt: skip
-        load_before = os.getloadavg()[0]
-        result = generate({**base, "kind": "open", "rate": args.rate, "seconds": args.seconds,
-                           "max_in_flight": args.max_in_flight})  # fmt: skip
-        rows.append({"phase": name, "search": search_mode, "test": f"open {args.rate:g}/s",
-                     "load": (load_before + os.getloadavg()[0]) / 2, **result})  # fmt: skip
+                     "test": f"closed c={args.concurrency}", **result})  # fmt: skip
+        for _ in range(args.repeat):  # the machine's noise shows as run-to-run spread
+            result = _measured({**base, "kind": "open", "rate": args.rate,
+                                "seconds": args.seconds, "max_in_flight": args.max_in_flight})  # fmt: skip
+            rows.append({"phase": name, "search": search_mode, "test": f"open {args.rate:g}/s",
+                         **result})  # fmt: skip
     finally:
         stop_server(server)
     return rows
@@ -376,6 +399,48 @@ def search_only(data: Path, ann: str, flat: str, queries: int, seed: int) -> lis
     return rows
 
 
+def tower_only(data: Path, queries: int, seed: int) -> list[dict[str, Any]]:
+    """The user tower alone, in-process, on the served rows of random users: the module,
+    TorchScript and ONNX Runtime (what serving picks, in this order of preference: onnx)."""
+    from recsys.registry import ModelRegistry
+    from recsys.settings import Paths
+    from serving.loaded import load_version
+    from serving.metrics import Metrics
+    from serving.settings import ServingSettings
+    from serving.state import ServingState
+    from serving.threads import limit_threads
+    from serving.tower import OnnxTower, torch_tower, traced_tower
+    from towers.export import USER_TOWER_FILE
+
+    limit_threads(1)
+    version = ModelRegistry(data / "models").current()
+    assert version is not None
+    loaded = load_version(Paths(data), version, "matrix")
+    state = ServingState(ServingSettings(data_dir=data), Metrics())
+    state.open_store()
+    picks = np.random.default_rng(seed).choice(loaded.seen.users, queries).tolist()
+    inputs = [loaded.rows.arrays(u, state.online_row("user_tower_serving_v1", u)) for u in picks]
+    module = loaded.model.user_tower
+    kinds = {"eager (PyTorch module)": torch_tower(module),
+             "torchscript (traced)": traced_tower(module, inputs[:3]),
+             "onnx (ONNX Runtime)": OnnxTower(ModelRegistry(data / "models").path(version)
+                                              / USER_TOWER_FILE)}  # fmt: skip
+    rows = []
+    for label, tower in kinds.items():
+        assert tower is not None, label
+        for x in inputs[:20]:  # warm-up
+            tower(x)
+        lat = []
+        for x in inputs:
+            t0 = time.perf_counter()
+            tower(x)
+            lat.append(time.perf_counter() - t0)
+        p50, p95, p99 = np.percentile(np.array(lat) * 1e3, [50, 95, 99])
+        rows.append({"tower": label, "p50": p50, "p95": p95, "p99": p99,
+                     "load": os.getloadavg()[0]})  # fmt: skip
+    return rows
+
+
 # --- main ------------------------------------------------------------------------------------
 def user_paths(data: Path, n: int, seed: int) -> list[str]:
     import pandas as pd
@@ -388,13 +453,13 @@ def user_paths(data: Path, n: int, seed: int) -> list[str]:
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (f"{'catalogue':<10} {'search':<8} {'test':<12} {'requests':>8} {'errors':>6} "
               f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>8} {'max ms':>8} {'ok/s':>7} "
-              f"{'load':>5}")  # fmt: skip
+              f"{'load':>5} {'steal%':>6}")  # fmt: skip
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['phase']:<10} {r['search']:<8} {r['test']:<12} {r['requests']:>8} "
               f"{r['errors']:>6} {r['p50']:>7.2f} {r['p95']:>7.2f} {r['p99']:>8.2f} "
-              f"{r['max']:>8.1f} {r['throughput']:>7.1f} {r['load']:>5.1f}"
+              f"{r['max']:>8.1f} {r['throughput']:>7.1f} {r['load']:>5.1f} {r['steal']:>6.1f}"
               + (f"  {r['error_kinds']}" if r["error_kinds"] else ""))  # fmt: skip
 
 
@@ -406,6 +471,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="data folder (copied)")
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s")
     parser.add_argument("--seconds", type=float, default=30.0, help="open-loop duration")
+    parser.add_argument("--repeat", type=int, default=1, help="open-loop tests per phase")
     parser.add_argument("--concurrency", type=int, default=4, help="closed-loop connections")
     parser.add_argument("--closed-seconds", type=float, default=10.0)
     parser.add_argument("--max-in-flight", type=int, default=64)
@@ -425,8 +491,10 @@ def main() -> None:
     data = work / "data"
     shutil.copytree(args.data, data, symlinks=True)
     paths = user_paths(data, 5000, args.seed)
+    tower_rows = tower_only(data, args.search_queries, args.seed)
     rows = run_phase("ML-100K", data, "auto", paths, args)
-    rows[-1]["search"] = rows[-2]["search"] = "matrix"  # what "auto" picks at this size
+    for row in rows:
+        row["search"] = "matrix"  # what "auto" picks at this size
     search_rows: list[dict[str, Any]] = []
     if args.catalogue:
         from recsys.registry import ModelRegistry
@@ -442,17 +510,25 @@ def main() -> None:
             if name not in args.searches:
                 continue
             registry.promote(version, reason="benchmark")
-            rows += run_phase(label, data, mode, paths, args)
-            rows[-1]["search"] = rows[-2]["search"] = name
+            phase = run_phase(label, data, mode, paths, args)
+            for row in phase:
+                row["search"] = name
+            rows += phase
 
     load = os.getloadavg()
     print(f"\nGET /recommendations/{{user}}?k=20, {args.workers} uvicorn worker(s), load generator in another "
           f"process, loopback; {os.cpu_count()} CPUs; load average now {load[0]:.1f} "
-          f"{load[1]:.1f} {load[2]:.1f} (load = mean 1-min load average during the test)")  # fmt: skip
+          f"{load[1]:.1f} {load[2]:.1f} (load = mean 1-min load average during the test; "
+          f"steal% = share of CPU time the hypervisor gave to other machines meanwhile)")  # fmt: skip
     print(f"open loop: {args.rate:g} requests/s for {args.seconds:g} s, latency from the "
           f"scheduled send time, timeout {args.timeout:g} s; closed loop: "
           f"{args.concurrency} connections for {args.closed_seconds:g} s")  # fmt: skip
     print_table(rows)
+    print(f"\nuser tower only ({args.search_queries} users' online rows, batch of 1, 1 thread)")
+    print(f"{'tower':<24} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'load':>5}")
+    for r in tower_rows:
+        print(f"{r['tower']:<24} {r['p50']:>7.3f} {r['p95']:>7.3f} {r['p99']:>7.3f} "
+              f"{r['load']:>5.1f}")  # fmt: skip
     if search_rows:
         print(
             f"\nsearch only ({args.catalogue} items, d=65, top-20, each user's seen items "

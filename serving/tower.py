@@ -63,7 +63,7 @@ class OnnxTower:
         return np.asarray(self.session.run(self.outputs, arrays)[0])
 
 
-def _torch_fn(module: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> TowerFn:
+def torch_tower(module: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> TowerFn:
     def run(arrays: Arrays) -> np.ndarray:
         with torch.no_grad():
             batch = {name: torch.from_numpy(value) for name, value in arrays.items()}
@@ -72,7 +72,7 @@ def _torch_fn(module: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> Towe
     return run
 
 
-def _traced(tower: UserTower, examples: list[Arrays]) -> TowerFn | None:
+def traced_tower(tower: UserTower, examples: list[Arrays]) -> TowerFn | None:
     """The tower traced on an example row, if it gives exactly the eager outputs."""
     batches = [{k: torch.from_numpy(v) for k, v in e.items()} for e in examples]
     try:
@@ -80,7 +80,7 @@ def _traced(tower: UserTower, examples: list[Arrays]) -> TowerFn | None:
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice
             traced = torch.jit.trace(tower, (batches[1],), strict=False, check_trace=False)
             if all(torch.equal(traced(b), tower(b)) for b in batches):
-                return _torch_fn(traced)
+                return torch_tower(traced)
             log.warning("traced user tower differs from the eager one")
     except Exception:  # tracing is an optimisation: never a reason not to serve
         log.exception("cannot trace the user tower")
@@ -115,12 +115,12 @@ def load_user_tower(
 ) -> tuple[TowerFn, TowerKind]:
     """The fastest correct way to run ``tower`` (eval mode), and which it is."""
     tower.eval()
-    eager = _torch_fn(tower)
+    eager = torch_tower(tower)
     want = [eager(e) for e in examples]
     onnx = _onnx(Path(folder), examples, want, threads)
     if onnx is not None:
         return onnx, "onnx"
-    traced = _traced(tower, examples)
+    traced = traced_tower(tower, examples)
     if traced is not None:
         return traced, "torchscript"
     return eager, "eager"
