@@ -30,7 +30,9 @@ class RowEncoder:
         self.users = {int(u): k + 1 for k, u in enumerate(encoder.user_ids)}
         self.items = {int(i): k + 2 for k, i in enumerate(encoder.item_ids)}
         self.cats = [{v: k + 1 for k, v in enumerate(encoder.cats[name])} for name in USER_CATS]
-        self.stats = [(log, *encoder.stats[name]) for name, log in USER_NUMS]
+        self.logged = np.array([log for _, log in USER_NUMS])
+        self.means = np.array([encoder.stats[name][0] for name, _ in USER_NUMS], np.float64)
+        self.stds = np.array([encoder.stats[name][1] for name, _ in USER_NUMS], np.float64)
 
     def knows(self, user_id: int) -> bool:
         return user_id in self.users
@@ -61,17 +63,14 @@ class RowEncoder:
             [np.nan if (v := row.get(name)) is None else float(v) for name, _ in USER_NUMS],
             dtype=np.float64,
         )
-        nums = np.empty((1, 2 * len(self.stats)), dtype=np.float64)
-        for k, (log, mean, std) in enumerate(self.stats):
-            value = values[k : k + 1]
-            nan = np.isnan(value)
-            scaled = np.log1p(np.clip(value, 0, None)) if log else value
-            nums[0, k] = np.where(nan, 0.0, (scaled - mean) / std)[0]
-            nums[0, len(self.stats) + k] = float(nan[0])
+        # encode_users' arithmetic on every numeric at once (log1p where the spec says so).
+        nan = np.isnan(values)
+        scaled = np.where(self.logged, np.log1p(np.clip(values, 0, None)), values)
+        nums = np.concatenate([np.where(nan, 0.0, (scaled - self.means) / self.stds), nan])
         return {
             "user": np.array([user], dtype=np.int64),
             "cats": np.array([cats], dtype=np.int64),
-            "nums": nums.astype(np.float32),
+            "nums": nums[None, :].astype(np.float32),
             "affinity": affinity.astype(np.float32),
             "history": history,
         }

@@ -201,10 +201,10 @@ def _tower_examples(rows: RowEncoder, item_ids: np.ndarray) -> list[dict[str, np
 
 
 def _attribute_columns(index: ItemIndex) -> dict[str, list[Any]]:
-    """The response's attribute columns of every item (those the table has)."""
+    """The response's attribute columns of every item: each of ITEM_FIELDS, all None when
+    the table has no such column (so every item of a response has every field)."""
     rows = index.attributes(index.item_ids)  # one Arrow conversion, at load time
-    names = [name for name in ITEM_FIELDS if rows and name in rows[0]]
-    return {name: [row[name] for row in rows] for name in names}
+    return {name: [row.get(name) for row in rows] for name in ITEM_FIELDS}
 
 
 def source_key(paths: Paths, version: str) -> tuple[str, str, str]:

@@ -90,6 +90,8 @@ class MetricsMiddleware:
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled series by (endpoint, method, status): bounded, since every label is.
+        self.children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -112,5 +114,11 @@ class MetricsMiddleware:
             endpoint = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
             method = method if method in METHODS else "other"
-            self.metrics.requests.labels(endpoint, method, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            key = (endpoint, method, status)
+            children = self.children.get(key)
+            if children is None:  # labels() takes a lock and builds a key: once per series
+                children = (self.metrics.requests.labels(endpoint, method, str(status)),
+                            self.metrics.latency.labels(endpoint))  # fmt: skip
+                self.children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)

@@ -175,12 +175,17 @@ class Server:
 
 
 def start_server(
-    data: Path, log: Path, timeout: float = 120, wait_for: str = "/readyz", workers: int = 1
+    data: Path,
+    log: Path,
+    timeout: float = 120,
+    wait_for: str = "/readyz",
+    workers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Server:
     """``python -m serving`` on a free port, once ``wait_for`` answers 200 (ten times in a
-    row per worker: each worker answers some of the calls)."""
+    row per worker: each worker answers some of the calls); ``env``: more variables."""
     port = free_port()
-    env = {**os.environ, "RECSYS_SERVING_RETRY_FAILED_SECONDS": "1"}
+    env = {**os.environ, "RECSYS_SERVING_RETRY_FAILED_SECONDS": "1", **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "serving", "--data-dir", str(data), "--port", str(port),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -245,3 +246,61 @@ def test_two_worker_processes_answer_like_one(
         )
     finally:
         stop_server(two)
+
+
+def test_fast_path_answers_like_the_fastapi_route(
+    server: Server, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The known-user fast path (on by default) gives the FastAPI route's status and body
+    for valid requests, and leaves every other request to the route (same 404s, 422s)."""
+    route_only = start_server(pipeline.data, tmp_path / "route-only.log",
+                              env={"RECSYS_SERVING_FAST_PATH": "false"})  # fmt: skip
+    try:
+        users = pipeline.interactions().user_id.drop_duplicates().head(12).tolist()
+        paths = [f"/recommendations/{u}{q}" for u in users
+                 for q in ("", "?k=1", "?k=7", "?k=100")]  # fmt: skip
+        odd = ["?k=0", "?k=101", "?k=abc", "?k=05", "?k=+5", "?k=5&k=6", "?k=5&x=1", "?K=5",
+               "?k=", "?k=1000", "?k=%35"]  # fmt: skip
+        paths += [f"/recommendations/{users[0]}{q}" for q in odd]
+        ids = [str(UNKNOWN), "-1", "-0", "007", "abc", "1.5", "1e3", str(2**63), str(-(2**63)),
+               "%201", "+1", "0x10", "9" * 25, "", "1/2"]  # fmt: skip
+        paths += [f"/recommendations/{i}" for i in ids]
+        for path in paths:
+            assert server.get(path) == route_only.get(path), path
+    finally:
+        stop_server(route_only)
+
+
+def test_fast_path_takes_only_plainly_valid_requests() -> None:
+    """Which requests the fast path answers itself (the rest go to the route)."""
+    from serving.app import KnownUserFastPath
+
+    asked: list[tuple[int, int]] = []
+
+    def answer(user_id: int, k: int) -> dict[str, Any] | None:
+        asked.append((user_id, k))
+        return None if user_id == 404 else {"user_id": user_id, "k": k, "score": float("nan")}
+
+    fast = KnownUserFastPath(app=None, answer=answer, route=None)
+
+    def body(path: str, query: bytes = b"", method: str = "GET", headers=()) -> bytes | None:
+        scope = {"type": "http", "method": method, "path": path, "query_string": query,
+                 "headers": list(headers)}  # fmt: skip
+        return fast._body(scope)
+
+    assert json.loads(body("/recommendations/42") or b"") == {"user_id": 42, "k": 20,
+                                                                 "score": None}  # fmt: skip
+    assert body("/recommendations/-7", b"k=100") is not None and asked[-1] == (-7, 100)
+    assert body("/recommendations/007", b"k=05") is not None and asked[-1] == (7, 5)
+    assert body(f"/recommendations/{2**63 - 1}") is not None
+    asked.clear()
+    for path, query in [("/recommendations/1", b"k=0"), ("/recommendations/1", b"k=101"),
+                        ("/recommendations/1", b"k=5&k=6"), ("/recommendations/1", b"x=1"),
+                        ("/recommendations/1.5", b""), ("/recommendations/+1", b""),
+                        (f"/recommendations/{2**63}", b""), ("/recommendations/", b""),
+                        ("/recommendations/1/2", b""), ("/candidates/1", b"")]:  # fmt: skip
+        assert body(path, query) is None, (path, query)
+    assert asked == []  # none of them reached the model
+    assert body("/recommendations/1", method="POST") is None
+    assert body("/recommendations/1", headers=[(b"content-length", b"3")]) is None
+    assert body("/recommendations/404") is None and asked == [(404, 20)]  # the route answers
