@@ -6,7 +6,7 @@ All three take the numpy arrays of ``serving.encoding.RowEncoder.arrays`` and re
 
 * ``onnx``: the version folder's ``user_tower.onnx`` (written by the pipeline with
   ``towers.export``) in an ONNX Runtime session on ``threads`` threads, no spinning. About
-  4x faster than TorchScript for one row (``towers.export`` has the figures). Used only if
+  5x faster than TorchScript for one row (``towers.export`` has the figures). Used only if
   its outputs on a few different rows are within ``ONNX_ATOL`` of the eager module's: a
   graph exported from other weights (a stale or foreign file) is never served.
 * ``torchscript``: the tower traced on an example row, used when it gives exactly the eager

@@ -1,12 +1,12 @@
 """The user tower as an ONNX graph: what the online server runs (``serving.tower``).
 
 A recommendation request runs the user tower on one row. Through PyTorch that is ~15
-operator calls, each with PyTorch's dispatch overhead: 0.25 ms traced (TorchScript), 0.45 ms
-eager, on one core of the 2-core machine this project is measured on. The same graph in
-ONNX Runtime takes ~0.06 ms (``benchmarks/bench_serving.py --towers``). The graph is
-exported once per model version, by the pipeline that trains it, and kept in the version's
-folder beside ``checkpoint.pt``; the server checks it against the checkpoint's tower before
-using it, and falls back to the traced tower when it is missing or differs.
+operator calls, each with PyTorch's dispatch overhead: p50 0.32 ms traced (TorchScript),
+0.46 ms eager, on one core of the 2-core machine this project is measured on; the same graph
+in ONNX Runtime takes 0.07 ms (``benchmarks/bench_serving.py``, "user tower only"). The
+graph is exported once per model version, by the pipeline that trains it, and kept in the
+version's folder beside ``checkpoint.pt``; the server checks it against the checkpoint's
+tower before using it, and falls back to the traced tower when it is missing or differs.
 
 Exported with ``torch.onnx.export(dynamo=True)`` (the ``torch.export``-based exporter; the
 TorchScript one is deprecated), batch size dynamic.
