@@ -69,16 +69,19 @@ def example_batch(encoder: FeatureEncoder, rows: int = 2) -> dict[str, torch.Ten
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The exporter's progress lines and warnings (missing torchvision ops...) silenced."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The exporter's progress lines, warnings (missing torchvision ops...) and its
+    optimiser's INFO log lines (one per graph rewrite) silenced."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def user_tower_onnx(tower: UserTower, encoder: FeatureEncoder) -> bytes:
