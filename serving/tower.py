@@ -41,7 +41,7 @@ ONNX_ATOL = 1e-5
 class OnnxTower:
     """An ONNX Runtime session over an exported user tower."""
 
-    def __init__(self, model: Path | bytes, threads: int = 1) -> None:
+    def __init__(self, path: Path, threads: int = 1) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -52,8 +52,7 @@ class OnnxTower:
         # Idle pool threads would spin waiting for work: CPU the other requests need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only
-        source = str(model) if isinstance(model, Path) else model
-        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in self.session.get_inputs()]
         if sorted(names) != sorted(INPUTS):
             raise ValueError(f"the graph's inputs are {names}, not {list(INPUTS)}")
