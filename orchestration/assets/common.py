@@ -1,0 +1,79 @@
+"""Helpers shared by the asset modules: check names, blocking check specs, inline plots,
+Great Expectations reports as Dagster check results."""
+
+import base64
+import re
+from typing import Any
+
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
+
+VIEWS = ("user_profile", "user_activity", "item_content", "item_popularity")
+VIEW_KEYS = {"user_profile": "user_id", "user_activity": "user_id",
+             "item_content": "item_id", "item_popularity": "item_id"}  # fmt: skip
+# One blocking check per Great Expectations outcome on an incoming batch
+# (recsys.validation.validate_interactions), so a corruption fails the check that names it.
+BATCH_CHECKS = (
+    "interactions readable", "interactions not empty", "interactions columns",
+    "interactions.user_id type", "interactions.item_id type", "interactions.rating type",
+    "interactions.event_timestamp type", "interactions.user_id not null",
+    "interactions.item_id not null", "interactions.event_timestamp not null",
+    "interactions events unique", "interactions.rating in range",
+    "interactions.event_timestamp not after as_of", "interactions.user_id known",
+    "interactions.item_id known", "interactions.rating mean in range",
+)  # fmt: skip
+DATASET_TABLES = ("interactions", "users", "items")
+QUALITY_GATE = "quality_gate"
+
+
+def check_name(name: str) -> str:
+    """A GX outcome name as a Dagster check name ([a-z0-9_])."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def blocking_specs(asset_name: str, names: Any, what: str) -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec(check_name(n), asset=asset_name, blocking=True, description=f"{what}: {n}")
+        for n in names
+    ]
+
+
+def png(data: bytes, alt: str) -> MetadataValue:
+    """A PNG shown inline in the Dagster UI (markdown with a data URI)."""
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})")
+
+
+def report_checks(report: Any, names: Any) -> list[AssetCheckResult]:
+    """One result per expected check name; a check GX did not run passes as not applicable."""
+    found = {o.name: o for o in report.outcomes} if report is not None else {}
+    results = []
+    for name in names:
+        outcome = found.get(name)
+        if outcome is None:
+            results.append(AssetCheckResult(check_name=check_name(name), passed=True,
+                                            metadata={"detail": "not applicable"}))  # fmt: skip
+            continue
+        results.append(
+            AssetCheckResult(
+                check_name=check_name(name),
+                passed=bool(outcome.success),
+                severity=AssetCheckSeverity.ERROR,
+                metadata={
+                    "detail": outcome.detail,
+                    "unexpected_rows": int(outcome.unexpected_count),
+                },
+            )
+        )
+    return results
+
+
+def table_check(table: str, report: Any) -> AssetCheckResult:
+    """The "<table> valid" check: passed when every GX outcome on the table passed."""
+    return AssetCheckResult(
+        check_name=check_name(f"{table} valid"),
+        passed=report.success,
+        metadata={
+            "rows": report.rows,
+            "failed": MetadataValue.json([o.name for o in report.failed]),
+            "checks": MetadataValue.md(report.markdown()),
+        },
+    )
