@@ -8,7 +8,8 @@ dataset and features), ``feature_refresh`` (new batches → dataset → features
 materialization → candidates of the current version). Schedules (cron from
 ``RECSYS_RETRAIN_CRON`` / ``RECSYS_REFRESH_CRON``, defaults nightly and hourly) run
 ``retrain`` and ``feature_refresh``; the ``incoming_batches`` sensor runs
-``feature_refresh`` when new files land in ``<data>/incoming``.
+``feature_refresh`` when new files land in ``<data>/incoming`` (and skips while another
+run holds the data folder's writer lock).
 """
 
 import os
@@ -23,6 +24,7 @@ from dagster import (
     SensorEvaluationContext,
     SkipReason,
     define_asset_job,
+    in_process_executor,
     sensor,
 )
 
@@ -75,10 +77,16 @@ refresh_schedule = ScheduleDefinition(
 )
 def incoming_batches(context: SensorEvaluationContext) -> RunRequest | SkipReason:
     from recsys.incoming import batch_key, pending
+    from recsys.lock import describe, holder
 
-    files = pending(PipelineSettings().settings().paths)
+    settings = PipelineSettings().settings()
+    files = pending(settings.paths)
     if not files:
         return SkipReason("no new files in the incoming folder")
+    writer = holder(settings.data_dir)
+    if writer is not None:
+        # The files stay in incoming/: the next tick after that run requests a run for them.
+        return SkipReason(f"the data folder is being written by {describe(writer)}")
     # One run per set of files as they are now: a file still being written changes the key.
     return RunRequest(run_key=batch_key(files), tags={"batch_files": str(len(files))})
 
@@ -89,4 +97,8 @@ defs = Definitions(
     schedules=[retrain_schedule, refresh_schedule],
     sensors=[incoming_batches],
     resources=default_resources(),
+    # Every step of a run in one process: the run holds the data folder's writer lock
+    # (recsys.lock, taken by the `pipeline` resource) from its first step to its last, and a
+    # 2-core machine gains nothing from step processes (training uses every core it has).
+    executor=in_process_executor,
 )

@@ -5,9 +5,11 @@ variables, or the resource's config in the Dagster UI's launchpad); the other re
 derive theirs from it, so pointing the pipeline at another data folder is one setting.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from dagster import ConfigurableResource, ResourceDependency
+from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
 
 from recsys.settings import Settings, settings_from
 
@@ -32,6 +34,21 @@ class PipelineSettings(ConfigurableResource):
     gate_tolerance: float = 0.01
     # Train a new version even when the data and config have not changed.
     force_retrain: bool = False
+
+    # How long a run waits for another writer of the data folder to finish before it fails
+    # with a message naming that writer (recsys.lock): one writer at a time.
+    lock_wait_seconds: float = 0.0
+
+    @contextmanager
+    def yield_for_execution(self, context: InitResourceContext) -> Iterator["PipelineSettings"]:
+        """Every run that uses these settings writes the data folder: it holds the folder's
+        writer lock from its first step to its last (runs execute in one process)."""
+        from recsys.lock import writer_lock
+
+        run = context.dagster_run.run_id if context.dagster_run else "outside a run"
+        with writer_lock(self.settings().data_dir, owner=f"dagster run {run}",
+                         wait_seconds=self.lock_wait_seconds):  # fmt: skip
+            yield self
 
     def settings(self) -> Settings:
         return settings_from(

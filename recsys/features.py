@@ -34,7 +34,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recsys.io import atomic_write_json, publish_dir, staging_dir
+from recsys.io import atomic_write_json, staging_dir
 from recsys.sql import connect, one, parquet, string, timestamp
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ class FeatureManifest:
         default_factory=lambda: list(POPULARITY_WINDOWS_DAYS)
     )
     rows: dict[str, int] = field(default_factory=dict)
+    # The published dataset version the tables were computed from (its folder's name behind
+    # the ``dataset`` link): what the training set checks before it reads them.
+    dataset_version: str = ""
 
 
 def default_as_of(dataset_dir: Path) -> datetime:
@@ -239,7 +242,8 @@ def compute_features(
             )
         rows[view] = _concat(files, Path(out_dir) / f"{view}.parquet")
         log.info("feature view %s: %d rows", view, rows[view])
-    manifest = FeatureManifest(as_of, built_at, genres, recent_items, rows=rows)
+    manifest = FeatureManifest(as_of, built_at, genres, recent_items, rows=rows,
+                               dataset_version=dataset_version(dataset))  # fmt: skip
     atomic_write_json(Path(out_dir) / "manifest.json", asdict(manifest))
     return manifest
 
@@ -260,11 +264,24 @@ def _concat(parts: list[Path], out: Path) -> int:
     return rows
 
 
+def dataset_version(dataset: Path) -> str:
+    """The id of the published dataset version behind the ``dataset`` link (`recsys.io`)."""
+    return Path(dataset).resolve().name
+
+
 def build_features(
     dataset: Path, features_dir: Path, data_dir: Path, **kwargs: object
 ) -> FeatureManifest:
-    """Compute the feature tables in a staging folder and publish them atomically."""
+    """Compute the feature tables in a staging folder, audit them there
+    (`recsys.audit.audit_features`: the blocking checks) and publish them atomically.
+
+    A failed audit raises :class:`recsys.audit.AuditFailed`: the published tables stay as they
+    were, and the rejected ones are kept under ``<data>/rejected/`` with the report."""
+    from recsys.audit import AuditFailed, audit_features, publish_audited
+
     with staging_dir(data_dir, "features") as stage:
         manifest = compute_features(dataset, stage, **kwargs)  # type: ignore[arg-type]
-        publish_dir(stage, features_dir)
+        audit = publish_audited(stage, features_dir, data_dir, audit_features)
+    if not audit.passed:
+        raise AuditFailed(audit)
     return manifest

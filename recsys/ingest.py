@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from recsys.io import atomic_write_json, publish_dir, staging_dir
+from recsys.audit import AuditFailed, audit_dataset, publish_audited
+from recsys.io import atomic_write_json, staging_dir
 from recsys.schema import DatasetSummary, normalize_dataset
 from recsys.settings import Settings
 
@@ -58,7 +59,11 @@ def _convert(settings: Settings, stage: Path) -> Path:
 
 
 def ingest(settings: Settings) -> DatasetSummary:
-    """Convert, validate and publish the configured dataset as ``<data>/dataset``."""
+    """Convert, validate and publish the configured dataset as ``<data>/dataset``.
+
+    The converted copy is audited with the dataset's blocking checks
+    (`recsys.audit.audit_dataset`) before it is published; a failure raises
+    :class:`recsys.audit.AuditFailed` and keeps the rejected copy under ``<data>/rejected/``."""
     paths = settings.paths
     with (
         staging_dir(paths.data_dir, "convert") as converted,
@@ -69,6 +74,8 @@ def ingest(settings: Settings) -> DatasetSummary:
         atomic_write_json(
             stage / "manifest.json", {"source": describe_source(settings), **vars(summary)}
         )
-        publish_dir(stage, paths.dataset)
+        audit = publish_audited(stage, paths.dataset, paths.data_dir, audit_dataset)
+    if not audit.passed:
+        raise AuditFailed(audit)
     log.info("dataset %s: %s", describe_source(settings), summary)
     return summary

@@ -1,5 +1,10 @@
 """The foundation pipeline as one function: ingest → features → feast apply → training set →
-online materialization. The Dagster assets run the same steps one by one."""
+online materialization. The Dagster assets run the same steps one by one.
+
+The dataset is ingested from its source only the first time (or when the source changed);
+after that, new batches in ``incoming/`` are staged and appended as the pipeline's
+``incoming_batch`` and ``dataset`` assets do, so a build never drops appended events. The
+build holds the data folder's writer lock (`recsys.lock`) from start to end."""
 
 from __future__ import annotations
 
@@ -8,8 +13,7 @@ import time
 from dataclasses import dataclass
 
 from recsys.features import FeatureManifest, build_features
-from recsys.ingest import ingest
-from recsys.schema import DatasetSummary
+from recsys.schema import DatasetSummary, summarize
 from recsys.settings import Settings
 from recsys.training_set import TrainingSetSummary, build_training_set
 
@@ -24,8 +28,20 @@ class BuildResult:
     seconds: dict[str, float]
 
 
-def build(settings: Settings, materialize_online: bool = True) -> BuildResult:
+def build(
+    settings: Settings, materialize_online: bool = True, wait_seconds: float = 0.0
+) -> BuildResult:
+    from recsys.lock import writer_lock
+
+    with writer_lock(settings.data_dir, owner="recsys build", wait_seconds=wait_seconds):
+        return _build(settings, materialize_online)
+
+
+def _build(settings: Settings, materialize_online: bool) -> BuildResult:
+    from recsys import incoming
     from recsys import store as feast_store
+    from recsys.audit import AuditFailed
+    from recsys.dataset import append_accepted, ensure_dataset
 
     seconds: dict[str, float] = {}
 
@@ -34,7 +50,16 @@ def build(settings: Settings, materialize_online: bool = True) -> BuildResult:
         log.info("%-14s done in %.2f s", name, seconds[name])
 
     t = time.perf_counter()
-    dataset = ingest(settings)
+    ensure_dataset(settings)
+    staged = incoming.stage(settings)
+    if staged is not None and staged.status == "rejected":
+        log.warning(
+            "batch %s rejected: see %s", staged.batch_id, settings.paths.incoming / "rejected"
+        )
+    appended = append_accepted(settings)
+    if appended.rejected and appended.audit is not None:
+        raise AuditFailed(appended.audit)
+    dataset = summarize(settings.paths.dataset)
     step("ingest", t)
     t = time.perf_counter()
     paths = settings.paths

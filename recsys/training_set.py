@@ -22,8 +22,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys.audit import AuditFailed, audit_training_set, publish_audited
 from recsys.features import default_as_of
-from recsys.io import atomic_write_json, publish_dir, staging_dir
+from recsys.io import atomic_write_json, staging_dir
 from recsys.settings import Settings
 from recsys.sql import connect, one, parquet, string, timestamp
 
@@ -139,7 +140,9 @@ def summarize(path: Path, cuts: SplitCuts, published: Path) -> TrainingSetSummar
 
 
 def build_training_set(settings: Settings, store: Any | None = None) -> TrainingSetSummary:
-    """Build ``<data>/training/training_set.parquet`` and its ``summary.json``, atomically.
+    """Build ``<data>/training/training_set.parquet`` and its ``summary.json``, audit them in
+    staging (`recsys.audit.audit_training_set`) and publish them atomically; a failed audit
+    raises :class:`recsys.audit.AuditFailed` and leaves the published training set as it was.
 
     With the project's offline store nothing passes through pandas: entity rows are a SQL
     query over the interactions, the join streams to parquet, the split is added in DuckDB.
@@ -160,5 +163,12 @@ def build_training_set(settings: Settings, store: Any | None = None) -> Training
         joined.unlink()
         summary = summarize(final, cuts, paths.training / "training_set.parquet")
         atomic_write_json(stage / "summary.json", asdict(summary))
-        publish_dir(stage, paths.training)
+        (expected,) = one(
+            connect(),
+            f"SELECT count(*) FROM ({entity_rows(paths.dataset, cuts.as_of, as_sql=True)})",
+        )
+        audit = publish_audited(stage, paths.training, paths.data_dir,
+                                audit_training_set(expected))  # fmt: skip
+    if not audit.passed:
+        raise AuditFailed(audit)
     return summary

@@ -66,14 +66,22 @@ def report_checks(report: Any, names: Any) -> list[AssetCheckResult]:
     return results
 
 
-def table_check(table: str, report: Any) -> AssetCheckResult:
-    """The "<table> valid" check: passed when every GX outcome on the table passed."""
-    return AssetCheckResult(
-        check_name=check_name(f"{table} valid"),
-        passed=report.success,
-        metadata={
-            "rows": report.rows,
-            "failed": MetadataValue.json([o.name for o in report.failed]),
-            "checks": MetadataValue.md(report.markdown()),
-        },
-    )
+def audit_checks(audit: Any) -> list[AssetCheckResult]:
+    """One check result per blocking check of a `recsys.audit.Audit` (the checks ran on the
+    staged artifact before it was published; a failure means it was not published)."""
+    results = []
+    for name, passed in audit.checks.items():
+        detail = audit.details.get(name, {})
+        metadata: dict[str, Any] = {
+            "failed": MetadataValue.json(detail.get("failed", {})),
+            "published": passed and audit.passed,
+        }
+        for key, value in detail.items():
+            if key not in ("failed", "outcomes"):
+                metadata[key] = value if isinstance(value, int | float) else MetadataValue.json(value)
+        if audit.kept_at:
+            metadata["rejected_data_kept_at"] = MetadataValue.path(audit.kept_at)
+        results.append(AssetCheckResult(check_name=check_name(name), passed=passed,
+                                         severity=AssetCheckSeverity.ERROR,
+                                         metadata=metadata))  # fmt: skip
+    return results

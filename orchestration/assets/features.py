@@ -3,14 +3,13 @@
 import time
 
 from dagster import (
-    AssetCheckResult,
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
-from orchestration.assets.common import VIEW_KEYS, VIEWS, blocking_specs, check_name
+from orchestration.assets.common import VIEWS, audit_checks, blocking_specs
 from orchestration.resources import (
     FeastResource,
     PipelineSettings,
@@ -25,43 +24,43 @@ from orchestration.resources import (
     "events strictly before each row's timestamp).",
 )
 def features(context: AssetExecutionContext, pipeline: PipelineSettings) -> MaterializeResult:
-    import pandas as pd
-
+    from recsys.audit import AuditFailed, read_audit
     from recsys.features import build_features
-    from recsys.validation import validate_feature_table
+    from recsys.sql import connect, one, parquet
 
     settings = pipeline.settings()
     paths = settings.paths
     start = time.perf_counter()
-    manifest = build_features(
-        paths.dataset, paths.features, paths.data_dir, as_of=settings.as_of,
-        recent_items=settings.recent_items, memory_limit=settings.duckdb_memory_limit,
-    )  # fmt: skip
-    seconds = time.perf_counter() - start
-    checks, freshness = [], {}
-    for view in VIEWS:
-        frame = pd.read_parquet(paths.feature_file(view))
-        report = validate_feature_table(frame, key=VIEW_KEYS[view], table=view)
-        if len(frame):
-            freshness[view] = str(frame["event_timestamp"].max())
-        checks.append(
-            AssetCheckResult(
-                check_name=check_name(f"{view} valid"),
-                passed=report.success,
-                metadata={
-                    "rows": len(frame),
-                    "failed": MetadataValue.json([o.name for o in report.failed]),
-                },
-            )  # fmt: skip
+    try:
+        manifest = build_features(
+            paths.dataset, paths.features, paths.data_dir, as_of=settings.as_of,
+            recent_items=settings.recent_items, memory_limit=settings.duckdb_memory_limit,
+        )  # fmt: skip
+    except AuditFailed as failed:  # nothing published: the blocking checks say why
+        context.log.error(str(failed))
+        return MaterializeResult(
+            metadata={"published": False, "rejected_kept_at": str(failed.audit.kept_at)},
+            check_results=audit_checks(failed.audit),
         )
+    seconds = time.perf_counter() - start
+    audit = read_audit(paths.features)
+    assert audit is not None  # written by publish_audited beside the published tables
+    con = connect()
+    freshness = {
+        view: str(one(con, f"SELECT max(event_timestamp) FROM {parquet(paths.features, view)}")[0])
+        for view in VIEWS
+    }
     return MaterializeResult(
         metadata={
             "as_of": str(manifest.as_of),
             "rows": MetadataValue.json(manifest.rows),
+            **{f"rows/{view}": int(n) for view, n in manifest.rows.items()},
             "latest_feature_timestamp": MetadataValue.json(freshness),
+            "dataset_version": manifest.dataset_version,
+            "published": True,
             "seconds": round(seconds, 2),
         },
-        check_results=checks,
+        check_results=audit_checks(audit),
     )
 
 

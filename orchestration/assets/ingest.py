@@ -1,5 +1,11 @@
-"""Ingest assets: new interaction batches in, the canonical dataset out."""
+"""Ingest assets: new interaction batches in, the canonical dataset out.
 
+``incoming_batch`` recognises, validates and stages the files in ``<data>/incoming``
+(`recsys.incoming`: files known by content, events by key, re-sent ones never appended
+twice); ``dataset`` appends the staged batches in a new dataset version that is audited
+before it is published (`recsys.dataset`), so a failing check leaves the published dataset
+as it was and the next run unblocked.
+"""
 
 from dagster import (
     AssetExecutionContext,
@@ -11,33 +17,31 @@ from dagster import (
 from orchestration.assets.common import (
     BATCH_CHECKS,
     DATASET_TABLES,
+    audit_checks,
     blocking_specs,
     report_checks,
-    table_check,
 )
-from orchestration.resources import (
-    PipelineSettings,
-)
+from orchestration.resources import PipelineSettings
 
 
 @asset(
     group_name="ingest",
     check_specs=blocking_specs("incoming_batch", BATCH_CHECKS, "incoming batch"),
-    description="New interaction files from <data>/incoming, validated with Great "
-    "Expectations; a failing batch is moved whole to incoming/rejected with its report.",
+    description="New interaction files from <data>/incoming: files already taken (by "
+    "content) and events already in the dataset are set aside and counted; the rest are "
+    "validated with Great Expectations; a failing batch is moved whole to incoming/rejected "
+    "with its report.",
 )
 def incoming_batch(context: AssetExecutionContext, pipeline: PipelineSettings) -> MaterializeResult:
     from recsys import incoming
+    from recsys.dataset import ensure_dataset
 
     settings = pipeline.settings()
-    if not (settings.paths.dataset / "manifest.json").exists():
-        from recsys.ingest import ingest
-
-        ingest(settings)  # batches are checked against the dataset's users and items
+    ensure_dataset(settings)  # batches are checked against the dataset's users and items
     staged = incoming.stage(settings)
     if staged is None:
         return MaterializeResult(
-            metadata={"files": 0, "rows": 0, "status": "no new batch"},
+            metadata={"files": 0, "rows": 0, "new_events": 0, "status": "no new batch"},
             check_results=report_checks(None, BATCH_CHECKS),
         )
     report = staged.report
@@ -47,9 +51,13 @@ def incoming_batch(context: AssetExecutionContext, pipeline: PipelineSettings) -
             "batch": staged.batch_id,
             "files": MetadataValue.json([p.name for p in staged.files]),
             "rows": staged.rows,
-            "status": "accepted" if staged.accepted else "rejected",
+            "new_events": staged.new_events,
+            "duplicate_events": staged.duplicate_events,
+            "duplicate_files": MetadataValue.json(staged.duplicate_files),
+            "status": staged.status,
             "rejected_rows": staged.rows if failed else 0,
             "failed_checks": MetadataValue.json([o.name for o in failed]),
+            "casts": MetadataValue.json(staged.casts),
             "report": MetadataValue.md(report.markdown()),
         },
         check_results=report_checks(report, BATCH_CHECKS),
@@ -59,48 +67,40 @@ def incoming_batch(context: AssetExecutionContext, pipeline: PipelineSettings) -
 @asset(
     group_name="ingest",
     deps=["incoming_batch"],
-    check_specs=blocking_specs("dataset", [f"{t} valid" for t in DATASET_TABLES], "dataset table"),
-    description="The canonical dataset (users, items, interactions): the configured source, "
-    "plus every accepted batch, published atomically.",
+    check_specs=blocking_specs("dataset", [f"{t} valid" for t in DATASET_TABLES],
+                               "dataset table"),  # fmt: skip
+    description="The canonical dataset (users, items, interactions): the configured source "
+    "plus every accepted batch; each new version is audited (GX) in staging and published "
+    "atomically only if every check passes.",
 )
 def dataset(context: AssetExecutionContext, pipeline: PipelineSettings) -> MaterializeResult:
-    import pandas as pd
-
-    from recsys import incoming
-    from recsys.ingest import describe_source, ingest
+    from recsys.dataset import append_accepted, ensure_dataset, published_audit
     from recsys.io import read_json
-    from recsys.validation import validate_interactions, validate_items, validate_users
 
     settings = pipeline.settings()
     paths = settings.paths
-    manifest = paths.dataset / "manifest.json"
-    if not manifest.exists() or read_json(manifest).get("source") != describe_source(settings):
-        ingest(settings)
-    appended = incoming.append_accepted(settings)
-    users = pd.read_parquet(paths.dataset / "users.parquet")
-    items = pd.read_parquet(paths.dataset / "items.parquet")
-    events = pd.read_parquet(paths.dataset / "interactions.parquet")
-    reports = {
-        "interactions": validate_interactions(
-            events,
-            as_of=pd.Timestamp.now(tz="UTC"),  # nothing from the future (as_of may hide some)
-            known_users=users.user_id.to_numpy(),
-            known_items=items.item_id.to_numpy(),
-        ),
-        "users": validate_users(users),
-        "items": validate_items(items),
-    }
-    checks = [table_check(table, report) for table, report in reports.items()]
-    info = read_json(manifest)
+    ensure_dataset(settings)
+    result = append_accepted(settings)
+    # The checks of the version written now, else those the published version passed.
+    audit = result.audit or published_audit(paths)
+    if result.rejected:
+        context.log.error(f"dataset not published: {audit.failed} failed; batches "
+                          f"{result.rejected} moved to incoming/rejected, the rejected dataset "
+                          f"kept in {audit.kept_at}")  # fmt: skip
+    info = read_json(paths.dataset / "manifest.json")
     return MaterializeResult(
         metadata={
-            "users": len(users),
-            "items": len(items),
-            "interactions": len(events),
+            "users": int(info["users"]),
+            "items": int(info["items"]),
+            "interactions": int(info["interactions"]),
+            "new_events": result.new_events,
             "first_event": str(info.get("first_event")),
             "last_event": str(info.get("last_event")),
             "source": str(info.get("source")),
-            "batches_appended": MetadataValue.json(appended),
-        },  # fmt: skip
-        check_results=checks,
+            "batches_appended": MetadataValue.json(result.appended),
+            "batches_rejected": MetadataValue.json(result.rejected),
+            "published": not result.rejected,
+            "dataset_version": paths.dataset.resolve().name,
+        },
+        check_results=audit_checks(audit),
     )

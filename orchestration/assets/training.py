@@ -14,30 +14,70 @@ from dagster import (
     asset,
 )
 
-from orchestration.assets.common import QUALITY_GATE, png
+from orchestration.assets.common import QUALITY_GATE, audit_checks, blocking_specs, png
 from orchestration.resources import (
     FeastResource,
     ModelRegistryResource,
     PipelineSettings,
 )
 
+# Blocking checks of the training set: what it reads (checked again, since a `retrain` run
+# starts here) and what it wrote (checked in staging, before it is published).
+TRAINING_CHECKS = (
+    "dataset audited", "features audited", "features from the published dataset",
+    "training set rows match entity rows", "training set keys not null",
+    "training set splits not empty",
+)  # fmt: skip
 
-@asset(group_name="training", deps=["feast_registry"], description="Point-in-time training "
-       "rows through Feast (get_historical_features) with the temporal train/val/test split.")  # fmt: skip
-def training_set(feast: FeastResource, pipeline: PipelineSettings) -> MaterializeResult:
+
+@asset(
+    group_name="training",
+    deps=["feast_registry"],
+    check_specs=blocking_specs("training_set", TRAINING_CHECKS, "training set"),
+    description="Point-in-time training rows through Feast (get_historical_features) with the "
+    "temporal train/val/test split; its inputs are re-checked first, and it is audited in "
+    "staging before it is published.",
+)
+def training_set(
+    context: AssetExecutionContext, feast: FeastResource, pipeline: PipelineSettings
+) -> MaterializeResult:
+    from recsys.audit import Audit, AuditFailed, audit_training_inputs
     from recsys.training_set import build_training_set
 
+    settings = pipeline.settings()
+    inputs = audit_training_inputs(settings.paths)
+    not_run = {name: False for name in TRAINING_CHECKS if name not in inputs.checks}
+    if not inputs.passed:
+        context.log.error(f"training set not built: its inputs failed {inputs.failed}")
+        skipped = Audit("training set", not_run, {n: {"failed": {"skipped": "inputs failed"}}
+                                                  for n in not_run})  # fmt: skip
+        return MaterializeResult(metadata={"published": False},
+                                 check_results=audit_checks(inputs) + audit_checks(skipped))  # fmt: skip
     start = time.perf_counter()
-    summary = build_training_set(pipeline.settings(), feast.store())
+    try:
+        summary = build_training_set(settings, feast.store())
+    except AuditFailed as failed:
+        context.log.error(str(failed))
+        return MaterializeResult(
+            metadata={"published": False, "rejected_kept_at": str(failed.audit.kept_at)},
+            check_results=audit_checks(inputs) + audit_checks(failed.audit),
+        )
+    from recsys.audit import read_audit
+
+    audit = read_audit(settings.paths.training)
+    assert audit is not None  # written beside the published training set
     return MaterializeResult(
         metadata={
             "rows": MetadataValue.json(summary.rows),
+            **{f"rows/{split}": int(n) for split, n in summary.rows.items()},
             "users": MetadataValue.json(summary.users),
             "cold_test_users": summary.cold_test_users,
             "cuts": MetadataValue.json({k: str(v) for k, v in vars(summary.cuts).items()}),
             "feature_coverage": MetadataValue.json(summary.feature_coverage),
+            "published": True,
             "seconds": round(time.perf_counter() - start, 2),
-        }
+        },
+        check_results=audit_checks(inputs) + audit_checks(audit),
     )
 
 
