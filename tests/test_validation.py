@@ -209,13 +209,23 @@ def test_unknown_user() -> None:
 
 
 def test_most_active_user_share() -> None:
-    frame = events()
-    frame["user_id"] = [1, 1, 1, 1, 2, 3]
-    bad = assert_only(check(frame), "interactions.user_id top share")
+    # 30 events of user 1 and one each of 20 others: the bound applies from 20 users on.
+    frame = pd.concat([events().iloc[[0]]] * 50, ignore_index=True)
+    frame["user_id"] = [1] * 30 + list(range(100, 120))
+    frame["event_timestamp"] += pd.to_timedelta(range(50), unit="min")
+    known = np.array([1, *range(100, 120)])
+    bad = assert_only(check(frame, known_users=known), "interactions.user_id top share")
     outcome = bad["interactions.user_id top share"]
-    assert outcome.observed == pytest.approx(4 / 6, abs=1e-4)
-    assert "user 1 has 4 of 6 events" in outcome.detail
-    assert check(frame, max_user_share=0.7).success
+    assert outcome.observed == pytest.approx(30 / 50, abs=1e-4)
+    assert "user 1 has 30 of 50 events" in outcome.detail
+    assert check(frame, known_users=known, max_user_share=0.7).success
+    # With fewer users the bound says nothing: one user holding most events is normal.
+    few = events()
+    few["user_id"] = [1, 1, 1, 1, 2, 3]
+    report = check(few)
+    assert report.success
+    (share,) = [o for o in report.outcomes if o.name == "interactions.user_id top share"]
+    assert share.detail.startswith("not applicable")
 
 
 @pytest.mark.parametrize(
