@@ -186,10 +186,18 @@ def parser() -> argparse.ArgumentParser:
                    help="train a new version even if data and config did not change")  # fmt: skip
     r.add_argument("--temperatures", help="softmax temperatures tried (comma-separated)")
     r.add_argument("--max-epochs", type=int, help="most epochs a training run may take")
-    r.add_argument("--dagster-home", type=Path, help="Dagster instance folder that records "
-                   "the run (default: $DAGSTER_HOME, else ./dagster_home of the project)")
-    r.add_argument("-v", "--verbose", action="store_true",
-                   help="Dagster's event log and the libraries' INFO logs on the terminal")
+    r.add_argument(
+        "--dagster-home",
+        type=Path,
+        help="Dagster instance folder that records "
+        "the run (default: $DAGSTER_HOME, else ./dagster_home of the project)",
+    )
+    r.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Dagster's event log and the libraries' INFO logs on the terminal",
+    )
     r.set_defaults(func=_pipeline)
     s = sub.add_parser("synth", help="write a synthetic canonical dataset folder")
     s.add_argument("--interactions", type=int, required=True)

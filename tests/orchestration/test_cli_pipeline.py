@@ -76,7 +76,9 @@ def test_default_output_is_one_line_per_asset_and_the_summary(runs):
     figures = dict(zip(names, progress, strict=True))
     assert "interactions 20,000" in figures["dataset"]
     assert "3 checks passed" in figures["dataset"]
-    assert "version " in figures["two_tower_model"] and "1 check passed" in figures["two_tower_model"]
+    assert (
+        "version " in figures["two_tower_model"] and "1 check passed" in figures["two_tower_model"]
+    )
     result = summary(out)
     assert result["success"] is True and result["failed_checks"] == []
     assert result["dagster_home"] == str(runs["home"])
@@ -106,7 +108,9 @@ def test_ui_shows_both_runs_every_asset_materialized_and_every_check_passed(runs
         data = post(url, QUERY)["data"]
     listed = {r["runId"]: r for r in data["runsOrError"]["results"]}
     assert set(listed) == {first, second}
-    assert all(r["jobName"] == "full_pipeline" and r["status"] == "SUCCESS" for r in listed.values())
+    assert all(
+        r["jobName"] == "full_pipeline" and r["status"] == "SUCCESS" for r in listed.values()
+    )
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     assert sorted(nodes) == sorted(ASSETS)
     for name, node in nodes.items():
