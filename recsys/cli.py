@@ -126,7 +126,10 @@ def _pipeline(args: argparse.Namespace) -> int:
             quiet.enter_context(contextlib.redirect_stderr(chatter))
         with DagsterInstance.from_config(str(home)) as instance:
             result = job.execute_in_process(
-                run_config={"loggers": loggers}, instance=instance, raise_on_error=False
+                run_config={"loggers": loggers},
+                instance=instance,
+                raise_on_error=False,
+                tags={"launched_by": "recsys pipeline"},
             )
     progress.finish()
     if not result.success and chatter.getvalue():
