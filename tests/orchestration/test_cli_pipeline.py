@@ -41,7 +41,7 @@ QUERY = """
 def recsys_pipeline(cwd: Path, home: Path, data: Path, *flags: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "LANCEDB_LOG")}
     env |= {"DAGSTER_HOME": str(home),
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "recsys.cli", "pipeline", *FAST, "--data-dir", str(data), *flags],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,

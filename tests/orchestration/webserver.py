@@ -39,7 +39,7 @@ def running_webserver(dagster_home: Path, data_dir: Path) -> Iterator[str]:
     URL and stops it on exit."""
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RECSYS_DATA_DIR": str(data_dir),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     exe = Path(sys.executable).with_name("dagster-webserver")
     proc = subprocess.Popen(
         [str(exe), "-m", "orchestration.definitions", "-h", "127.0.0.1", "-p", str(port)],
