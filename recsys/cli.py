@@ -1,11 +1,15 @@
-"""Command line: ``recsys build`` runs the foundation pipeline; ``recsys synth`` and
+"""Command line: ``recsys pipeline`` runs the whole Dagster graph, recorded in a persistent
+Dagster instance; ``recsys build`` runs the foundation pipeline; ``recsys synth`` and
 ``recsys validate`` work on dataset folders. Heavy imports happen inside the commands."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -39,26 +43,97 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline(args: argparse.Namespace) -> int:
-    """The whole Dagster graph (job ``full_pipeline``), in this process, on the Dagster
-    instance of ``$DAGSTER_HOME`` when set (runs then show in the UI), else an ephemeral one."""
-    import os
+def dagster_home(path: Path | None = None) -> Path:
+    """The Dagster instance folder of ``recsys pipeline``: ``path``, else ``$DAGSTER_HOME``,
+    else the project's ``dagster_home/``; created on first use with a copy of the repo's
+    ``dagster.yaml`` (an existing one is kept), so that ``dagster dev`` on the same
+    ``DAGSTER_HOME`` shows the runs of this command."""
+    from recsys.io import atomic_write_bytes
+    from recsys.settings import PROJECT_ROOT
 
-    from dagster import DagsterInstance, materialize
+    env = os.environ.get("DAGSTER_HOME")
+    home = (path or (Path(env) if env else PROJECT_ROOT / "dagster_home")).expanduser()
+    home = home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        atomic_write_bytes(config, (PROJECT_ROOT / "dagster.yaml").read_bytes())
+    _refuse_relative_storage(config)
+    return home
+
+
+def _refuse_relative_storage(config: Path) -> None:
+    """Dagster resolves a relative storage or compute-log ``base_dir`` against the working
+    directory, so the run history would land wherever the command is run from."""
+    import yaml
+
+    settings = yaml.safe_load(config.read_text()) or {}
+    fields = {
+        "storage.sqlite.base_dir": (settings.get("storage") or {}).get("sqlite") or {},
+        "compute_logs.config.base_dir": (settings.get("compute_logs") or {}).get("config") or {},
+    }
+    for field, section in fields.items():
+        value = section.get("base_dir") if isinstance(section, dict) else None
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            raise SystemExit(
+                f"{config}: {field} is the relative path {value!r}, which Dagster resolves "
+                "against the working directory; delete the key (storage then stays under "
+                "DAGSTER_HOME) or make the path absolute"
+            )
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    """The whole Dagster graph (job ``full_pipeline``), in this process, recorded in the
+    persistent Dagster instance of `dagster_home` (the UI started on it shows the run); one
+    progress line per asset, then the summary."""
+    from dagster import DagsterInstance, Definitions, colored_console_logger
+    from rich.console import Console
 
     from orchestration.assets import ASSETS
+    from orchestration.definitions import full_pipeline
+    from orchestration.progress import AssetProgress, progress_logger
     from orchestration.resources import PipelineSettings, resources_for
     from recsys.registry import ModelRegistry
 
+    if not args.verbose:
+        # LanceDB's Rust log (read once, when lancedb is first imported) warns on every new
+        # table; errors only, unless the user set it.
+        os.environ.setdefault("LANCEDB_LOG", "error")
+    fast = {k: v for k, v in (("temperatures", args.temperatures),
+                              ("max_epochs", args.max_epochs)) if v is not None}  # fmt: skip
     pipeline = PipelineSettings(
         data_dir=str(args.data_dir) if args.data_dir else None, dataset=args.dataset,
         as_of=args.as_of, synthetic_interactions=args.synthetic_interactions,
-        synthetic_seed=args.seed, force_retrain=args.force_retrain,
+        synthetic_seed=args.seed, force_retrain=args.force_retrain, **fast,
     )  # fmt: skip
     settings = pipeline.settings()
-    resources = resources_for(pipeline)
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
-    result = materialize(ASSETS, resources=resources, instance=instance, raise_on_error=False)
+    home = dagster_home(args.dagster_home)
+    # The real stdout, taken before the libraries' output is redirected below.
+    console = Console(file=sys.stdout, highlight=False)
+    progress = AssetProgress(console, [k.to_user_string() for a in ASSETS for k in a.keys])
+    loggers = {"progress": {}, **({"console": {"config": {"log_level": "DEBUG"}}}
+                                  if args.verbose else {})}  # fmt: skip
+    job = Definitions(
+        assets=ASSETS, jobs=[full_pipeline], resources=resources_for(pipeline),
+        loggers={"progress": progress_logger(progress), "console": colored_console_logger},
+    ).resolve_job_def(full_pipeline.name)  # fmt: skip
+    chatter = io.StringIO()
+    with contextlib.ExitStack() as quiet:
+        if not args.verbose:
+            # What the libraries print themselves (Feast's materialization report, tqdm bars,
+            # warnings) is kept, and shown only if the run fails.
+            quiet.enter_context(contextlib.redirect_stdout(chatter))
+            quiet.enter_context(contextlib.redirect_stderr(chatter))
+        with DagsterInstance.from_config(str(home)) as instance:
+            result = job.execute_in_process(
+                run_config={"loggers": loggers},
+                instance=instance,
+                raise_on_error=False,
+                tags={"launched_by": "recsys pipeline"},
+            )
+    progress.finish()
+    if not result.success and chatter.getvalue():
+        print(chatter.getvalue()[-20_000:], file=sys.stderr)
     failed = [f"{e.asset_key.to_user_string()}:{e.check_name}"
               for e in result.get_asset_check_evaluations() if not e.passed]  # fmt: skip
     registry = ModelRegistry(settings.paths.models)
@@ -68,6 +143,7 @@ def _pipeline(args: argparse.Namespace) -> int:
         "success": result.success, "failed_checks": failed, "current_version": current,
         "test_recall@20": {m: {s: r[s]["recall@20"] for s in ("all", "warm", "cold")}
                            for m, r in metrics.items()},
+        "dagster_run": result.run_id, "dagster_home": str(home),
     }, indent=2))  # fmt: skip
     return 0 if result.success and not failed else 1
 
@@ -111,6 +187,20 @@ def parser() -> argparse.ArgumentParser:
     _data_arguments(r)
     r.add_argument("--force-retrain", action="store_true",
                    help="train a new version even if data and config did not change")  # fmt: skip
+    r.add_argument("--temperatures", help="softmax temperatures tried (comma-separated)")
+    r.add_argument("--max-epochs", type=int, help="most epochs a training run may take")
+    r.add_argument(
+        "--dagster-home",
+        type=Path,
+        help="Dagster instance folder that records "
+        "the run (default: $DAGSTER_HOME, else ./dagster_home of the project)",
+    )
+    r.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Dagster's event log and the libraries' INFO logs on the terminal",
+    )
     r.set_defaults(func=_pipeline)
     s = sub.add_parser("synth", help="write a synthetic canonical dataset folder")
     s.add_argument("--interactions", type=int, required=True)
@@ -124,10 +214,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     args = parser().parse_args(argv)
+    # `recsys pipeline` shows its own progress lines; the libraries' INFO chatter (Feast's
+    # "Registry cache expired", ...) only with -v.
+    quiet = args.func is _pipeline and not args.verbose
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     return int(args.func(args))
 
 

@@ -1,19 +1,12 @@
 """The Dagster webserver, started as the README starts it (a real server on loopback), serves
 the whole asset graph, its blocking checks, the schedules and the sensor over GraphQL."""
 
-import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.orchestration.webserver import ROOT, post, running_webserver
+
 QUERY = """
 {
   assetNodes { assetKey { path } groupName
@@ -24,54 +17,16 @@ QUERY = """
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _post(url: str, query: str) -> dict:
-    body = json.dumps({"query": query}).encode()
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
 @pytest.fixture(scope="module")
 def webserver(tmp_path_factory):
     home = tmp_path_factory.mktemp("dagster_home")
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home),
-           "RECSYS_DATA_DIR": str(tmp_path_factory.mktemp("data"))}  # fmt: skip
-    exe = Path(sys.executable).with_name("dagster-webserver")
-    proc = subprocess.Popen(
-        [str(exe), "-m", "orchestration.definitions", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"dagster-webserver exited: {proc.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/server_info", timeout=2):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("dagster-webserver did not answer within 120 s")
-            time.sleep(0.5)
-    yield f"{url}/graphql"
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_webserver(home, tmp_path_factory.mktemp("data")) as url:
+        yield url
 
 
 def test_graphql_serves_assets_checks_schedules_and_sensor(webserver):
-    data = _post(webserver, QUERY)["data"]
+    data = post(webserver, QUERY)["data"]
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     assert set(nodes) == {
         "incoming_batch", "dataset", "features", "feast_registry", "training_set",

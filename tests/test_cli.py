@@ -1,0 +1,60 @@
+"""`recsys pipeline`'s Dagster instance folder (recsys.cli.dagster_home): --dagster-home, else
+$DAGSTER_HOME, else the project's dagster_home/; created with the repo's dagster.yaml, a
+user's own file kept, a relative storage path refused with the file and key named."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from recsys import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_flag_then_env_then_project_folder(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", project / "dagster.yaml")
+    monkeypatch.setattr("recsys.settings.PROJECT_ROOT", project)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert cli.dagster_home() == project / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "from_env"))
+    assert cli.dagster_home() == tmp_path / "from_env"
+    assert cli.dagster_home(tmp_path / "flag") == tmp_path / "flag"
+    for home in ("dagster_home", "from_env", "flag"):
+        folder = tmp_path / home if home != "dagster_home" else project / home
+        assert (folder / "dagster.yaml").read_text() == (ROOT / "dagster.yaml").read_text()
+
+
+def test_existing_config_is_kept(tmp_path):
+    own = "telemetry:\n  enabled: false\n"
+    (tmp_path / "dagster.yaml").write_text(own)
+    assert cli.dagster_home(tmp_path) == tmp_path
+    assert (tmp_path / "dagster.yaml").read_text() == own
+
+
+@pytest.mark.parametrize(
+    "config, field",
+    [("storage:\n  sqlite:\n    base_dir: storage\n", "storage.sqlite.base_dir"),
+     ("compute_logs:\n  module: m\n  class: C\n  config:\n    base_dir: logs\n",
+      "compute_logs.config.base_dir")],
+)  # fmt: skip
+def test_relative_storage_path_is_refused(tmp_path, config, field):
+    (tmp_path / "dagster.yaml").write_text(config)
+    with pytest.raises(SystemExit, match=rf"dagster.yaml: {field} is the relative path"):
+        cli.dagster_home(tmp_path)
+
+
+def test_absolute_storage_path_is_accepted(tmp_path):
+    (tmp_path / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {tmp_path}/s\n")
+    assert cli.dagster_home(tmp_path) == tmp_path
+
+
+def test_repo_config_has_no_relative_paths_and_keeps_queue_and_telemetry_off():
+    import yaml
+
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert "storage" not in config and "compute_logs" not in config  # defaults: DAGSTER_HOME
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["telemetry"]["enabled"] is False
