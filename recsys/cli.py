@@ -29,9 +29,15 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from recsys.lock import DataFolderLocked
     from recsys.pipeline import build
 
-    result = build(_settings(args), materialize_online=not args.no_materialize)
+    try:
+        result = build(_settings(args), materialize_online=not args.no_materialize,
+                       wait_seconds=args.wait)  # fmt: skip
+    except DataFolderLocked as locked:
+        print(f"recsys build: {locked}", file=sys.stderr)
+        return 2
     summary = asdict(result.training_set)
     print(
         json.dumps(
@@ -93,6 +99,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     from orchestration.definitions import full_pipeline
     from orchestration.progress import AssetProgress, progress_logger
     from orchestration.resources import PipelineSettings, resources_for
+    from recsys.lock import DataFolderLocked, writer_lock
     from recsys.registry import ModelRegistry
 
     if not args.verbose:
@@ -119,6 +126,12 @@ def _pipeline(args: argparse.Namespace) -> int:
     ).resolve_job_def(full_pipeline.name)  # fmt: skip
     chatter = io.StringIO()
     with contextlib.ExitStack() as quiet:
+        try:  # one writer at a time: held here for the whole run (the resource re-enters it)
+            quiet.enter_context(writer_lock(settings.data_dir, owner="recsys pipeline",
+                                            wait_seconds=args.wait))  # fmt: skip
+        except DataFolderLocked as locked:
+            print(f"recsys pipeline: {locked}", file=sys.stderr)
+            return 2
         if not args.verbose:
             # What the libraries print themselves (Feast's materialization report, tqdm bars,
             # warnings) is kept, and shown only if the run fails.
@@ -174,6 +187,9 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--as-of", help="pipeline 'now' (ISO 8601); default: after the last event")
     p.add_argument("--synthetic-interactions", type=int, help="size of the synthetic dataset")
     p.add_argument("--seed", type=int, help="seed of the synthetic dataset")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another writer of the data folder to finish "
+                   "(default: exit at once, naming it)")  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:

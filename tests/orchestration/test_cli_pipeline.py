@@ -128,3 +128,28 @@ def test_ui_shows_both_runs_every_asset_materialized_and_every_check_passed(runs
         assert execution is not None, f"{name}:{check['name']} never evaluated"
         assert check["blocking"] and execution["status"] == "SUCCEEDED", (name, check, execution)
         assert execution["evaluation"]["success"] is True and execution["runId"] == second
+
+
+def test_two_runs_started_together_one_writes_and_the_other_names_it(runs, tmp_path):
+    """Two `recsys pipeline` on one data folder at once: one holds the writer lock and runs,
+    the other exits at once (code 2) naming it; nothing is written twice."""
+    import pandas as pd
+
+    data = runs["data"]
+    before = pd.read_parquet(data / "dataset" / "interactions.parquet")
+    versions = sorted(p.name for p in (data / "models" / "versions").iterdir())
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "LANCEDB_LOG")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "recsys.cli", "pipeline", *FAST, "--data-dir", str(data),
+               "--dagster-home", str(tmp_path / "home")]  # fmt: skip
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=600) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], outputs
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    message = outputs[loser][1]
+    assert f"being written by recsys pipeline (pid {procs[winner].pid}" in message, message
+    after = pd.read_parquet(data / "dataset" / "interactions.parquet")
+    assert len(after) == len(before)
+    assert sorted(p.name for p in (data / "models" / "versions").iterdir()) == versions
