@@ -14,6 +14,7 @@ import pytest
 from recsys import store as feast_store
 from recsys.features import EPOCH, build_features
 from recsys.ingest import ingest
+from recsys.schema import TABLES
 from recsys.settings import Paths
 from tests.conftest import event, item, ts, user, write_dataset
 
@@ -188,3 +189,41 @@ def test_a_recreated_online_store_is_written_in_full(built):
     assert all(full and written == total for (written, _, full), total in
                zip(_counts(again).values(), [3, 3, 4, 4]))  # fmt: skip
     assert _activity(store, [1, 2])["user_interaction_count"] == [2, 1]
+
+
+def test_online_features_asset_writes_the_late_event(tmp_path):
+    """Tier 2: the Dagster slice incoming batch → dataset → features → feast apply → online
+    store, run twice; the second time a batch brings the late event."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from dagster import materialize
+
+    from orchestration.assets import ASSETS
+    from orchestration.resources import PipelineSettings, resources_for
+    from recsys.store import feature_store
+
+    source, data = tmp_path / "source", tmp_path / "data"
+    _write(source, EVENTS)
+    resources = resources_for(PipelineSettings(data_dir=str(data), dataset=str(source)))
+    selection = ["incoming_batch", "dataset", "features", "feast_registry", "online_features"]
+
+    def run() -> dict:
+        result = materialize(ASSETS, resources=resources, selection=selection)
+        assert result.success
+        (event,) = result.asset_materializations_for_node("online_features")
+        return {k: v.value for k, v in event.metadata.items()}
+
+    first = run()
+    assert (first["entities_written"], first["entities_unchanged"]) == (14, 0)
+    (data / "incoming").mkdir(exist_ok=True)
+    # User 2 this time: the dataset check caps one user's share of the events at a half.
+    late = event(2, 11, "2024-01-02 18:00:00", 2.0)
+    pq.write_table(pa.Table.from_pylist([late], schema=TABLES["interactions"]),
+                   data / "incoming" / "late.parquet")  # fmt: skip
+    second = run()
+    assert (second["entities_written"], second["entities_unchanged"]) == (2, 12)
+    assert (second["user_activity_written"], second["item_popularity_written"]) == (1, 1)
+    assert second["full_writes"] == []
+    online = _activity(feature_store(Paths(data)), [1, 2])
+    assert online["user_interaction_count"] == [2, 2]
+    assert online["recent_item_ids"] == [[11, 10], [11, 12]]
