@@ -1,4 +1,4 @@
-"""Online materialization by change: every entity whose latest feature row moved, whatever its timestamp.
+"""Online materialization by change: every entity whose latest row moved, whatever its time.
 
 Feast's ``materialize_incremental`` pulls only rows stamped after the last end time. The
 feature tables are rebuilt from the whole dataset on every run, so a late event (stamped
@@ -92,7 +92,9 @@ def _snapshot_columns(table: pa.Table, view: Any) -> pa.Table:
     return table.select([*keys, *features, ts])
 
 
-def changed_rows(table: pa.Table, snapshot: Path, keys: list[str], compared: list[str]) -> list[int]:
+def changed_rows(
+    table: pa.Table, snapshot: Path, keys: list[str], compared: list[str]
+) -> pa.Array:
     """Positions of the rows of ``table`` whose ``keys`` are absent from ``snapshot`` or
     differ there in a ``compared`` column (NULL-safe; lists compared element by element)."""
     con = connect()
@@ -104,7 +106,7 @@ def changed_rows(table: pa.Table, snapshot: Path, keys: list[str], compared: lis
         f"SELECT f._row FROM fresh f LEFT JOIN read_parquet({string(str(snapshot))}) s ON {on} "
         f"WHERE s.{_ident(keys[0])} IS NULL OR {differs} ORDER BY f._row"
     )
-    return [row for (row,) in con.execute(sql).fetchall()]
+    return con.sql(sql).to_arrow_table().column(0).combine_chunks()
 
 
 def _ident(name: str) -> str:
@@ -135,10 +137,10 @@ def _snapshot_is_online(store: Any, view: Any, path: Path) -> bool:
     step = max(1, table.num_rows // PROBE_KEYS)
     sample = table.take(list(range(0, table.num_rows, step))[:PROBE_KEYS])
     types = {e.name: e.dtype.to_value_type() for e in view.entity_columns}
-    columns = [
-        python_values_to_proto_values(sample.column(k).to_pylist(), types[k]) for k in keys
+    columns = [python_values_to_proto_values(sample.column(k).to_pylist(), types[k]) for k in keys]
+    entity_keys = [
+        EntityKey(join_keys=keys, entity_values=list(v)) for v in zip(*columns, strict=True)
     ]
-    entity_keys = [EntityKey(join_keys=keys, entity_values=list(v)) for v in zip(*columns)]
     online_store = store._get_provider().online_store
     found = online_store.online_read(store.config, view, entity_keys)
     missing = sum(ts is None for ts, _ in found)
@@ -180,8 +182,7 @@ def materialize_view(
     if full:
         rows = fresh
     else:
-        changed = changed_rows(fresh, path, keys, [*features, ts])
-        rows = fresh.take(pa.array(changed, pa.int64()))
+        rows = fresh.take(changed_rows(fresh, path, keys, [*features, ts]))
     if rows.num_rows:
         write_online(store, view, rows)
     # Only now: a crash before this line leaves the previous snapshot, so the next run
