@@ -92,9 +92,7 @@ def _snapshot_columns(table: pa.Table, view: Any) -> pa.Table:
     return table.select([*keys, *features, ts])
 
 
-def changed_rows(
-    table: pa.Table, snapshot: Path, keys: list[str], compared: list[str]
-) -> pa.Array:
+def changed_rows(table: pa.Table, snapshot: Path, keys: list[str], compared: list[str]) -> pa.Array:
     """Positions of the rows of ``table`` whose ``keys`` are absent from ``snapshot`` or
     differ there in a ``compared`` column (NULL-safe; lists compared element by element)."""
     con = connect()
@@ -179,10 +177,7 @@ def materialize_view(
     fresh = latest_rows(store, view, start, end)
     path = Path(snapshot_dir) / f"{view_name}.parquet"
     full = not _usable_snapshot(store, view, path, fresh)
-    if full:
-        rows = fresh
-    else:
-        rows = fresh.take(changed_rows(fresh, path, keys, [*features, ts]))
+    rows = fresh if full else fresh.take(changed_rows(fresh, path, keys, [*features, ts]))
     if rows.num_rows:
         write_online(store, view, rows)
     # Only now: a crash before this line leaves the previous snapshot, so the next run
