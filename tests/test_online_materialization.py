@@ -231,3 +231,17 @@ def test_online_features_asset_writes_the_late_event(tmp_path):
     online = _activity(feature_store(Paths(data)), [1, 2])
     assert online["user_interaction_count"] == [2, 2]
     assert online["recent_item_ids"] == [[11, 10], [11, 12]]
+
+
+def test_a_snapshot_unlike_the_view_is_ignored(built):
+    import pyarrow.parquet as pq
+
+    settings, store, _ = built
+    paths = settings.paths
+    feast_store.materialize(paths, end=END, store=store)
+    snapshot = paths.online_snapshot / "user_activity.parquet"
+    pq.write_table(pq.read_table(snapshot).drop_columns(["recent_item_ids"]), snapshot)
+    again = feast_store.materialize(paths, end=END, store=store)
+    assert _counts(again)["user_activity"] == (3, 0, True)
+    assert _counts(again)["user_profile"] == (0, 3, False)
+    assert pq.read_schema(snapshot).names[-2:] == ["recent_item_ids", "event_timestamp"]
