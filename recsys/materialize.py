@@ -54,6 +54,8 @@ class ViewMaterialization:
 
 @dataclass(frozen=True)
 class Materialization:
+    """One run over several views, ``[start, end]`` as recorded in Feast's registry."""
+
     start: datetime
     end: datetime
     views: list[ViewMaterialization]
