@@ -106,6 +106,12 @@ class Paths:
         return self.data_dir / "feast"
 
     @property
+    def online_snapshot(self) -> Path:
+        """What the last materialization left online, one parquet per view: the next run
+        writes only the entities whose latest values differ (recsys.materialize)."""
+        return self.feast / "online_snapshot"
+
+    @property
     def training(self) -> Path:
         """Point-in-time training set with its temporal split."""
         return self.data_dir / "training"

@@ -24,6 +24,8 @@ from recsys.settings import FEATURE_REPO, Paths, Settings
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+    from recsys.materialize import Materialization
+
 _ENV_LOCK = threading.Lock()
 
 
@@ -106,18 +108,16 @@ SERVING_VIEWS = ["user_profile", "user_activity", "item_content", "item_populari
 
 def materialize(
     paths: Paths, end: datetime, start: datetime | None = None, store: FeatureStore | None = None
-) -> FeatureStore:
-    """Load the online store with each entity's latest values as of ``end``.
+) -> Materialization:
+    """Load the online store with each entity's latest values in [``start``, ``end``].
 
-    The first run covers everything from ``start`` (default: the epoch, so static features
-    are included); later runs continue incrementally from where the last one ended.
+    ``start`` defaults to the epoch, so static features are included. Every run covers
+    every entity whose latest row changed since the previous run, whatever its timestamp
+    (a late event rewrites rows older than the previous end), and writes only those
+    (``recsys.materialize``).
     """
     from recsys.features import EPOCH
+    from recsys.materialize import materialize_changes
 
     store = store or feature_store(paths)
-    views = [store.get_feature_view(name) for name in SERVING_VIEWS]
-    if any(view.most_recent_end_time is None for view in views):
-        store.materialize(start_date=start or EPOCH, end_date=end, feature_views=SERVING_VIEWS)
-    else:
-        store.materialize_incremental(end_date=end, feature_views=SERVING_VIEWS)
-    return store
+    return materialize_changes(store, SERVING_VIEWS, start or EPOCH, end, paths.online_snapshot)

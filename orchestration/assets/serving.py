@@ -1,6 +1,7 @@
 """Serving assets: the online store's features and the promotion of a version."""
 
 import time
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
@@ -17,8 +18,9 @@ from orchestration.resources import (
 )
 
 
-@asset(group_name="serving", deps=["feast_registry"], description="feast materialize: each "
-       "user's and item's latest feature values as of as_of into the online store.")  # fmt: skip
+@asset(group_name="serving", deps=["feast_registry"], description="Each user's and item's "
+       "latest feature values as of as_of into the online store: every entity whose latest "
+       "row changed since the last run (late events included), and only those.")  # fmt: skip
 def online_features(pipeline: PipelineSettings, feast: FeastResource) -> MaterializeResult:
     from recsys import store as feast_store
     from recsys.features import default_as_of
@@ -26,11 +28,19 @@ def online_features(pipeline: PipelineSettings, feast: FeastResource) -> Materia
     settings = pipeline.settings()
     as_of = settings.as_of or default_as_of(settings.paths.dataset)
     start = time.perf_counter()
-    store = feast_store.materialize(settings.paths, end=as_of, store=feast.store())
+    store = feast.store()
+    report = feast_store.materialize(settings.paths, end=as_of, store=store)
+    counts: dict[str, Any] = {}
+    for view in report.views:
+        counts[f"{view.view}_written"] = view.written
+        counts[f"{view.view}_unchanged"] = view.unchanged
     return MaterializeResult(
         metadata={
             "materialized_until": str(as_of),
-            "views": MetadataValue.json(feast_store.SERVING_VIEWS),
+            "entities_written": report.written,
+            "entities_unchanged": report.unchanged,
+            **counts,
+            "full_writes": MetadataValue.json([v.view for v in report.views if v.full]),
             "seconds": round(time.perf_counter() - start, 2),
             "online_store": str(store.config.online_store.path),
         }  # fmt: skip
