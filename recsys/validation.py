@@ -37,7 +37,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.schema import EXAMPLES, INTERACTIONS, PRIMARY_KEYS, TABLES, DatasetValidationError
+from recsys.schema import (
+    EXAMPLES,
+    INTERACTIONS,
+    PRIMARY_KEYS,
+    TABLES,
+    DatasetValidationError,
+    read_canonical,
+)
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
@@ -611,8 +618,13 @@ def validate_feature_table(
 def read_batch(path: Path) -> pd.DataFrame:
     """Read a batch of interactions: one parquet file, or a folder's ``interactions.parquet``.
 
-    Raises :class:`DatasetValidationError` naming the file when it is missing, empty or not
-    readable parquet. The frame is not validated; see :func:`validate_interactions`.
+    The canonical columns are cast to their exact types when the cast is safe (the rules of
+    :mod:`recsys.casts`, shared with dataset folders); the casts applied are in
+    ``frame.attrs["casts"]`` (a list of JSON-able dicts, one per column cast). Raises
+    :class:`DatasetValidationError` naming the file when it is missing, empty or not readable
+    parquet, and naming the file, the column and example rows when a cast is unsafe. The frame
+    is not otherwise validated (missing columns, nulls, ranges); see
+    :func:`validate_interactions`.
     """
     path = Path(path)
     file = path / "interactions.parquet" if path.is_dir() else path
@@ -620,7 +632,7 @@ def read_batch(path: Path) -> pd.DataFrame:
         raise DatasetValidationError(f"{file}: file is missing")
     if file.stat().st_size == 0:
         raise DatasetValidationError(f"{file}: file is empty (0 bytes), not a parquet file")
-    try:
-        return pq.read_table(file).to_pandas()
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DatasetValidationError(f"{file}: not a readable parquet file ({exc})") from exc
+    table, casts = read_canonical(file, "interactions")
+    frame = table.to_pandas()
+    frame.attrs["casts"] = [cast.as_dict() for cast in casts]
+    return frame
