@@ -94,12 +94,13 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _select(schema: pa.Schema, names: list[str]) -> str:
-    """A select list: canonical columns cast to their exact types, any other column as stored."""
-    canonical = {f.name: f.type for f in schema}
+def _select(schema: pa.Schema, names: list[str], cast: set[str] | None = None) -> str:
+    """A select list: the ``cast`` columns (default: the canonical ones) cast to their exact
+    canonical types, any other column as stored."""
+    cast = set(schema.names) if cast is None else cast
     return ", ".join(
-        f"CAST({_quoted(n)} AS {_sql_type(canonical[n])}) AS {_quoted(n)}"
-        if n in canonical
+        f"CAST({_quoted(n)} AS {_sql_type(schema.field(n).type)}) AS {_quoted(n)}"
+        if n in cast
         else _quoted(n)
         for n in names
     )
@@ -135,12 +136,15 @@ def _stored_schema(path: Path) -> pa.Schema:
         raise DatasetValidationError(f"{path}: not a readable parquet file ({exc})") from exc
 
 
-def check_casts(path: Path, table: str, con: DuckDBPyConnection | None = None) -> list[Cast]:
+def check_casts(
+    path: Path, table: str, con: DuckDBPyConnection | None = None, keep_incompatible: bool = False
+) -> list[Cast]:
     """The casts that bring the columns of ``path`` to ``table``'s canonical types (logged).
 
     Raises :class:`DatasetValidationError` naming the file, the column, the problem and example
-    rows when a column has a type no cast bridges or values a cast would change (rules:
-    :mod:`recsys.casts`). Canonical columns the file lacks are left to the caller.
+    rows when a cast would change values, or when a column has a type no cast bridges (unless
+    ``keep_incompatible``: such a column is then left for a type check). Rules:
+    :mod:`recsys.casts`. Canonical columns the file lacks are left to the caller.
     """
     path, schema, con = Path(path), TABLES[table], con or connect()
     stored = _stored_schema(path)
@@ -149,9 +153,10 @@ def check_casts(path: Path, table: str, con: DuckDBPyConnection | None = None) -
         if expected.name in stored.names:
             got = stored.field(expected.name).type
             found = rule(expected.type, got)
-            if found is None:
+            if found is not None:
+                rules[expected.name] = found
+            elif not keep_incompatible:
                 _fail(con, path, expected.name, f"has type {got}, expected {expected.type}", "true")
-            rules[expected.name] = found
     checks = {c: r.check for c, r in rules.items() if r.check is not None}
     for column, finding in scan(path, checks, EXAMPLES).items():
         if finding.count:
@@ -200,16 +205,20 @@ def _check_timestamps(con: DuckDBPyConnection, path: Path, column: str, got: pa.
 def read_canonical(path: Path, table: str) -> tuple[pa.Table, list[Cast]]:
     """Read one file with its canonical columns cast to their exact types; and the casts.
 
-    The cast rules and errors are those of :func:`check_casts`. Columns beyond the canonical
-    ones are kept as stored (pandas' saved index is dropped); missing ones stay missing.
+    Casts that would change values raise as in :func:`check_casts`. A column of a type no cast
+    bridges, any other extra column, is kept as stored (for a type check to report); pandas'
+    saved index is dropped; missing columns stay missing.
     """
-    path = Path(path)
-    con = connect()
-    casts = check_casts(path, table, con)
+    path, schema, con = Path(path), TABLES[table], connect()
+    casts = check_casts(path, table, con, keep_incompatible=True)
     stored = _stored_schema(path)
     index = (stored.pandas_metadata or {}).get("index_columns", [])
     names = [n for n in stored.names if n not in index]
-    return con.execute(f"SELECT {_select(TABLES[table], names)} FROM read_parquet({string(str(path))})").to_arrow_table(), casts
+    castable = {
+        n for n in names if n in schema.names and rule(schema.field(n).type, stored.field(n).type)
+    }
+    query = f"SELECT {_select(schema, names, castable)} FROM read_parquet({string(str(path))})"
+    return con.execute(query).to_arrow_table(), casts
 
 
 class _Validator:

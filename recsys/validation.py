@@ -618,13 +618,14 @@ def validate_feature_table(
 def read_batch(path: Path) -> pd.DataFrame:
     """Read a batch of interactions: one parquet file, or a folder's ``interactions.parquet``.
 
-    The canonical columns are cast to their exact types when the cast is safe (the rules of
+    The canonical columns are cast to their exact types when no value changes (the rules of
     :mod:`recsys.casts`, shared with dataset folders); the casts applied are in
     ``frame.attrs["casts"]`` (a list of JSON-able dicts, one per column cast). Raises
     :class:`DatasetValidationError` naming the file when it is missing, empty or not readable
-    parquet, and naming the file, the column and example rows when a cast is unsafe. The frame
-    is not otherwise validated (missing columns, nulls, ranges); see
-    :func:`validate_interactions`.
+    parquet, and naming the file, the column and example rows when a cast would change values.
+    The frame is not otherwise validated: a column of a type no cast bridges (text ids, say) is
+    kept as stored for the type checks of :func:`validate_interactions`, which report it with
+    every other problem of the batch.
     """
     path = Path(path)
     file = path / "interactions.parquet" if path.is_dir() else path

@@ -238,20 +238,34 @@ def test_unsafe_value_casts_are_rejected(load, tmp_path, column, values, bad_row
     assert shown_rows(lines) == bad_rows
 
 
-@pytest.mark.parametrize(
-    ("column", "values", "stored"),
-    [
-        ("user_id", ["1", "2", "u3"], "string"),
-        ("item_id", [True, False, True], "bool"),
-        ("rating", ["5", "3", "good"], "string"),
-        ("event_timestamp", [1704103200, 1706788800, 1710491400], "int64"),
-    ],
-)
-def test_incompatible_types_are_rejected(load, tmp_path, column, values, stored):
+INCOMPATIBLE = [
+    ("user_id", ["1", "2", "u3"], "string"),
+    ("item_id", [True, False, True], "bool"),
+    ("rating", ["5", "3", "good"], "string"),
+    ("event_timestamp", [1704103200, 1706788800, 1710491400], "int64"),
+]
+
+
+@pytest.mark.parametrize(("column", "values", "stored"), INCOMPATIBLE)
+def test_incompatible_types_are_rejected_in_a_dataset(tmp_path, column, values, stored):
     file = written(tmp_path, interactions(**{column: values}))
-    head, lines = rejection(load, file, column)
+    head, lines = rejection(lambda f: via_dataset(f, tmp_path), file, column)
     assert f"has type {stored}, expected {INTERACTIONS.field(column).type}" in head
     assert shown_rows(lines) == [0, 1, 2]  # no value fits: the first rows show what is there
+
+
+@pytest.mark.parametrize(("column", "values", "stored"), INCOMPATIBLE)
+def test_incompatible_types_fail_the_type_check_of_a_batch(tmp_path, column, values, stored):
+    # No cast applies: the column is kept as stored, and the batch's type check reports it
+    # along with every other check (a batch report shows all its problems at once).
+    frame = read_batch(written(tmp_path, interactions(**{column: values})))
+    assert frame[column].tolist() == values
+    assert [c["column"] for c in frame.attrs["casts"]] == []
+    failed = {o.name: o.detail for o in validate_interactions(frame).failed}
+    detail = failed.pop(f"interactions.{column} type")
+    assert f"has dtype {frame[column].dtype}" in detail and str(values[-1]) in detail, detail
+    # The checks that need the column say so; nothing else fails.
+    assert all(detail.startswith("skipped:") for detail in failed.values()), failed
 
 
 def test_batch_with_a_null_id_stored_as_double_fails_its_null_check(tmp_path):
