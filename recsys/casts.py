@@ -10,10 +10,10 @@ timestamps finer than a microsecond (stored timestamps are microseconds: Feast a
 conversions downstream handle nothing finer). Types no cast can bridge (text where a number
 is expected, a list of numbers where a list of text is expected) are rejected by type.
 
-This module decides (:func:`rule`) and scans the values (:func:`scan`, streaming through the
-file one column batch at a time, so it scales with the file). :func:`recsys.schema.check_casts`
-puts it to work for both load paths, a dataset folder and an incoming batch, and turns a finding
-into an error that names the file, the column and example rows.
+This module decides (:func:`rule`) and checks the values (:func:`scan_values`, streaming
+through the file a column batch at a time, so it scales with the file).
+:func:`recsys.schema.check_casts` puts it to work for both load paths, a dataset folder and an
+incoming batch, and turns a finding into an error naming the file, the column and example rows.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def _to_timestamp(stored: pa.DataType) -> Rule | None:
     return None
 
 
-def scan(path: Path, checks: dict[str, ValueCheck], examples: int) -> dict[str, Finding]:
+def scan_values(path: Path, checks: dict[str, ValueCheck], examples: int) -> dict[str, Finding]:
     """Run each column's value check over the whole file, streaming; findings by column."""
     found = {column: Finding() for column in checks}
     if not checks:
@@ -207,7 +207,7 @@ def scan(path: Path, checks: dict[str, ValueCheck], examples: int) -> dict[str, 
     return found
 
 
-def report(casts: list[Cast], path: Path) -> None:
+def log_casts(casts: list[Cast], path: Path) -> None:
     for cast in casts:
         log.info(
             "%s: column '%s' cast from %s to %s (%d rows; %s)",

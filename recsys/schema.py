@@ -10,8 +10,10 @@ Every dataset source (MovieLens, synthetic, a user's own folder) lands in this s
 
 Validation runs in DuckDB (streaming, so it scales to tens of millions of rows) and stops
 at the first problem with an error that names the file, the column and example rows.
-Compatible types are accepted and normalised (any integer width for ids, any timestamp unit
-or timezone, ISO-8601 strings for timestamps; naive timestamps are read as UTC).
+Compatible types are cast when no value changes (:mod:`recsys.casts` has the rules: whole
+doubles to int64, nanoseconds to microseconds, naive or zoned timestamps to UTC, ISO-8601
+text to timestamps, ...); each cast is logged and returned, and :func:`check_casts` and
+:func:`read_canonical` apply the same rules to one file, such as an incoming batch.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from duckdb import DuckDBPyConnection
 
-from recsys.casts import Cast, report, rule, scan
-from recsys.sql import connect, one, parquet, string
+from recsys.casts import Cast, log_casts, rule, scan_values
+from recsys.sql import connect, identifier, one, parquet, string
 
 USERS = pa.schema(
     [
@@ -90,18 +92,14 @@ def _sql_type(expected: pa.DataType) -> str:
     return "VARCHAR[]"
 
 
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _select(schema: pa.Schema, names: list[str], cast: set[str] | None = None) -> str:
     """A select list: the ``cast`` columns (default: the canonical ones) cast to their exact
     canonical types, any other column as stored."""
     cast = set(schema.names) if cast is None else cast
     return ", ".join(
-        f"CAST({_quoted(n)} AS {_sql_type(schema.field(n).type)}) AS {_quoted(n)}"
+        f"CAST({identifier(n)} AS {_sql_type(schema.field(n).type)}) AS {identifier(n)}"
         if n in cast
-        else _quoted(n)
+        else identifier(n)
         for n in names
     )
 
@@ -119,7 +117,8 @@ def _fail(
             f"SELECT * EXCLUDE (file_row_number), file_row_number AS row "
             f"FROM {_scan(path)} WHERE {where} ORDER BY row LIMIT {EXAMPLES}"
         ).fetchdf()
-        message += f"\nexample rows (row = 0-based row number in the file):\n{rows.to_string(index=False)}"
+        table = rows.to_string(index=False)
+        message += f"\nexample rows (row = 0-based row number in the file):\n{table}"
     raise DatasetValidationError(message)
 
 
@@ -157,32 +156,28 @@ def check_casts(
                 rules[expected.name] = found
             elif not keep_incompatible:
                 _fail(con, path, expected.name, f"has type {got}, expected {expected.type}", "true")
+    rows = pq.ParquetFile(path).metadata.num_rows
     checks = {c: r.check for c, r in rules.items() if r.check is not None}
-    for column, finding in scan(path, checks, EXAMPLES).items():
+    for column, finding in scan_values(path, checks, EXAMPLES).items():
         if finding.count:
-            rows = pq.ParquetFile(path).metadata.num_rows
             values = "; ".join(f"row {row}: {value}" for row, value in finding.examples)
             numbers = ", ".join(str(row) for row, _ in finding.examples)
-            _fail(
-                con,
-                path,
-                column,
+            problem = (
                 f"has type {stored.field(column).type}, expected {schema.field(column).type}, "
                 f"and {finding.count} of {rows} rows hold {rules[column].unsafe} "
-                f"(e.g. {values}); {rules[column].fix}",
-                f"file_row_number IN ({numbers})",
+                f"(e.g. {values}); {rules[column].fix}"
             )
-    for expected in schema:
-        if pa.types.is_timestamp(expected.type) and expected.name in rules:
-            _check_timestamps(con, path, expected.name, stored.field(expected.name).type)
-    rows = pq.ParquetFile(path).metadata.num_rows
+            _fail(con, path, column, problem, f"file_row_number IN ({numbers})")
+    for column in rules:
+        if pa.types.is_timestamp(schema.field(column).type):
+            _check_timestamps(con, path, column, stored.field(column).type)
     casts = [
         Cast(table, column, str(stored.field(column).type), str(schema.field(column).type), rows,
              found.note)
         for column, found in rules.items()
         if stored.field(column).type != schema.field(column).type
     ]  # fmt: skip
-    report(casts, path)
+    log_casts(casts, path)
     return casts
 
 
@@ -191,15 +186,13 @@ def _check_timestamps(con: DuckDBPyConnection, path: Path, column: str, got: pa.
         return  # no values; a required column's nulls are reported by the null check
     # DuckDB also casts the text 'infinity' / '-infinity' (and reads int64-max values)
     # as infinite timestamps: no event time, and out of range for Arrow / Python.
-    parsed = f"TRY_CAST({_quoted(column)} AS TIMESTAMPTZ)"
-    _fail_if(
-        con,
-        path,
-        column,
+    parsed = f"TRY_CAST({identifier(column)} AS TIMESTAMPTZ)"
+    problem = (
         "has values that are not parseable, finite timestamps (use ISO 8601, e.g. "
-        "'2024-05-01 12:00:00+00')",
-        f"{_quoted(column)} IS NOT NULL AND ({parsed} IS NULL OR NOT isfinite({parsed}))",
+        "'2024-05-01 12:00:00+00')"
     )
+    where = f"{identifier(column)} IS NOT NULL AND ({parsed} IS NULL OR NOT isfinite({parsed}))"
+    _fail_if(con, path, column, problem, where)
 
 
 def read_canonical(path: Path, table: str) -> tuple[pa.Table, list[Cast]]:
@@ -243,13 +236,8 @@ class _Validator:
         missing = [c for c in schema.names if c not in actual.names]
         if missing:
             # Example rows show what the file holds instead (often the column under another name).
-            _fail(
-                self.con,
-                path,
-                None,
-                f"missing column(s) {missing}; found {actual.names}, expected {schema.names}",
-                where="true",
-            )
+            found = f"missing column(s) {missing}; found {actual.names}, expected {schema.names}"
+            _fail(self.con, path, None, found, where="true")
         casts = check_casts(path, name, self.con)
         for column in REQUIRED[name]:
             self.fail_if(
