@@ -361,3 +361,11 @@ def test_column_of_nulls_only(load, tmp_path):
     rows, casts = load(file)
     assert rows == [{**e, "rating": None} for e in EVENTS]
     assert casts_by_column(casts) == {"rating": ("null", "double")}
+
+
+def test_dates_mean_midnight_utc(load, tmp_path):
+    days = pd.to_datetime([T0, T1, T2]).date  # datetime.date objects: Arrow's date32
+    file = written(tmp_path, interactions(event_timestamp=days))
+    rows, casts = load(file)
+    assert [r["event_timestamp"] for r in rows] == [ts(f"{day} 00:00:00") for day in days]
+    assert casts_by_column(casts) == {"event_timestamp": ("date32[day]", "timestamp[us, tz=UTC]")}
