@@ -8,7 +8,8 @@ INFO). A cast that would change a value is *unsafe*, and the file is rejected: d
 not whole numbers where an integer is expected, integers too large for the canonical type,
 timestamps finer than a microsecond (stored timestamps are microseconds: Feast and Arrow
 conversions downstream handle nothing finer). Types no cast can bridge (text where a number
-is expected, a list of numbers where a list of text is expected) are rejected by type.
+is expected, a list of numbers where a list of text is expected) are never cast: a dataset
+folder is rejected, and an incoming batch keeps the column as stored for its type check.
 
 This module decides (:func:`rule`) and checks the values (:func:`scan_values`, streaming
 through the file a column batch at a time, so it scales with the file).
