@@ -428,6 +428,10 @@ def test_failed_ingest_keeps_the_published_dataset(good, variant, settings_for, 
 def test_cli_validate(good, variant, capsys):
     assert cli.main(["validate", str(good)]) == 0
     assert "users=3" in capsys.readouterr().out  # prints the summary of a valid folder
+    # A folder that needs casts: the summary lists them.
+    doubles = variant("items", with_column("items", "item_id", pa.array([10.0, 11.0, 12.0])))
+    assert cli.main(["validate", str(doubles)]) == 0
+    assert "'column': 'item_id', 'from_type': 'double'" in capsys.readouterr().out
 
     folder = variant(*BAD["unparseable"])
     assert cli.main(["validate", str(folder)]) == 1
