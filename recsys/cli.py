@@ -170,14 +170,17 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from recsys.schema import DatasetValidationError, summarize, validate_dataset
 
     try:
-        validate_dataset(args.folder)
+        casts = validate_dataset(args.folder)
     except DatasetValidationError as exc:
         print(f"invalid dataset: {exc}", file=sys.stderr)
         return 1
-    print(summarize(args.folder))
+    # The casts ingest would apply, so a user sees them before ingesting.
+    print(replace(summarize(args.folder), casts=[c.as_dict() for c in casts]))
     return 0
 
 

@@ -29,6 +29,11 @@ def string(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def identifier(name: str) -> str:
+    """A quoted SQL identifier (a column name from a user's file may hold any character)."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
 def parquet(folder: Path, name: str) -> str:
     """``read_parquet`` of ``<folder>/<name>.parquet``."""
     return f"read_parquet({string(str(Path(folder) / f'{name}.parquet'))})"

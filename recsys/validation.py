@@ -35,9 +35,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from recsys.schema import EXAMPLES, INTERACTIONS, PRIMARY_KEYS, TABLES, DatasetValidationError
+from recsys.schema import (
+    EXAMPLES,
+    INTERACTIONS,
+    PRIMARY_KEYS,
+    TABLES,
+    DatasetValidationError,
+    read_canonical,
+)
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
@@ -616,8 +622,14 @@ def validate_feature_table(
 def read_batch(path: Path) -> pd.DataFrame:
     """Read a batch of interactions: one parquet file, or a folder's ``interactions.parquet``.
 
-    Raises :class:`DatasetValidationError` naming the file when it is missing, empty or not
-    readable parquet. The frame is not validated; see :func:`validate_interactions`.
+    The canonical columns are cast to their exact types when no value changes (the rules of
+    :mod:`recsys.casts`, shared with dataset folders); the casts applied are in
+    ``frame.attrs["casts"]`` (a list of JSON-able dicts, one per column cast). Raises
+    :class:`DatasetValidationError` naming the file when it is missing, empty or not readable
+    parquet, and naming the file, the column and example rows when a cast would change values.
+    The frame is not otherwise validated: a column of a type no cast bridges (text ids, say) is
+    kept as stored for the type checks of :func:`validate_interactions`, which report it with
+    every other problem of the batch.
     """
     path = Path(path)
     file = path / "interactions.parquet" if path.is_dir() else path
@@ -625,7 +637,7 @@ def read_batch(path: Path) -> pd.DataFrame:
         raise DatasetValidationError(f"{file}: file is missing")
     if file.stat().st_size == 0:
         raise DatasetValidationError(f"{file}: file is empty (0 bytes), not a parquet file")
-    try:
-        return pq.read_table(file).to_pandas()
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DatasetValidationError(f"{file}: not a readable parquet file ({exc})") from exc
+    table, casts = read_canonical(file, "interactions")
+    frame = table.to_pandas()
+    frame.attrs["casts"] = [cast.as_dict() for cast in casts]
+    return frame

@@ -317,6 +317,9 @@ def test_compatible_types_are_normalised_to_canonical(tmp_path, unit, tz):
     out.mkdir()
     summary = normalize_dataset(src, out)
     assert (summary.users, summary.items, summary.interactions) == (3, 3, 3)
+    # Every column here is stored in a non-canonical type, and each cast is reported.
+    reported = {(c["table"], c["column"]) for c in summary.casts}
+    assert reported == {(name, column) for name, s in TABLES.items() for column in s.names}
     for name, schema in TABLES.items():
         got = pq.read_schema(out / f"{name}.parquet")
         assert got.names == schema.names, name
@@ -330,13 +333,13 @@ def test_compatible_types_are_normalised_to_canonical(tmp_path, unit, tz):
 
 
 def test_normalised_timestamps_keep_microseconds(variant, tmp_path):
-    # Nanosecond input: truncated to the canonical microseconds, not rounded to seconds.
+    # Nanosecond input holding whole microseconds: kept exactly, not rounded to seconds.
     base = _epoch(T0, "ns")
-    values = pa.array([base + 123_456_789, base + 1_000, base + 999], pa.timestamp("ns"))
+    values = pa.array([base + 123_456_000, base + 1_000, base], pa.timestamp("ns"))
     folder = variant("interactions", with_column("interactions", "event_timestamp", values))
     out = tmp_path / "out"
     out.mkdir()
-    normalize_dataset(folder, out)
+    summary = normalize_dataset(folder, out)
     got = pq.read_table(out / "interactions.parquet").column("event_timestamp").to_pylist()
     start = ts(T0)
     assert got == [
@@ -344,6 +347,21 @@ def test_normalised_timestamps_keep_microseconds(variant, tmp_path):
         start + timedelta(microseconds=1),
         start + timedelta(microseconds=123_456),
     ]
+    assert [(c["column"], c["from_type"]) for c in summary.casts] == [
+        ("event_timestamp", "timestamp[ns]")
+    ]
+
+
+def test_sub_microsecond_timestamps_are_rejected(variant):
+    # Truncating them would change the events' times (and their order): the file is rejected.
+    base = _epoch(T0, "ns")
+    values = pa.array([base + 123_456_789, base + 1_000, base + 999], pa.timestamp("ns"))
+    folder = variant("interactions", with_column("interactions", "event_timestamp", values))
+    error = failure(folder)
+    assert "2 of 3 rows hold values finer than a microsecond" in str(error)
+    rows = example_rows(error, folder / "interactions.parquet", "event_timestamp")
+    assert [line.split()[-1] for line in rows] == ["0", "2"], error
+    assert "10:00:00.123456789" in rows[0], error
 
 
 # --- Ingest leaves nothing partial; the CLI ---------------------------------------------------
@@ -410,6 +428,10 @@ def test_failed_ingest_keeps_the_published_dataset(good, variant, settings_for, 
 def test_cli_validate(good, variant, capsys):
     assert cli.main(["validate", str(good)]) == 0
     assert "users=3" in capsys.readouterr().out  # prints the summary of a valid folder
+    # A folder that needs casts: the summary lists them.
+    doubles = variant("items", with_column("items", "item_id", pa.array([10.0, 11.0, 12.0])))
+    assert cli.main(["validate", str(doubles)]) == 0
+    assert "'column': 'item_id', 'from_type': 'double'" in capsys.readouterr().out
 
     folder = variant(*BAD["unparseable"])
     assert cli.main(["validate", str(folder)]) == 1
@@ -424,6 +446,7 @@ def test_good_fixture_is_valid(good, tmp_path):
     out.mkdir()
     summary = normalize_dataset(good, out)
     assert (summary.users, summary.items, summary.interactions) == (3, 3, 3)
+    assert summary.casts == []  # canonical types already
     assert datetime.fromisoformat(summary.first_event) == ts(T0)
     for name in TABLES:
         assert pq.read_table(out / f"{name}.parquet").to_pylist() == canonical(name).to_pylist()

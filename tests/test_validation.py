@@ -428,6 +428,7 @@ def test_read_batch_file_and_folder(tmp_path: Path) -> None:
     for path in (tmp_path / "batch.parquet", tmp_path / "folder"):
         frame = read_batch(path)
         assert len(frame) == 6
+        assert frame.attrs["casts"] == []  # canonical types: nothing to cast
         assert check(frame).success
 
 
