@@ -94,8 +94,10 @@ def append_accepted(settings: Settings) -> AppendResult:
         summary = normalize_dataset(merged, stage)  # the canonical schema checks again
         ids = [r["batch"] for r in records]
         files = {f["sha256"]: r["batch"] for r in records for f in r["files"]}
+        # The casts applied to the source stay recorded (the batches' are in their reports).
+        counts = {k: v for k, v in vars(summary).items() if k != "casts"}
         atomic_write_json(stage / "manifest.json", {
-            **manifest, **vars(summary),
+            **manifest, **counts,
             "batches": [*manifest.get("batches", []), *ids],
             "batch_files": {**manifest.get("batch_files", {}), **files},
         })  # fmt: skip

@@ -97,6 +97,7 @@ def dataset(context: AssetExecutionContext, pipeline: PipelineSettings) -> Mater
             "first_event": str(info.get("first_event")),
             "last_event": str(info.get("last_event")),
             "source": str(info.get("source")),
+            "casts_on_load": MetadataValue.json(info.get("casts", [])),
             "batches_appended": MetadataValue.json(result.appended),
             "batches_rejected": MetadataValue.json(result.rejected),
             "published": not result.rejected,
