@@ -246,14 +246,12 @@ class ModelRegistry:
             tmp.unlink(missing_ok=True)
 
     def _switch(self, version: str, run_id: str, reason: str, before: str) -> str | None:
-        previous = self.current()
-        if before == EMBEDDED:
-            self.transition(version, PROMOTED, run_id, reason)
-        else:  # retired -> promoted: not in TRANSITIONS, only rollback() gets here
-            self._write_state(version, PROMOTED, run_id, reason, builder=None, before=before)
-        now = _now()
+        """current.json first (the switch itself), then the states that follow from it; a
+        run killed in between is reconciled by the next run (``abandon_unfinished``)."""
+        previous, now = self.current(), _now()
         atomic_write_json(self.root / "current.json",
                           {"version": version, "promoted_at": now, "previous": previous})  # fmt: skip
+        self._write_state(version, PROMOTED, run_id, reason, builder=None, before=before)
         if previous and previous != version and self.state(previous) == PROMOTED:
             self.transition(previous, RETIRED, run_id, f"replaced by {version}")
         with (self.root / "promotions.jsonl").open("a") as log:
@@ -284,7 +282,18 @@ class ModelRegistry:
 
     def abandon_unfinished(self, run_id: str) -> list[str]:
         """Reject every staged, gated or embedded version of another run: at most one
-        writing run at a time, so those runs ended before promoting them. Returns them."""
+        writing run at a time, so those runs ended before promoting them. Returns them.
+
+        First the states follow current.json, the one switch, where a run died during
+        ``_switch``: the version it names is promoted, any other promoted one retired."""
+        current = self.current()
+        for version in self.recorded():
+            state = self.state(version)
+            if version == current and state != PROMOTED:
+                self._write_state(version, PROMOTED, run_id, "current.json names it: its run "
+                                  "died after the switch", builder=None, before=state)  # fmt: skip
+            elif version != current and state == PROMOTED:
+                self.transition(version, RETIRED, run_id, "current.json names another version")
         abandoned = []
         for version in self.recorded():
             record = self.record(version)

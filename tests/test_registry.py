@@ -271,3 +271,19 @@ def test_retention_never_deletes_current_or_previous_even_with_keep_zero(tmp_pat
     assert result.deleted == [] and sorted(result.kept) == sorted([first, current, second])
     with pytest.raises(ValueError, match="keep_versions must be >= 0"):
         apply_retention(reg, db, keep=-1)
+
+
+def test_a_run_killed_during_the_switch_is_reconciled_with_current_json(tmp_path):
+    """current.json is written first; a run killed before the states follow leaves the
+    switch done and the states behind: the next run brings them in line, abandons nothing."""
+    from recsys.io import atomic_write_json
+
+    reg = ModelRegistry(tmp_path / "models")
+    first = in_state(reg, PROMOTED, n=0)
+    second = build(reg, "run-b", n=1)
+    advance(reg, second, EMBEDDED, "run-b")
+    atomic_write_json(reg.root / "current.json", {"version": second, "previous": first})
+    assert (reg.state(first), reg.state(second)) == (PROMOTED, EMBEDDED)  # killed here
+    assert reg.abandon_unfinished("run-c") == []
+    assert (reg.current(), reg.state(first), reg.state(second)) == (second, RETIRED, PROMOTED)
+    assert reg.record(second)["history"][-1]["run_id"] == "run-c"  # type: ignore[index]
