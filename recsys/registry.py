@@ -18,13 +18,11 @@ States (``TRANSITIONS``)::
     staged ──▶ gated ──▶ embedded ──▶ promoted ──▶ retired ──(rollback)──▶ promoted
        └──────────┴──────────┴──▶ rejected   (failed gate, or abandoned: its run died)
 
-Only the run that built a version moves it forward and promotes it (``promote`` checks the
-run id), so a version left behind by a killed run is never promoted by a later one: the
-next training run marks it ``rejected`` ("abandoned", ``abandon_unfinished``). The item
-vectors of a version live in LanceDB (``recsys.vectors``, table ``items_<version>``); old
-versions go with their tables (``recsys.retention``). A version id is ``<UTC time>-
-<fingerprint[:8]>``: ``[0-9A-Za-z_-]`` only, safe as a file and table name, and sorting ids
-sorts versions by creation.
+Only the run that built a version moves it forward and promotes it, so a version left by a
+killed run is never promoted by a later one: the next training run rejects it as abandoned.
+Item vectors live in LanceDB (``recsys.vectors``, table ``items_<version>``); old versions go
+with their tables (``recsys.retention``). A version id, ``<UTC time>-<fingerprint[:8]>``, is
+safe as a file and table name, and sorting ids sorts versions by creation.
 """
 
 from __future__ import annotations
@@ -57,7 +55,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     REJECTED: frozenset(),
 }
 UNFINISHED = (STAGED, GATED, EMBEDDED)  # a run is still (or was, if it died) working on it
-# States written into version.json by the registry before the state machine (old folders).
+# A version without a state file may carry its state in version.json, in these words.
 LEGACY_STATES = {"training": STAGED, "staged": GATED, "current": PROMOTED}
 
 
@@ -170,9 +168,9 @@ class ModelRegistry:
         stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%f")
         return check_version(f"{stamp}-{print_[:8]}")
 
-    def _log(self, entry: dict[str, Any]) -> None:
+    def _log(self, entry: dict[str, Any], path: Path | None = None) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a") as log:
+        with (path or self.log_path).open("a") as log:
             log.write(json.dumps(entry, sort_keys=True) + "\n")
 
     def _write_state(self, version: str, state: str, run_id: str, reason: str,
@@ -254,9 +252,8 @@ class ModelRegistry:
         self._write_state(version, PROMOTED, run_id, reason, builder=None, before=before)
         if previous and previous != version and self.state(previous) == PROMOTED:
             self.transition(previous, RETIRED, run_id, f"replaced by {version}")
-        with (self.root / "promotions.jsonl").open("a") as log:
-            log.write(json.dumps({"version": version, "previous": previous, "at": now,
-                                  "run_id": run_id, "reason": reason}) + "\n")  # fmt: skip
+        self._log({"version": version, "previous": previous, "at": now, "run_id": run_id,
+                   "reason": reason}, self.root / "promotions.jsonl")  # fmt: skip
         return previous
 
     def promote(self, version: str, run_id: str, reason: str = "") -> str | None:

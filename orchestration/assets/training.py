@@ -57,28 +57,6 @@ def _fingerprint(settings: Any, config: dict[str, Any], temperatures: Any) -> st
     )
 
 
-def _gate(
-    metrics: dict[str, Any], current: dict[str, Any] | None, tolerance: float
-) -> tuple[bool, str]:
-    """Better than popularity, and no worse than the current version beyond ``tolerance``
-    (test recall@20 over all users)."""
-    models = metrics["models"]
-    ours = models["two-tower (softmax)"]["all"]["recall@20"]
-    popularity = models["popularity"]["all"]["recall@20"]
-    reasons = []
-    if not ours > popularity:
-        reasons.append(f"recall@20 {ours:.4f} is not above popularity's {popularity:.4f}")
-    if current is not None:
-        theirs = current["models"]["two-tower (softmax)"]["all"]["recall@20"]
-        if ours < theirs - tolerance:
-            reasons.append(f"recall@20 {ours:.4f} is below the current version's {theirs:.4f} "
-                           f"by more than {tolerance}")  # fmt: skip
-    ok = not reasons
-    return ok, ("passed: " if ok else "failed: ") + (
-        "; ".join(reasons) or f"recall@20 {ours:.4f} vs popularity {popularity:.4f}"
-    )
-
-
 @asset(
     group_name="training",
     deps=["training_set"],
@@ -99,6 +77,7 @@ def two_tower_model(
 ) -> MaterializeResult:
     from dataclasses import replace
 
+    from recsys.gate import quality_gate
     from recsys.registry import GATED, REJECTED
     from towers.compare import compare
     from towers.config import TowerConfig
@@ -121,7 +100,7 @@ def two_tower_model(
     current = reg.current()
     current_metrics = reg.metrics(current) if current else None
     if existing is not None:  # the current version, trained from these data and config
-        ok, why = _gate(reg.metrics(existing), None, pipeline.gate_tolerance)
+        ok, why = quality_gate(reg.metrics(existing), None, pipeline.gate_tolerance)
         context.log.info(f"data and config unchanged: reusing version {existing}")
         return MaterializeResult(
             metadata={"version": existing, "reused": True, "fingerprint": print_,
@@ -140,7 +119,7 @@ def two_tower_model(
         run = summary["runs"]["softmax"]
         info.update(temperature=run["temperature"], best_epoch=run["best_epoch"])
         metrics = json.loads((folder / "metrics.json").read_text())
-    ok, why = _gate(metrics, current_metrics, pipeline.gate_tolerance)
+    ok, why = quality_gate(metrics, current_metrics, pipeline.gate_tolerance)
     reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {why}")
     folder = reg.path(version)
     table = (folder / "metrics.md").read_text()
