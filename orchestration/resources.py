@@ -34,6 +34,10 @@ class PipelineSettings(ConfigurableResource):
     gate_tolerance: float = 0.01
     # Train a new version even when the data and config have not changed.
     force_retrain: bool = False
+    # Model versions kept after a promotion besides the current and the previous one: the
+    # newest this many by creation (rejected ones included, for inspection); older versions
+    # are deleted with their LanceDB tables (recsys.retention).
+    keep_versions: int = 3
 
     # How long a run waits for another writer of the data folder to finish before it fails
     # with a message naming that writer (recsys.lock): one writer at a time.

@@ -116,13 +116,10 @@ def export_user_tower(tower: UserTower, encoder: FeatureEncoder, folder: Path) -
     return path
 
 
-def export_version(folder: Path, *, missing_only: bool = False) -> Path | None:
-    """Export the user tower of the checkpoint in a model version's folder; with
-    ``missing_only``, only when the folder has no graph yet. Returns the path written."""
+def export_version(folder: Path) -> Path:
+    """Export the user tower of the checkpoint in a model version's folder being built (a
+    complete version is never written to: recsys.registry). Returns the path written."""
     from towers.train import load_checkpoint
 
-    path = Path(folder) / USER_TOWER_FILE
-    if missing_only and path.exists():
-        return None
     model, encoder, _ = load_checkpoint(Path(folder) / "checkpoint.pt")
     return export_user_tower(model.user_tower, encoder, Path(folder))

@@ -1,5 +1,5 @@
 """Helpers shared by the asset modules: check names, blocking check specs, inline plots,
-Great Expectations reports as Dagster check results."""
+Great Expectations reports as Dagster check results, the run that owns a model version."""
 
 import base64
 import re
@@ -85,3 +85,10 @@ def audit_checks(audit: Any) -> list[AssetCheckResult]:
                                          severity=AssetCheckSeverity.ERROR,
                                          metadata=metadata))  # fmt: skip
     return results
+
+
+def builder_run(context: Any) -> str:
+    """The id under which this run builds and promotes a model version: the run's root run,
+    so a re-execution of a failed run (Dagster's retry from failure) may finish the version
+    its original built, and no other run can (recsys.registry)."""
+    return str(context.run.root_run_id or context.run_id)

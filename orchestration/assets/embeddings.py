@@ -1,4 +1,11 @@
-"""Embedding assets: a version's item vectors in LanceDB and its top-K candidates."""
+"""Embedding assets: a new version's item vectors in LanceDB and its top-K candidates.
+
+Both act only on the version this run built (recsys.registry: ``gated``, built by this
+run), so a version's artifacts are written once, by its own run. A run that built no
+version (data unchanged, or the ``feature_refresh`` job) writes no vectors;
+``user_candidates`` then recomputes the current version's candidates with the new
+features and publishes them to ``data/candidates/`` and the online store only.
+"""
 
 from typing import Any
 
@@ -8,6 +15,7 @@ from dagster import (
     asset,
 )
 
+from orchestration.assets.common import builder_run
 from orchestration.resources import (
     FeastResource,
     LanceDBResource,
@@ -16,30 +24,20 @@ from orchestration.resources import (
 )
 
 
-def _target_version(reg: Any) -> str | None:
-    """The version a run works on: the newest staged one (trained, gate passed, waiting for
-    promotion), else the current one."""
-    return reg.latest_staged() or reg.current()
-
-
-def _version_inputs(pipeline: PipelineSettings, registry: ModelRegistryResource) -> Any:
-    """(settings, registry, version, model, encoder, as_of) for the target version, or None
-    when there is no version yet."""
+def _model_inputs(pipeline: PipelineSettings, reg: Any, version: str) -> Any:
+    """(settings, model, encoder, as_of) of ``version``."""
     from recsys.features import default_as_of
     from towers.train import load_checkpoint
 
     settings = pipeline.settings()
-    reg = registry.registry()
-    version = _target_version(reg)
-    if version is None:
-        return None
     model, encoder, _ = load_checkpoint(reg.path(version) / "checkpoint.pt")
     as_of = settings.as_of or default_as_of(settings.paths.dataset)
-    return settings, reg, version, model, encoder, as_of
+    return settings, model, encoder, as_of
 
 
 @asset(group_name="embeddings", deps=["two_tower_model"], description="The catalogue through "
-       "the item tower (features as of as_of) into the version's LanceDB table.")  # fmt: skip
+       "the item tower (features as of as_of) into the LanceDB table of the version this "
+       "run built; nothing when it built none.")  # fmt: skip
 def item_embeddings(
     context: AssetExecutionContext,
     pipeline: PipelineSettings,
@@ -51,12 +49,15 @@ def item_embeddings(
     import pyarrow as pa
 
     from recsys.candidates import item_vectors
+    from recsys.registry import GATED
     from recsys.vectors import write_item_table
 
-    inputs = _version_inputs(pipeline, registry)
-    if inputs is None:
-        return MaterializeResult(metadata={"status": "no model version to embed"})
-    settings, _, version, model, encoder, as_of = inputs
+    reg = registry.registry()
+    version = reg.built_by(builder_run(context), GATED)
+    if version is None:
+        return MaterializeResult(metadata={"status": "no new version in this run: nothing "
+                                           "written", "current": reg.current() or "none"})  # fmt: skip
+    settings, model, encoder, as_of = _model_inputs(pipeline, reg, version)
     items = pd.read_parquet(settings.paths.dataset / "items.parquet")
     vectors = item_vectors(model, encoder, feast.store(), items.item_id.to_numpy(), as_of)
     attributes = pa.Table.from_pandas(items[["title", "genres", "release_year"]],
@@ -77,7 +78,8 @@ def item_embeddings(
 
 
 @asset(group_name="embeddings", deps=["item_embeddings"], description="Top-K unseen items per "
-       "user from the version's vectors; pushed online when the version is current.")  # fmt: skip
+       "user: the new version's (written into it, which then is embedded), or else the "
+       "current version's with today's features (online and data/candidates only).")  # fmt: skip
 def user_candidates(
     context: AssetExecutionContext,
     pipeline: PipelineSettings,
@@ -88,28 +90,36 @@ def user_candidates(
     import pandas as pd
 
     from recsys import candidates
+    from recsys.registry import EMBEDDED, GATED
     from recsys.vectors import ItemIndex
 
-    inputs = _version_inputs(pipeline, registry)
-    if inputs is None:
+    reg = registry.registry()
+    run_id = builder_run(context)
+    built = reg.built_by(run_id, GATED)
+    version = built or reg.current()
+    if version is None:
         return MaterializeResult(metadata={"status": "no model version"})
-    settings, reg, version, model, encoder, as_of = inputs
+    settings, model, encoder, as_of = _model_inputs(pipeline, reg, version)
     index = ItemIndex.open(lancedb.db_dir(), version, mode="matrix")
-    item_ids, vectors = index.item_ids, index.vectors
     interactions = pd.read_parquet(settings.paths.dataset / "interactions.parquet")
     store = feast.store()
     table = candidates.user_candidates(
-        model, encoder, store, interactions, item_ids, vectors, as_of, version,
+        model, encoder, store, interactions, index.item_ids, index.vectors, as_of, version,
         k=pipeline.candidates_k,
     )  # fmt: skip
-    candidates.write_table(table, reg.path(version) / "candidates.parquet")
     pushed = 0
-    if version == reg.current():
+    if built is not None:  # promoted_model pushes them online once the version is current
+        with reg.add_artifact(built, run_id, "candidates.parquet") as path:
+            candidates.write_table(table, path)
+        reg.transition(built, EMBEDDED, run_id, f"{index.rows} item vectors, "
+                       f"{table.num_rows} users' candidates written")  # fmt: skip
+    else:
         candidates.write_table(table, settings.paths.candidates / "user_candidates.parquet")
         pushed = candidates.push_online(store, table)
     return MaterializeResult(
         metadata={
             "version": version,
+            "new_version": built is not None,
             "users": table.num_rows,
             "k": pipeline.candidates_k,
             "pushed_online": pushed,

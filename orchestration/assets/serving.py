@@ -10,6 +10,7 @@ from dagster import (
     asset,
 )
 
+from orchestration.assets.common import builder_run
 from orchestration.resources import (
     FeastResource,
     LanceDBResource,
@@ -50,8 +51,9 @@ def online_features(pipeline: PipelineSettings, feast: FeastResource) -> Materia
 @asset(
     group_name="serving",
     deps=["two_tower_model", "item_embeddings", "user_candidates", "online_features"],
-    description="Promotion: the staged version (gate passed, vectors and candidates "
-    "complete) becomes current in one atomic switch; its candidates go online.",
+    description="Promotion: the version this run built (gate passed, vectors and candidates "
+    "complete) becomes current in one atomic switch, its candidates go online; then "
+    "retention deletes the versions beyond current, previous and the last keep_versions.",
 )
 def promoted_model(
     context: AssetExecutionContext,
@@ -63,15 +65,18 @@ def promoted_model(
     import pyarrow.parquet as pq
 
     from recsys import candidates
+    from recsys.registry import EMBEDDED
+    from recsys.retention import apply_retention
     from recsys.vectors import ItemIndex
 
     settings = pipeline.settings()
     reg = registry.registry()
-    version = reg.latest_staged()
+    run_id = builder_run(context)
+    version = reg.built_by(run_id, EMBEDDED)
     current = reg.current()
     if version is None:
         return MaterializeResult(metadata={"current": current or "none",
-                                           "status": "nothing new to promote"})  # fmt: skip
+                                           "status": "no new version in this run"})  # fmt: skip
     # Consistency before the switch: the version's vectors and candidates are complete.
     index = ItemIndex.open(lancedb.db_dir(), version, mode="matrix")
     table = pq.read_table(reg.path(version) / "candidates.parquet")
@@ -80,7 +85,11 @@ def promoted_model(
         raise RuntimeError(f"candidates of {version} name versions {versions}")
     candidates.write_table(table, settings.paths.candidates / "user_candidates.parquet")
     pushed = candidates.push_online(feast.store(), table)
-    previous = reg.promote(version, reason="pipeline: quality gate passed")
+    previous = reg.promote(version, run_id, reason="pipeline: quality gate passed")
+    kept = apply_retention(reg, lancedb.db_dir(), pipeline.keep_versions)
+    if kept.deleted or kept.orphan_tables:
+        context.log.info(f"retention deleted versions {kept.deleted}, "
+                         f"tables of unknown versions {kept.orphan_tables}")  # fmt: skip
     metrics = reg.metrics(version)["models"]
     return MaterializeResult(
         metadata={
@@ -91,5 +100,8 @@ def promoted_model(
             "test_recall@20": MetadataValue.json(
                 {m: r["all"]["recall@20"] for m, r in metrics.items()}
             ),
+            "versions_kept": MetadataValue.json(kept.kept),
+            "versions_deleted": MetadataValue.json(kept.deleted),
+            "orphan_tables_deleted": MetadataValue.json(kept.orphan_tables),
         }
     )

@@ -14,7 +14,13 @@ from dagster import (
     asset,
 )
 
-from orchestration.assets.common import QUALITY_GATE, audit_checks, blocking_specs, png
+from orchestration.assets.common import (
+    QUALITY_GATE,
+    audit_checks,
+    blocking_specs,
+    builder_run,
+    png,
+)
 from orchestration.resources import (
     FeastResource,
     ModelRegistryResource,
@@ -97,28 +103,6 @@ def _fingerprint(settings: Any, config: dict[str, Any], temperatures: Any) -> st
     )
 
 
-def _gate(
-    metrics: dict[str, Any], current: dict[str, Any] | None, tolerance: float
-) -> tuple[bool, str]:
-    """Better than popularity, and no worse than the current version beyond ``tolerance``
-    (test recall@20 over all users)."""
-    models = metrics["models"]
-    ours = models["two-tower (softmax)"]["all"]["recall@20"]
-    popularity = models["popularity"]["all"]["recall@20"]
-    reasons = []
-    if not ours > popularity:
-        reasons.append(f"recall@20 {ours:.4f} is not above popularity's {popularity:.4f}")
-    if current is not None:
-        theirs = current["models"]["two-tower (softmax)"]["all"]["recall@20"]
-        if ours < theirs - tolerance:
-            reasons.append(f"recall@20 {ours:.4f} is below the current version's {theirs:.4f} "
-                           f"by more than {tolerance}")  # fmt: skip
-    ok = not reasons
-    return ok, ("passed: " if ok else "failed: ") + (
-        "; ".join(reasons) or f"recall@20 {ours:.4f} vs popularity {popularity:.4f}"
-    )
-
-
 @asset(
     group_name="training",
     deps=["training_set"],
@@ -139,13 +123,20 @@ def two_tower_model(
 ) -> MaterializeResult:
     from dataclasses import replace
 
+    from recsys.gate import quality_gate
+    from recsys.registry import GATED, REJECTED
     from towers.compare import compare
     from towers.config import TowerConfig
     from towers.export import export_version
 
     settings = pipeline.settings()
     reg = registry.registry()
-    removed = reg.clean_staging()
+    run_id = builder_run(context)
+    # One writing run at a time: what another run left unfinished, it will never finish.
+    abandoned = reg.abandon_unfinished(run_id)
+    if abandoned:
+        context.log.warning(f"rejected versions abandoned by ended runs: {abandoned}")
+    removed = reg.clean_staging(run_id)
     if removed:
         context.log.warning(f"removed unfinished versions of killed runs: {removed}")
     base = replace(TowerConfig(), epochs=pipeline.max_epochs)
@@ -154,36 +145,36 @@ def two_tower_model(
     existing = None if pipeline.force_retrain else reg.find(print_)
     current = reg.current()
     current_metrics = reg.metrics(current) if current else None
-    if existing is not None:
-        # A version from before the user tower was exported for serving gets its graph.
-        export_version(reg.path(existing), missing_only=True)
-        metrics = reg.metrics(existing)
-        ok, why = _gate(metrics, current_metrics if current != existing else None,
-                        pipeline.gate_tolerance)  # fmt: skip
+    if existing is not None:  # the current version, trained from these data and config
+        ok, why = quality_gate(reg.metrics(existing), None, pipeline.gate_tolerance)
         context.log.info(f"data and config unchanged: reusing version {existing}")
         return MaterializeResult(
-            metadata={"version": existing, "reused": True, "fingerprint": print_},
+            metadata={"version": existing, "reused": True, "fingerprint": print_,
+                      "abandoned": MetadataValue.json(abandoned)},  # fmt: skip
             check_results=[
                 AssetCheckResult(check_name=QUALITY_GATE, passed=ok, metadata={"verdict": why})
             ],  # fmt: skip
         )
     version = reg.new_version(print_)
     start = time.perf_counter()
-    with reg.build(version, {"fingerprint": print_, "state": "training"}) as folder:
+    info: dict[str, Any] = {"fingerprint": print_}  # version.json, written when complete
+    with reg.build(version, run_id, info) as folder:
         summary = compare(settings, ("softmax",), base, folder, progress=False, temperatures=grid)
         (folder / "two_tower_softmax.pt").rename(folder / "checkpoint.pt")
         export_version(folder)  # the user tower as the server runs it (towers.export)
+        run = summary["runs"]["softmax"]
+        info.update(temperature=run["temperature"], best_epoch=run["best_epoch"])
         metrics = json.loads((folder / "metrics.json").read_text())
-        ok, why = _gate(metrics, current_metrics, pipeline.gate_tolerance)
-    run = summary["runs"]["softmax"]
-    reg.set_state(version, "staged" if ok else "rejected", gate=why,
-                  temperature=run["temperature"], best_epoch=run["best_epoch"])  # fmt: skip
+    ok, why = quality_gate(metrics, current_metrics, pipeline.gate_tolerance)
+    reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {why}")
     folder = reg.path(version)
     table = (folder / "metrics.md").read_text()
     return MaterializeResult(
         metadata={
             "version": version,
             "reused": False,
+            "state": GATED if ok else REJECTED,
+            "abandoned": MetadataValue.json(abandoned),
             "fingerprint": print_,
             "temperature": run["temperature"],
             "best_epoch": run["best_epoch"],

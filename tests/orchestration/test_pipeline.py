@@ -1,9 +1,11 @@
 """The whole Dagster graph on a small synthetic dataset in a temporary folder: it
 materializes end to end and promotes a version; a second run with no new data makes no new
-version; every kind of corrupt incoming batch fails the check that names it, blocks
-everything downstream and leaves the current version current; a good batch is appended; a
-run killed mid-training leaves the current version intact and the next run recovers."""
+version and changes no byte of it; every kind of corrupt incoming batch fails the check that
+names it, blocks everything downstream and leaves the current version current; a good batch
+is appended; a run killed mid-training leaves the current version intact and the next run
+recovers; a version whose run died before promotion is never promoted by a later run."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -58,6 +60,29 @@ def registry(data: Path) -> ModelRegistry:
     return ModelRegistry(data / "models")
 
 
+def version_files(data: Path) -> dict[str, str]:
+    """SHA-256 of every file of every version and of every version's state file."""
+    models = data / "models"
+    files = [*(models / "versions").rglob("*"), *(models / "states").glob("*.json")]
+    return {str(f.relative_to(models)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in files if f.is_file()}  # fmt: skip
+
+
+def table_versions(data: Path) -> dict[str, int]:
+    """The LanceDB table version (a counter every write increments) of each item table."""
+    import lancedb
+
+    from recsys.vectors import list_versions, table_name
+
+    db, versions = lancedb.connect(data / "lancedb"), {}
+    for version in list_versions(data / "lancedb", include_unpublished=True):
+        try:
+            versions[version] = db.open_table(table_name(version)).version
+        except ValueError:  # a write killed before its first commit
+            versions[version] = -1
+    return versions
+
+
 def test_whole_graph_promotes_a_consistent_version(pipeline_dir):
     from recsys.settings import Settings
     from recsys.store import feature_store_for
@@ -66,7 +91,7 @@ def test_whole_graph_promotes_a_consistent_version(pipeline_dir):
     reg = registry(pipeline_dir)
     current = reg.current()
     assert current is not None and reg.versions() == [current]
-    assert reg.info(current)["state"] == "current"
+    assert reg.info(current)["state"] == "promoted"
     assert list_versions(pipeline_dir / "lancedb") == [current]
     index = ItemIndex.open(pipeline_dir / "lancedb", current, mode="matrix")
     items = pd.read_parquet(pipeline_dir / "dataset" / "items.parquet")
@@ -86,14 +111,14 @@ def test_whole_graph_promotes_a_consistent_version(pipeline_dir):
 
 def test_second_run_without_new_data_makes_no_new_version(pipeline_dir):
     before = registry(pipeline_dir).current()
-    # As a version from before the user tower was exported: the run gives it its graph.
-    graph = registry(pipeline_dir).path(before) / "user_tower.onnx"
-    graph.unlink()
+    files, tables = version_files(pipeline_dir), table_versions(pipeline_dir)
     result = run(pipeline_dir)
     assert result.success
     reg = registry(pipeline_dir)
     assert reg.versions() == [before] and reg.current() == before
-    assert graph.stat().st_size > 0
+    # A version is immutable: no byte of its artifacts, no write to its vector table.
+    assert version_files(pipeline_dir) == files and table_versions(pipeline_dir) == tables
+    assert files and tables == {before: tables[before]}
 
 
 def _base_batch(data: Path, n: int = 3) -> pd.DataFrame:
@@ -179,24 +204,37 @@ def test_good_batch_is_appended_and_refreshes_features(pipeline_dir):
     batch.to_parquet(incoming / "good.parquet")
     refresh = ["incoming_batch", "dataset", "features", "feast_registry", "online_features",
                "user_candidates"]  # fmt: skip
+    files, tables = version_files(pipeline_dir), table_versions(pipeline_dir)
+    published = pipeline_dir / "candidates" / "user_candidates.parquet"
+    published_before = published.stat().st_mtime_ns
     result = run(pipeline_dir, selection=refresh)
     assert result.success and failed_checks(result) == set()
     events = pd.read_parquet(pipeline_dir / "dataset" / "interactions.parquet")
     assert len(events) == rows_before + 5
     assert list((incoming / "processed").glob("*/good.parquet"))
+    # The current version's candidates, recomputed with the new features, are published to
+    # data/candidates (and online); the version itself is not written to.
+    assert published.stat().st_mtime_ns != published_before
+    assert set(pd.read_parquet(published).model_version) == {registry(pipeline_dir).current()}
+    assert version_files(pipeline_dir) == files and table_versions(pipeline_dir) == tables
 
 
-def test_killed_run_leaves_current_intact_and_next_run_recovers(pipeline_dir):
-    current = registry(pipeline_dir).current()
+def start_run(data: Path, selection: list[str]) -> subprocess.Popen:
+    """A forced retrain of ``selection`` in a child process (to be killed)."""
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_pipeline import run
         from pathlib import Path
-        run(Path({str(pipeline_dir)!r}), selection=["two_tower_model"], force_retrain=True)
+        run(Path({str(data)!r}), selection={selection!r}, force_retrain=True)
     """)
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_killed_run_leaves_current_intact_and_next_run_recovers(pipeline_dir):
+    current = registry(pipeline_dir).current()
+    child = start_run(pipeline_dir, ["two_tower_model"])
     staging = pipeline_dir / "models" / ".staging"
     deadline = time.monotonic() + 120
     while not (staging.exists() and any(staging.iterdir())):
@@ -214,6 +252,52 @@ def test_killed_run_leaves_current_intact_and_next_run_recovers(pipeline_dir):
     reg = registry(pipeline_dir)
     assert not staging.exists() or not any(staging.iterdir())
     assert reg.current() != current and reg.info(current)["state"] == "retired"
+
+
+def test_a_version_whose_run_died_before_promotion_is_never_promoted(pipeline_dir):
+    """The issue's bug: a run is killed after its version passed the gate (while it
+    embeds the items or computes candidates); a newer run promotes its own version; a third
+    run must neither embed nor promote the old one."""
+    from recsys.registry import EMBEDDED, GATED, PROMOTED, REJECTED
+
+    reg = registry(pipeline_dir)
+    current = reg.current()
+    child = start_run(pipeline_dir, ["two_tower_model", "item_embeddings", "user_candidates"])
+    deadline = time.monotonic() + 300
+    while not [v for v in reg.recorded() if reg.state(v) in (GATED, EMBEDDED)]:
+        assert child.poll() is None, "the run ended before its version passed the gate"
+        assert time.monotonic() < deadline, "the version never passed the gate"
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    (old,) = [v for v in reg.recorded() if reg.state(v) in (GATED, EMBEDDED)]
+    assert old in reg.versions() and reg.current() == current
+
+    newer_run = run(pipeline_dir, force_retrain=True)
+    assert newer_run.success
+    reg = registry(pipeline_dir)
+    newer = reg.current()
+    assert newer not in (old, current) and reg.previous() == current
+    assert reg.state(old) == REJECTED and reg.state(newer) == PROMOTED
+    reason = reg.record(old)["history"][-1]["reason"]  # type: ignore[index]
+    assert reason.startswith("abandoned: run ") and reason.endswith("ended before promotion")
+    # Retention: current, previous and the last keep_versions (3) stay, with their tables.
+    meta = newer_run.asset_materializations_for_node("promoted_model")[0].metadata
+    deleted = meta["versions_deleted"].value
+    assert {current, newer, *reg.versions()[-3:]} == set(reg.versions())
+    assert not set(deleted) & set(reg.versions())
+    assert {current, newer} <= set(table_versions(pipeline_dir)) <= set(reg.versions())
+
+    files, tables = version_files(pipeline_dir), table_versions(pipeline_dir)
+    third = run(pipeline_dir)  # unchanged data: reuses the current version
+    assert third.success
+    reg = registry(pipeline_dir)
+    assert reg.current() == newer and reg.state(old) == REJECTED
+    # Nothing embedded, nothing promoted, nothing lost: every version's bytes and every
+    # LanceDB table's version as they were.
+    assert version_files(pipeline_dir) == files and table_versions(pipeline_dir) == tables
+    status = third.asset_materializations_for_node("item_embeddings")[0].metadata["status"]
+    assert status.value.startswith("no new version in this run")
 
 
 def test_sensor_requests_one_refresh_run_per_set_of_new_files(tmp_path, monkeypatch):

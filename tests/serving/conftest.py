@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +27,26 @@ FAST = {"dataset": "synthetic", "synthetic_interactions": 20_000, "synthetic_see
         "temperatures": "0.05", "max_epochs": 3}  # fmt: skip
 
 
-def materialize_pipeline(data: Path, selection: list[str] | None = None, **overrides: Any) -> Any:
-    from dagster import materialize
+def materialize_pipeline(
+    data: Path, selection: list[str] | None = None, run_id: str | None = None, **overrides: Any
+) -> Any:
+    """Materialize ``selection`` in process. A model version is embedded and promoted only
+    by the run that built it (recsys.registry): ``run_id`` continues that run in another
+    call, as a re-execution of it would."""
+    from dagster import AssetKey, Definitions, materialize
 
     from orchestration.assets import ASSETS
     from orchestration.resources import PipelineSettings, resources_for
 
     settings = PipelineSettings(data_dir=str(data), **{**FAST, **overrides})
-    return materialize(
-        ASSETS, resources=resources_for(settings), selection=selection, raise_on_error=False
+    if run_id is None:
+        return materialize(
+            ASSETS, resources=resources_for(settings), selection=selection, raise_on_error=False
+        )
+    defs = Definitions(assets=ASSETS, resources=resources_for(settings))
+    keys = [AssetKey(name) for name in selection] if selection else None
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        asset_selection=keys, run_id=run_id, raise_on_error=False
     )
 
 
@@ -63,7 +75,8 @@ def pipeline_and_server(
 
     data = tmp_path_factory.mktemp("serving") / "data"
     names = [asset.key.to_user_string() for asset in ASSETS]
-    result = materialize_pipeline(data, [n for n in names if n != "promoted_model"])
+    run_id = str(uuid.uuid4())
+    result = materialize_pipeline(data, [n for n in names if n != "promoted_model"], run_id)
     assert result.success
     server = start_server(data, data.parent / "server.log", wait_for="/healthz")
     try:
@@ -74,7 +87,7 @@ def pipeline_and_server(
             "GET /candidates": server.get(f"/candidates/{user}"),
             "POST /recommendations": server.post("/recommendations", {"age": 30}),
         }
-        assert materialize_pipeline(data, ["promoted_model"]).success
+        assert materialize_pipeline(data, ["promoted_model"], run_id).success
         version = ModelRegistry(data / "models").current()
         assert version is not None
         deadline = time.monotonic() + 60
@@ -98,7 +111,8 @@ def server(pipeline_and_server: tuple[Pipeline, Server]) -> Server:
 
 @pytest.fixture(scope="session")
 def second_version(pipeline: Pipeline) -> str:
-    """A second version, staged (item table and candidates written), not promoted.
+    """A second version, embedded (item table and candidates written), not promoted; its
+    builder's run id is in ``ModelRegistry.record(version)["run_id"]``.
 
     Its weights are the first version's with seeded noise, written as a registry version;
     then the pipeline's own assets embed the catalogue into its LanceDB table and compute
@@ -121,13 +135,13 @@ def second_version(pipeline: Pipeline) -> str:
         for name, value in saved["state_dict"].items()
     }
     print_ = fingerprint("serving tests: noisy copy", pipeline.version)
-    version = registry.new_version(print_)
-    with registry.build(version, {"fingerprint": print_, "state": "training"}) as folder:
+    version, run_id = registry.new_version(print_), str(uuid.uuid4())
+    with registry.build(version, run_id, {"fingerprint": print_}) as folder:
         torch.save({**saved, "state_dict": weights}, folder / "checkpoint.pt")
         shutil.copy(first / "metrics.json", folder / "metrics.json")
-    registry.set_state(version, "staged", gate="serving tests: a noisy copy of the first")
-    result = materialize_pipeline(pipeline.data, ["item_embeddings", "user_candidates"])
-    assert result.success and registry.latest_staged() == version
+    registry.transition(version, "gated", run_id, "serving tests: a noisy copy of the first")
+    result = materialize_pipeline(pipeline.data, ["item_embeddings", "user_candidates"], run_id)
+    assert result.success and registry.state(version) == "embedded"
     assert registry.current() == pipeline.version
     return version
 

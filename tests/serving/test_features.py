@@ -219,9 +219,8 @@ def test_a_version_that_fails_to_load_is_never_served(pipeline: Pipeline, tmp_pa
 
     registry = ModelRegistry(data / "models")
     broken = "29990101T000000000000-nolance0"  # a complete folder, but no item table
-    shutil.copytree(registry.path(pipeline.version), registry.versions_dir / broken)
-    registry.set_state(broken, "staged")
-    registry.promote(broken)
+    copy_version(registry, pipeline.version, broken, "embedded")
+    registry.promote(broken, "test")
     assert state.refresh() is served  # still the old, consistent version
     ready, body = state.readiness()
     assert not ready and broken in body["reason"] and "item table" in body["error"]
@@ -229,11 +228,24 @@ def test_a_version_that_fails_to_load_is_never_served(pipeline: Pipeline, tmp_pa
     with pytest.raises(VersionLoadError, match="item table"):
         load_version(state.paths, broken)
 
-    registry.promote(pipeline.version)  # a rollback: the served version is current again
+    registry.rollback(pipeline.version, "test", "the promoted version cannot be served")
     assert state.refresh() is served and state.readiness()[0]
-    registry.set_state(broken, "rejected")
+    rejected = "29990101T000000000001-rejected"
+    copy_version(registry, pipeline.version, rejected, "rejected")
     with pytest.raises(VersionLoadError, match="quality gate"):
-        load_version(state.paths, broken)
+        load_version(state.paths, rejected)
+
+
+def copy_version(registry: ModelRegistry, source: str, version: str, state: str) -> None:
+    """``source``'s files as a new version built by run "test", moved to ``state``
+    ("embedded": ready for promotion, or "rejected")."""
+    with registry.build(version, "test", {"fingerprint": version}) as folder:
+        for path in registry.path(source).iterdir():
+            if path.name != "version.json":
+                shutil.copy(path, folder / path.name)
+    moves = ["gated", "embedded"] if state == "embedded" else [state]
+    for to in moves:
+        registry.transition(version, to, "test", f"serving tests: a copy of {source}")
 
 
 def copy_data(pipeline: Pipeline, tmp_path: Path) -> Path:
@@ -253,7 +265,6 @@ def test_ann_search_serves_users_with_long_histories(pipeline: Pipeline, tmp_pat
     real = ItemIndex.open(data / "lancedb", pipeline.version, mode="matrix")
     version = "29990101T000000000000-annindex"
     shutil.copytree(registry.path(pipeline.version), registry.versions_dir / version)
-    registry.set_state(version, "staged")
     titles = pa.table({"title": [a["title"] for a in real.attributes(real.item_ids)]})
     write_item_table(data / "lancedb", version, real.item_ids, real.vectors, titles,
                      ann_min_rows=0)  # fmt: skip

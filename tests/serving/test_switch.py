@@ -136,14 +136,15 @@ def test_switch_and_rollback_under_concurrent_requests(
     try:
         time.sleep(0.5)
         # The pipeline's promotion: candidates online, then current.json switched.
-        result = materialize_pipeline(pipeline.data, ["promoted_model"])
+        builder = registry.record(second)["run_id"]  # type: ignore[index]
+        result = materialize_pipeline(pipeline.data, ["promoted_model"], builder)
         assert result.success and registry.current() == second
         wait_for_version(server, second)
         expected[second] = snapshot(server, requests)
         time.sleep(0.5)
         # A rollback: the retired first version made current again.
         push_candidates(pipeline, first)
-        registry.promote(first, reason="test: rollback")
+        registry.rollback(first, "test", reason="the second version answers badly")
         wait_for_version(server, first)
         time.sleep(0.5)
     finally:
