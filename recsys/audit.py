@@ -208,3 +208,33 @@ def audit_training_set(expected_rows: int) -> Callable[[Path], Audit]:
         return Audit("training set", checks, details)
 
     return audit
+
+
+def audit_candidates(table: Any, version: str, dataset: Path, as_of: Any) -> Audit:
+    """A version's candidates before they go online: every row of this version, one row
+    per user, no item the user interacted with before ``as_of`` (serving excludes them)."""
+    import duckdb
+
+    from recsys.sql import parquet, timestamp
+
+    con = duckdb.connect()
+    con.register("candidates", table)
+    rows, users, other = con.execute(
+        f"SELECT count(*), count(DISTINCT user_id), "
+        f"count(*) FILTER (model_version IS DISTINCT FROM '{version}') FROM candidates"
+    ).fetchone() or (0, 0, 0)
+    (seen,) = con.execute(f"""
+        SELECT count(*) FROM (SELECT user_id, unnest(candidate_item_ids) AS item_id
+                              FROM candidates) c
+        SEMI JOIN (SELECT user_id, item_id FROM {parquet(dataset, 'interactions')}
+                   WHERE event_timestamp < {timestamp(as_of)}) e USING (user_id, item_id)
+    """).fetchone() or (0,)
+    checks = {
+        "candidates of this version": other == 0 and rows > 0,
+        "candidates one row per user": rows == users,
+        "candidates exclude seen items": seen == 0,
+    }
+    details = {"candidates of this version": {"rows": rows, "other_versions": other},
+               "candidates one row per user": {"rows": rows, "users": users},
+               "candidates exclude seen items": {"seen_items": seen}}  # fmt: skip
+    return Audit("candidates", checks, details)

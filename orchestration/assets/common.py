@@ -92,3 +92,16 @@ def builder_run(context: Any) -> str:
     so a re-execution of a failed run (Dagster's retry from failure) may finish the version
     its original built, and no other run can (recsys.registry)."""
     return str(context.run.root_run_id or context.run_id)
+
+
+def recall_metadata(metrics: dict[str, Any], k: int = 20) -> dict[str, float]:
+    """Test recall@k of every model and user group as numeric metadata
+    (``test_recall@20/<model>/<group>``): the UI plots each over materializations, so the
+    versions' quality reads as curves."""
+    out = {}
+    for model, groups in metrics.get("models", {}).items():
+        for group, values in groups.items():
+            value = values.get(f"recall@{k}") if isinstance(values, dict) else None
+            if isinstance(value, int | float):
+                out[f"test_recall@{k}/{model}/{group}"] = float(value)
+    return out

@@ -10,7 +10,7 @@ from dagster import (
     asset,
 )
 
-from orchestration.assets.common import builder_run
+from orchestration.assets.common import builder_run, recall_metadata
 from orchestration.resources import (
     FeastResource,
     LanceDBResource,
@@ -65,6 +65,8 @@ def promoted_model(
     import pyarrow.parquet as pq
 
     from recsys import candidates
+    from recsys.audit import AuditFailed, audit_candidates
+    from recsys.features import default_as_of
     from recsys.registry import EMBEDDED
     from recsys.retention import apply_retention
     from recsys.vectors import ItemIndex
@@ -80,9 +82,10 @@ def promoted_model(
     # Consistency before the switch: the version's vectors and candidates are complete.
     index = ItemIndex.open(lancedb.db_dir(), version, mode="matrix")
     table = pq.read_table(reg.path(version) / "candidates.parquet")
-    versions = set(table.column("model_version").to_pylist())
-    if versions != {version}:
-        raise RuntimeError(f"candidates of {version} name versions {versions}")
+    as_of = settings.as_of or default_as_of(settings.paths.dataset)
+    audit = audit_candidates(table, version, settings.paths.dataset, as_of)
+    if not audit.passed:  # nothing goes online, nothing is switched
+        raise AuditFailed(audit)
     candidates.write_table(table, settings.paths.candidates / "user_candidates.parquet")
     pushed = candidates.push_online(feast.store(), table)
     previous = reg.promote(version, run_id, reason="pipeline: quality gate passed")
@@ -100,6 +103,9 @@ def promoted_model(
             "test_recall@20": MetadataValue.json(
                 {m: r["all"]["recall@20"] for m, r in metrics.items()}
             ),
+            **recall_metadata(reg.metrics(version)),
+            **{k: v for name, d in audit.details.items() for k, v in d.items()
+               if k in ("seen_items", "users")},  # fmt: skip
             "versions_kept": MetadataValue.json(kept.kept),
             "versions_deleted": MetadataValue.json(kept.deleted),
             "orphan_tables_deleted": MetadataValue.json(kept.orphan_tables),

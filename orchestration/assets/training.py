@@ -20,6 +20,7 @@ from orchestration.assets.common import (
     blocking_specs,
     builder_run,
     png,
+    recall_metadata,
 )
 from orchestration.resources import (
     FeastResource,
@@ -150,7 +151,8 @@ def two_tower_model(
         context.log.info(f"data and config unchanged: reusing version {existing}")
         return MaterializeResult(
             metadata={"version": existing, "reused": True, "fingerprint": print_,
-                      "abandoned": MetadataValue.json(abandoned)},  # fmt: skip
+                      "abandoned": MetadataValue.json(abandoned),
+                      **recall_metadata(reg.metrics(existing))},  # fmt: skip
             check_results=[
                 AssetCheckResult(check_name=QUALITY_GATE, passed=ok, metadata={"verdict": why})
             ],  # fmt: skip
@@ -185,6 +187,7 @@ def two_tower_model(
             "recall_at_k": png((folder / "recall_at_k.png").read_bytes(), "recall@K"),
             "training_curve": png((folder / "training_curves.png").read_bytes(), "curves"),
             "seconds": round(time.perf_counter() - start, 1),
+            **recall_metadata(metrics),
         },
         check_results=[
             AssetCheckResult(check_name=QUALITY_GATE, passed=ok, metadata={"verdict": why})
