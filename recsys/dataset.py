@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recsys.audit import Audit, audit_dataset, publish_audited, read_audit
-from recsys.incoming import EVENT_KEY, accepted_records
+from recsys.incoming import accepted_records, event_key
 from recsys.io import atomic_write_json, read_json, staging_dir
 from recsys.settings import Paths, Settings
 
@@ -80,7 +80,7 @@ def append_accepted(settings: Settings) -> AppendResult:
         for name in TABLES:
             if name != "interactions":
                 shutil.copy(paths.dataset / f"{name}.parquet", merged / f"{name}.parquet")
-        key = ", ".join(EVENT_KEY)
+        key = ", ".join(event_key(paths))
         scans = " UNION ALL ".join(f"SELECT * FROM read_parquet({string(str(b))})" for b in batches)
         # Belt and braces: events the dataset already holds are never appended twice, even if
         # a batch was staged against an older dataset.

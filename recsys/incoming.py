@@ -7,7 +7,8 @@ idempotent, and nothing is ever lost or applied twice:
 * **A file is known by its content** (SHA-256), whatever its name. A file whose content was
   already taken (appended to the dataset, or accepted and waiting) is moved, untouched, to
   ``duplicates/<batch>/`` with a report naming the batch that took it first.
-* **An event is known by (user_id, item_id, event_timestamp).** Events of a new file that
+* **An event is known by (user_id, item_id, event_timestamp)**, or by its ``event_id`` when
+  the dataset has that optional column (then every batch must carry it). Events of a new file that
   the dataset (or a batch waiting to be appended) already holds are *dropped and counted*
   in the report, not appended twice; a batch made only of such events is filed under
   ``duplicates/``. Duplicates *within* one batch are an error of the batch (the check
@@ -44,6 +45,26 @@ from recsys.settings import Paths, Settings
 
 log = logging.getLogger(__name__)
 EVENT_KEY = ("user_id", "item_id", "event_timestamp")
+
+
+def with_event_ids(paths: Paths) -> bool:
+    """Whether the published dataset identifies its events by ``event_id``."""
+    from recsys.schema import has_event_id
+
+    return has_event_id(paths.dataset / "interactions.parquet")
+
+
+def event_key(paths: Paths) -> tuple[str, ...]:
+    """The columns that identify an event of this dataset."""
+    from recsys.schema import EVENT_ID
+
+    return (EVENT_ID,) if with_event_ids(paths) else EVENT_KEY
+
+
+def _schema(paths: Paths) -> Any:
+    from recsys.schema import INTERACTIONS, INTERACTIONS_WITH_ID
+
+    return INTERACTIONS_WITH_ID if with_event_ids(paths) else INTERACTIONS
 
 
 @dataclass(frozen=True)
@@ -170,8 +191,14 @@ def _validate(settings: Settings, files: list[Path]) -> tuple[pd.DataFrame, Any,
         except DatasetValidationError as exc:
             unreadable.append(str(exc))
             continue
-        frames.append(frame)
         casts += [{"file": path.name, **c} for c in frame.attrs.get("casts", [])]
+        if "event_id" in frame and pd.api.types.is_integer_dtype(frame["event_id"]):
+            # Integer ids are kept as text, as the dataset's are (recsys.schema).
+            casts.append({"file": path.name, "table": "interactions", "column": "event_id",
+                          "from_type": str(frame["event_id"].dtype), "to_type": "string",
+                          "rows": len(frame)})  # fmt: skip
+            frame["event_id"] = frame["event_id"].astype(str)
+        frames.append(frame)
     if unreadable:
         return pd.DataFrame(), _report_of(unreadable, 0), casts
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -181,6 +208,7 @@ def _validate(settings: Settings, files: list[Path]) -> tuple[pd.DataFrame, Any,
         known_users=_known(paths.dataset, "users", "user_id"),
         known_items=_known(paths.dataset, "items", "item_id"),
         max_user_share=None,  # a small batch may well come from one user
+        event_id=with_event_ids(paths),  # a batch has event ids exactly when the dataset has
     )
     return frame, report, casts
 
@@ -205,18 +233,18 @@ def _report_of(unreadable: list[str], rows: int) -> Any:
 
 def _new_events(paths: Paths, frame: pd.DataFrame) -> pd.DataFrame:
     """The batch's events the dataset and the waiting accepted batches do not hold yet."""
-    from recsys.schema import INTERACTIONS
     from recsys.sql import connect, parquet, string
 
-    table = _canonical(frame, INTERACTIONS)
+    table = _canonical(frame, _schema(paths))
+    key = event_key(paths)
     con = connect()
     con.register("batch", table)
-    sources = [f"SELECT {', '.join(EVENT_KEY)} FROM {parquet(paths.dataset, 'interactions')}"]
+    sources = [f"SELECT {', '.join(key)} FROM {parquet(paths.dataset, 'interactions')}"]
     sources += [
-        f"SELECT {', '.join(EVENT_KEY)} FROM read_parquet({string(str(p))})"
+        f"SELECT {', '.join(key)} FROM read_parquet({string(str(p))})"
         for p in _accepted_parquets(paths)
     ]
-    keys = " AND ".join(f"b.{c} = k.{c}" for c in EVENT_KEY)
+    keys = " AND ".join(f"b.{c} = k.{c}" for c in key)
     new = con.execute(
         f"SELECT b.* FROM batch b WHERE NOT EXISTS "
         f"(SELECT 1 FROM ({' UNION ALL '.join(sources)}) k WHERE {keys})"
@@ -247,11 +275,9 @@ def _write_accepted(
     """The normalised new events, then the record (the commit point)."""
     import pyarrow.parquet as pq
 
-    from recsys.schema import INTERACTIONS
-
     accepted = paths.incoming / "accepted" / f"{batch_id}.parquet"
     buffer = io.BytesIO()
-    pq.write_table(_canonical(new, INTERACTIONS), buffer, compression="zstd")
+    pq.write_table(_canonical(new, _schema(paths)), buffer, compression="zstd")
     atomic_write_bytes(accepted, buffer.getvalue())
     record = {"batch": batch_id, "files": [{"name": p.name, "sha256": hashes[p]} for p in files],
               "accepted_at": datetime.now(UTC).isoformat(), **extra}  # fmt: skip

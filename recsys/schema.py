@@ -55,6 +55,16 @@ INTERACTIONS = pa.schema(
     ]
 )
 TABLES: dict[str, pa.Schema] = {"users": USERS, "items": ITEMS, "interactions": INTERACTIONS}
+# An optional interactions column: the sender's own id of each event. A dataset that has it
+# identifies events by it (re-sent events are recognised by id); one without it identifies
+# them by (user_id, item_id, event_timestamp).
+EVENT_ID = "event_id"
+INTERACTIONS_WITH_ID = INTERACTIONS.append(pa.field(EVENT_ID, pa.string()))
+
+
+def has_event_id(path: Path) -> bool:
+    """Whether an interactions parquet file carries the optional ``event_id`` column."""
+    return EVENT_ID in pq.read_schema(path).names
 # Columns that may never be null; every other column is optional information.
 REQUIRED = {
     "users": ("user_id",),
@@ -253,6 +263,14 @@ class _Validator:
             )
         if name == "interactions":
             self.fail_if(name, "rating", "has non-finite values", "isnan(rating) OR isinf(rating)")
+        if name == "interactions" and EVENT_ID in actual.names:
+            self.fail_if(name, EVENT_ID, "has null values; it identifies the event",
+                         f"{EVENT_ID} IS NULL")  # fmt: skip
+            self.fail_if(
+                name, EVENT_ID, "has duplicate values; it must identify each event once",
+                f"{EVENT_ID} IN (SELECT {EVENT_ID} FROM {_scan(path)} GROUP BY {EVENT_ID} "
+                f"HAVING count(*) > 1)",
+            )  # fmt: skip
         return casts
 
     def check_references(self) -> None:
@@ -287,6 +305,8 @@ def normalize_dataset(src: Path, dest: Path) -> DatasetSummary:
     con = connect()
     for name, schema in TABLES.items():
         columns = _select(schema, schema.names)
+        if name == "interactions" and has_event_id(src / "interactions.parquet"):
+            columns += f", CAST({EVENT_ID} AS VARCHAR) AS {EVENT_ID}"
         # Interactions sorted by time: the feature SQL and Feast's time filters read less.
         order = " ORDER BY event_timestamp, user_id, item_id" if name == "interactions" else ""
         out = string(str(dest / f"{name}.parquet"))

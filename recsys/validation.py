@@ -27,7 +27,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,8 +37,10 @@ import pandas as pd
 import pyarrow as pa
 
 from recsys.schema import (
+    EVENT_ID,
     EXAMPLES,
     INTERACTIONS,
+    INTERACTIONS_WITH_ID,
     PRIMARY_KEYS,
     TABLES,
     DatasetValidationError,
@@ -520,6 +522,7 @@ def validate_interactions(
     known_items: np.ndarray | None = None,
     rating_range: tuple[float, float] = (1.0, 5.0),
     max_user_share: float | None = 0.5,
+    event_id: bool | None = None,
 ) -> ValidationReport:
     """Check an interactions table or batch; every check's outcome is in the report.
 
@@ -531,12 +534,20 @@ def validate_interactions(
     ``max_user_share`` (None turns it off; a small batch from one user legitimately fails it).
     """
     low, high = rating_range
-    checks = [_not_empty("interactions"), *_schema_checks("interactions", INTERACTIONS)]
+    # With the optional event_id column (required when ``event_id`` is True, refused when
+    # False, as the frame has it when None) events are identified by it.
+    with_id = EVENT_ID in frame.columns if event_id is None else event_id
+    schema = INTERACTIONS_WITH_ID if with_id else INTERACTIONS
+    key = (EVENT_ID,) if with_id else ("user_id", "item_id", "event_timestamp")
+    checks = [_not_empty("interactions"), *_schema_checks("interactions", schema)]
     checks += [_not_null("interactions", c) for c in ("user_id", "item_id", "event_timestamp")]
+    if with_id:
+        checks.append(_not_null("interactions", EVENT_ID))
     checks += [
-        _compound_unique(
-            "interactions events unique", "interactions", ("user_id", "item_id", "event_timestamp")
-        ),
+        # One event per key: by its id (one column), else by (user, item, time).
+        replace(_unique("interactions", EVENT_ID), name="interactions events unique")
+        if with_id
+        else _compound_unique("interactions events unique", "interactions", key),
         _between("interactions", "rating", low, high),
     ]
     if as_of is not None:
@@ -570,7 +581,7 @@ def validate_interactions(
     )
     if max_user_share is not None:
         checks.append(_top_user_share(max_user_share))
-    return _run("interactions", frame, checks, INTERACTIONS)
+    return _run("interactions", frame, checks, schema)
 
 
 def _entity_checks(table: str, column: str, low: int, high: int) -> list[_Check]:

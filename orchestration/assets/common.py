@@ -20,6 +20,8 @@ BATCH_CHECKS = (
     "interactions events unique", "interactions.rating in range",
     "interactions.event_timestamp not after as_of", "interactions.user_id known",
     "interactions.item_id known", "interactions.rating mean in range",
+    # Only for a dataset whose events carry their own ids (recsys.schema.EVENT_ID).
+    "interactions.event_id type", "interactions.event_id not null",
 )  # fmt: skip
 DATASET_TABLES = ("interactions", "users", "items")
 QUALITY_GATE = "quality_gate"
