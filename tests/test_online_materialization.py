@@ -5,7 +5,9 @@ crash between the online write and the snapshot makes the next run write again."
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +40,14 @@ def _write(folder: Path, events: list[dict]) -> None:
 def _build(settings) -> None:
     ingest(settings)
     paths = settings.paths
-    build_features(paths.dataset, paths.features, paths.data_dir, recent_items=3)
+    # Each build stamps its rows with its own created time (whole seconds online): two
+    # builds within one second would be indistinguishable to the created-time assertions.
+    built_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=next(_BUILDS))
+    build_features(paths.dataset, paths.features, paths.data_dir, recent_items=3,
+                   built_at=built_at)  # fmt: skip
+
+
+_BUILDS = itertools.count()
 
 
 @pytest.fixture
