@@ -295,6 +295,8 @@ def test_health_readiness_docs_and_metrics(server: Server, pipeline: Pipeline) -
     assert server.get("/docs")[0] == 200
     paths = server.get("/openapi.json")[1]["paths"]
     assert {"/recommendations/{user_id}", "/recommendations", "/candidates/{user_id}"} <= set(paths)
+    # One request of each status the assertions below look for (not left to other tests).
+    assert server.get(f"/recommendations/{pipeline.interactions().user_id.iloc[0]}")[0] == 200
     server.get(f"/recommendations/{UNKNOWN}")
     server.get("/no/such/path/123")
     status, text = server.get("/metrics")
