@@ -8,9 +8,9 @@ server with ``--url``), then sends ``--requests`` requests built from a seeded g
 random paths (known endpoints, near misses, traversal, unicode, 4 KB paths), methods (the
 usual ones and made-up tokens), user ids (known, unknown, 0, negative, int64 bounds, past
 int64, non-numeric, unicode, empty), ``k`` (in and out of range, floats, words, repeated),
-and bodies (valid, invalid JSON, truncated, wrong types, nulls, NaN/Infinity, 1e400, huge
-ints, huge and deeply nested lists, random bytes, wrong content types, bodies over the size
-limit). Prints the status-code histogram and every 5xx or connection failure; exits 1 if
+and bodies (valid, with rated and timed interactions or not, invalid JSON, truncated, wrong
+types, bad timestamps, nulls, NaN/Infinity, 1e400, huge ints, huge and deeply nested lists,
+random bytes, wrong content types, bodies over the size limit). Prints the status-code histogram and every 5xx or connection failure; exits 1 if
 there was any. Traffic goes only to the loopback server it targets, bounded in count.
 """
 
@@ -71,8 +71,27 @@ def _json_value(rng: random.Random, depth: int = 0) -> Any:
         return rng.choice([[], [1, 2, 3], list(range(rng.randrange(2000))), ["1"], [None]])
     if kind < 8:
         return [_json_value(rng, depth + 1) for _ in range(rng.randrange(4))]
-    keys = ["age", "gender", "occupation", "zip_code", "recent_item_ids", "k", "user_id", ""]
+    keys = ["age", "gender", "occupation", "zip_code", "recent", "k", "user_id", "",
+            "item_id", "rating", "timestamp", "recent_item_ids"]  # fmt: skip
     return {rng.choice(keys): _json_value(rng, depth + 1) for _ in range(rng.randrange(5))}
+
+
+def _timestamp(rng: random.Random) -> Any:
+    if rng.random() < 0.8:
+        offset = rng.choice(["Z", "+00:00", "-07:00", "+05:30", "z"])
+        return f"20{rng.randrange(10, 30)}-0{rng.randrange(1, 10)}-1{rng.randrange(10)}T12:00:00{offset}"
+    return rng.choice([None, "2024-05-01T12:00:00", "2024-05-01", "2023-02-29T00:00:00Z",
+                       "0000-01-01T00:00:00Z", "2024-05-01T12:00:00+24:00", 1714560000, ""])  # fmt: skip
+
+
+def _interaction(rng: random.Random, items: list[int]) -> dict[str, Any]:
+    """One ``recent`` entry: an item, optionally a rating (sometimes out of range) and time."""
+    entry: dict[str, Any] = {"item_id": rng.choice(items) if items else rng.randrange(100)}
+    if rng.random() < 0.5:
+        entry["rating"] = rng.choice([1, 2.5, 4.0, 5, None, 0, 5.5])
+    if rng.random() < 0.5:
+        entry["timestamp"] = _timestamp(rng)
+    return entry
 
 
 def _body(rng: random.Random, items: list[int]) -> tuple[bytes, dict[str, str]]:
@@ -84,7 +103,7 @@ def _body(rng: random.Random, items: list[int]) -> tuple[bytes, dict[str, str]]:
             "gender": rng.choice(["F", "M", "X"]),
             "occupation": rng.choice(["engineer", "student", "other", ""]),
             "zip_code": str(rng.randrange(100000)),
-            "recent_item_ids": rng.sample(items, min(len(items), rng.randrange(30))),
+            "recent": [_interaction(rng, items) for _ in range(rng.randrange(30))],
             "k": rng.randrange(1, 101),
         }
         for key in rng.sample(list(body), rng.randrange(len(body) + 1)):
@@ -93,7 +112,7 @@ def _body(rng: random.Random, items: list[int]) -> tuple[bytes, dict[str, str]]:
     if choice < 6:  # random structure and types (NaN, Infinity and 1e400-sized ints too)
         return json.dumps(_json_value(rng)).encode(), json_type
     if choice == 6:  # broken JSON
-        text = json.dumps({"age": 30, "recent_item_ids": [1, 2, 3]})
+        text = json.dumps({"age": 30, "recent": [{"item_id": 1, "rating": 4.0}, {"item_id": 2}]})
         return text[: rng.randrange(len(text))].encode() + rng.choice([b"", b"}", b"\xff", b","]), (
             json_type
         )
@@ -101,13 +120,14 @@ def _body(rng: random.Random, items: list[int]) -> tuple[bytes, dict[str, str]]:
         return bytes(rng.randrange(256) for _ in range(rng.randrange(200))), json_type
     if choice == 8:  # deep nesting
         depth = rng.choice([100, 1000, 20000])
-        return (b'{"recent_item_ids": ' + b"[" * depth + b"]" * depth + b"}"), json_type
-    if choice == 9:  # over the size limit, or just under it
-        size = rng.choice([60_000, 70_000, 300_000])
+        return (b'{"recent": ' + b"[" * depth + b"]" * depth + b"}"), json_type
+    if choice == 9:  # over the size limit (256 KiB by default), or just under it
+        size = rng.choice([250_000, 270_000, 1_000_000])
         return b'{"zip_code": "' + b"9" * size + b'"}', json_type
     if choice == 10:  # literals Python's json accepts and JSON does not
         return rng.choice([b'{"age": NaN}', b'{"k": Infinity}', b'{"age": 1e400}',
-                           b'{"recent_item_ids": [-Infinity]}', b'{"k": 1' + b"0" * 5000 + b"}"]), (
+                           b'{"recent": [{"item_id": -Infinity}]}', b'{"k": 1' + b"0" * 5000 + b"}",
+                           b'{"recent": [{"item_id": 1, "rating": NaN}]}']), (
             json_type
         )  # fmt: skip
     kinds = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", ""]

@@ -24,9 +24,11 @@ to one thread. Scale out with processes (one uvicorn worker each).
 A plainly valid ``GET /recommendations/{user_id}`` is answered by ``KnownUserFastPath``
 (the same answer without FastAPI's per-request machinery); everything else by the routes.
 
-Client errors are 4xx, never 5xx: invalid ids, ``k`` or bodies are 422 (FastAPI
-validation), unknown users 404, bodies over ``max_body_bytes`` 413. 503 means the server
-has no model version or Feast store to answer with.
+Request and response bodies are in ``serving.schemas``, error answers in ``serving.errors``.
+Client errors are 4xx, never 5xx, and each is in the OpenAPI document: invalid ids, ``k``
+or bodies, and bodies that are not JSON, are 422 (one error shape), unknown users 404,
+bodies over ``max_body_bytes`` 413. 503 means the server has no model version or Feast
+store to answer with. ``tests/serving/test_schemathesis.py`` holds the server to it.
 """
 
 from __future__ import annotations
@@ -35,19 +37,29 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import pydantic_core
-from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, HTTPException, Path, Query
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.middleware import Middleware
 
+from serving.errors import BodyLimitMiddleware, install_error_handlers
 from serving.features import FEATURE_COLUMNS
-from serving.loaded import MAX_K, MAX_RECENT_ITEMS, Loaded
+from serving.loaded import MAX_K, Loaded
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.schemas import (
+    DEFAULT_K,
+    INT64_MAX,
+    INT64_MIN,
+    Candidates,
+    ColdStartRequest,
+    Problem,
+    Readiness,
+    Recommendations,
+    exact_request_schemas,
+)
 from serving.settings import ServingSettings
 from serving.state import ServingState
 from serving.threads import limit_threads
@@ -57,141 +69,12 @@ log = logging.getLogger(__name__)
 USER_SERVICE = "user_tower_serving_v1"
 KNOWN_USER_ROUTE = "/recommendations/{user_id}"
 CANDIDATES_SERVICE = "user_candidates_v1"
-DEFAULT_K = 20
 # Candidates recomputed for a row of another version: as many as the pipeline stores.
 CANDIDATES_K = 100
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 UserId = Annotated[
     int, Path(ge=INT64_MIN, le=INT64_MAX, description="The user's id (int64).", examples=[1])
 ]
-ItemId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-# The ratings the interactions validation accepts (recsys.validation: 1 to 5); strict
-# floats take integers too (4 is a rating, "4" is not).
-Rating = Annotated[float, Field(ge=1.0, le=5.0, allow_inf_nan=False)]
-
-
-# --- request and response bodies -----------------------------------------------------------
-class ColdStartRequest(BaseModel):
-    """A user the feature store does not know: the profile, and what they interacted with
-    so far (newest first). Types are strict: ``"30"`` is not an age."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "age": 31,
-                    "gender": "F",
-                    "occupation": "engineer",
-                    "zip_code": "94110",
-                    "recent_item_ids": [50, 181, 258],
-                    "recent_ratings": [5.0, 4.0, None],
-                    "k": 10,
-                }
-            ]
-        },
-    )
-
-    age: int | None = Field(None, ge=0, le=150)
-    gender: str | None = Field(None, max_length=64)
-    occupation: str | None = Field(None, max_length=128)
-    zip_code: str | None = Field(None, max_length=32)
-    recent_item_ids: list[ItemId] | None = Field(
-        None,
-        max_length=MAX_RECENT_ITEMS,
-        description="Items the user interacted with, newest first; never recommended back.",
-    )
-    recent_ratings: list[Rating | None] | None = Field(
-        None,
-        max_length=MAX_RECENT_ITEMS,
-        description="The user's rating of each of recent_item_ids (same length, null for an "
-        "unrated item); their mean is the user's mean rating feature.",
-    )
-    k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
-
-    @model_validator(mode="after")
-    def _one_rating_per_item(self) -> ColdStartRequest:
-        if self.recent_ratings is not None and len(self.recent_ratings) != len(
-            self.recent_item_ids or []
-        ):
-            raise ValueError(
-                f"recent_ratings has {len(self.recent_ratings)} entries for "
-                f"{len(self.recent_item_ids or [])} recent_item_ids: give one per item"
-            )
-        return self
-
-
-class Item(BaseModel):
-    item_id: int
-    score: float = Field(description="The model's score: dot product of the user and item "
-                         "vectors (higher is better), comparable within one version.")  # fmt: skip
-    title: str | None = None
-    genres: list[str] | None = None
-    release_year: int | None = None
-
-
-class Recommendations(BaseModel):
-    user_id: int | None = Field(description="None for a cold-start request.")
-    model_version: str
-    k: int
-    excluded: int = Field(description="Already-seen items removed from the results.")
-    items: list[Item]
-
-
-class Candidates(BaseModel):
-    user_id: int
-    model_version: str = Field(description="The version these items are scored by.")
-    stored_version: str = Field(description="The version of the row in the online store.")
-    source: Literal["online_store", "recomputed"]
-    items: list[Item]
-
-
-class Problem(BaseModel):
-    detail: str
-
-
-class BodyLimitMiddleware:
-    """413 for request bodies over ``limit`` bytes, before they are buffered: at once by
-    Content-Length, else counted as the chunks arrive (chunked uploads). On overflow the 413
-    is sent, the app is told the client left, and whatever it answers after is dropped."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    def _too_large(self) -> JSONResponse:
-        return JSONResponse({"detail": f"request body over {self.limit} bytes"}, status_code=413)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._too_large()(scope, receive, send)
-                return
-        received = 0
-        rejected = False
-
-        async def counted() -> dict[str, Any]:
-            nonlocal received, rejected
-            if rejected:
-                return {"type": "http.disconnect"}
-            message: dict[str, Any] = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                rejected = True
-                await self._too_large()(scope, receive, send)
-                return {"type": "http.disconnect"}
-            return message
-
-        async def unless_rejected(message: dict[str, Any]) -> None:
-            if not rejected:
-                await send(message)
-
-        await self.app(scope, counted, unless_rejected)
 
 
 class KnownUserFastPath:
@@ -266,11 +149,6 @@ class KnownUserFastPath:
         await send({"type": "http.response.body", "body": body})
 
 
-def _plain(value: Any) -> int | str | bool:
-    """A JSON-safe copy of a validation error's constraint value."""
-    return value if isinstance(value, int | str | bool) else str(value)
-
-
 # --- the app -------------------------------------------------------------------------------
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
     """The API over ``settings.data_dir``; the model version is loaded in the lifespan
@@ -297,32 +175,22 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         version="1",
         summary="Two-tower recommendations from the current model version.",
         lifespan=lifespan,
+        # Any request: the body limit is checked before routing.
+        responses={413: {"model": Problem, "description": "Request body over the size limit"}},
     )
     app.state.serving = state
+    generated_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # generated once, then served as cached
+            app.openapi_schema = exact_request_schemas(generated_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's default echoes each invalid input back: a 20,000-item list would come
-        # back whole, and a NaN or 1e400 in the body (Python's json accepts both) made the
-        # error response itself unserialisable, a 500. Type, location, message and the
-        # constraint (as plain values) say enough.
-        errors = [
-            {
-                "type": str(e.get("type")),
-                "loc": [p if isinstance(p, int | str) else str(p) for p in e.get("loc", ())],
-                "msg": str(e.get("msg")),
-                **({"ctx": {k: _plain(v) for k, v in e["ctx"].items()}} if e.get("ctx") else {}),
-            }
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": errors}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+    install_error_handlers(app)
 
     def served() -> Loaded:
         loaded = state.loaded  # read once: the whole request uses this version
@@ -398,16 +266,15 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         """Top-k items for a user the store does not know (cold start), from request-time
         profile features and optional recent items; the recent items are not recommended."""
         loaded = served()
-        recent = body.recent_item_ids or []
+        recent = body.interactions()
         row = loaded.cold_row(
             age=body.age,
             gender=body.gender,
             occupation=body.occupation,
             zip_code=body.zip_code,
-            recent_item_ids=recent,
-            recent_ratings=body.recent_ratings,
+            recent=recent,
         )
-        exclude = np.unique(np.asarray(recent, dtype=np.int64))
+        exclude = np.unique(np.fromiter((i.item_id for i in recent), np.int64, len(recent)))
         items = loaded.recommend(None, row, body.k, exclude)
         return {
             "user_id": None,
@@ -456,7 +323,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     @app.get(
         "/readyz",
         tags=["operations"],
-        responses={503: {"description": "Not ready (the body says why)"}},
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready (the body says why)"}},
     )
     async def readyz() -> JSONResponse:
         """200 when a consistent model version (checkpoint, item table, current.json) is
@@ -464,7 +332,14 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         ready, body = state.readiness()
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    text = {"text/plain": {"schema": {"type": "string"}}}
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": text, "description": "Prometheus text format 0.0.4"}},
+    )
     async def prometheus() -> Response:
         """Prometheus text format: requests by endpoint and status, latency histogram,
         the served model version."""

@@ -4,7 +4,8 @@ Python for a user the store does not know (cold start).
 The user tower was trained on the columns of the Feast service ``user_tower_serving_v1``
 (views ``user_profile`` and ``user_activity``, computed in DuckDB by ``recsys.features``).
 A cold-start request carries the raw profile (age, gender, occupation, zip code) and,
-optionally, the items the user has interacted with so far; :func:`cold_start_row` computes
+optionally, the user's interactions so far (:class:`Interaction`: an item, optionally its
+rating and time); :func:`cold_start_row` computes
 the same columns from them with the same rules as the SQL, so the model sees a new user
 exactly as it would see a stored one with that profile and history:
 
@@ -16,10 +17,11 @@ exactly as it would see a stored one with that profile and history:
 * ``user_genre_affinity``: per genre of the vocabulary, the share of those interactions
   whose item has that genre (an unknown item counts in the denominator and in no genre: the
   SQL's ``LEFT JOIN`` of the items table), as float32;
-* ``user_mean_rating``: the mean of the ratings given with the items (``recent_ratings``,
-  one per item, null for an unrated one); missing when none is given (as the SQL's mean
-  over events without ratings);
-* ``recent_item_ids``: the first ``recent_items`` ids, newest first as given;
+* ``user_mean_rating``: the mean of the ratings given with the interactions (those without
+  a rating left out); missing when none has one (as the SQL's mean over events without
+  ratings);
+* ``recent_item_ids``: the first ``recent_items`` ids, newest first (:func:`newest_first`:
+  the interactions with a time, newest first, then those without one, as given);
 * no interactions at all: every activity column is missing (the SQL has no activity row
   for such a user, and Feast returns nulls).
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,27 +110,42 @@ class ItemGenres:
         return self.flags[known].sum(axis=0, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class Interaction:
+    """One interaction of a cold-start user: the item, and optionally its rating and time
+    (timezone-aware, so that times with different offsets compare)."""
+
+    item_id: int
+    rating: float | None = None
+    timestamp: datetime | None = None
+
+
+def newest_first(interactions: Sequence[Interaction]) -> list[Interaction]:
+    """The interactions newest first: those with a time sorted by it, newest first (equal
+    times keep the order given), then those without a time, in the order given (a client
+    that sends no times sends its list newest first, as the API asks)."""
+    timed = [(i.timestamp, i) for i in interactions if i.timestamp is not None]
+    # sort is stable with reverse=True too: equal times keep their given order.
+    timed.sort(key=lambda pair: pair[0], reverse=True)
+    return [i for _, i in timed] + [i for i in interactions if i.timestamp is None]
+
+
 def cold_start_row(
     *,
     age: int | None,
     gender: str | None,
     occupation: str | None,
     zip_code: str | None,
-    recent_item_ids: Sequence[int],
+    recent: Sequence[Interaction],
     item_genres: ItemGenres,
     recent_items: int,
-    recent_ratings: Sequence[float | None] | None = None,
 ) -> dict[str, Any]:
-    """The feature columns of a user with this profile and these interactions (newest
-    first, ``recent_ratings`` aligned with them), as Feast would return them; ``user_id``
-    is left out (the user has none)."""
-    ids = np.asarray(list(recent_item_ids), dtype=np.int64)
-    if recent_ratings is not None and len(recent_ratings) != ids.size:
-        raise ValueError(
-            f"{len(recent_ratings)} ratings for {ids.size} items: give one per item (null "
-            "for an unrated one)"
-        )
-    rated = [float(r) for r in recent_ratings or () if r is not None]
+    """The feature columns of a user with this profile and these interactions (ordered by
+    :func:`newest_first`), as Feast would return them; ``user_id`` is left out (the user
+    has none)."""
+    ordered = newest_first(recent)
+    ids = np.fromiter((i.item_id for i in ordered), dtype=np.int64, count=len(ordered))
+    rated = [float(i.rating) for i in ordered if i.rating is not None]
     row: dict[str, Any] = {
         "age_bucket": age_bucket(age),
         "gender": gender,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +34,7 @@ from recsys.registry import ModelRegistry
 from recsys.settings import Paths
 from recsys.vectors import HNSW_EF_SEARCH, ItemIndex, SearchMode
 from serving.encoding import RowEncoder
-from serving.features import ItemGenres, cold_start_row
+from serving.features import Interaction, ItemGenres, cold_start_row
 from serving.tower import TowerFn, TowerKind, load_user_tower
 from towers.data import FeatureEncoder
 from towers.model import TwoTower
@@ -41,7 +42,7 @@ from towers.train import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-# Largest k a request may ask for, and longest history a cold-start request may send.
+# Largest k a request may ask for, and most interactions a cold-start request may send.
 MAX_K = 100
 MAX_RECENT_ITEMS = 1000
 # Attribute columns of the item table that responses carry (when the table has them).
@@ -173,8 +174,7 @@ class Loaded:
         gender: str | None,
         occupation: str | None,
         zip_code: str | None,
-        recent_item_ids: list[int],
-        recent_ratings: list[float | None] | None = None,
+        recent: Sequence[Interaction] = (),
     ) -> dict[str, Any]:
         """The feature row of a user the store does not know (``serving.features``)."""
         return cold_start_row(
@@ -182,8 +182,7 @@ class Loaded:
             gender=gender,
             occupation=occupation,
             zip_code=zip_code,
-            recent_item_ids=recent_item_ids,
-            recent_ratings=recent_ratings,
+            recent=recent,
             item_genres=self.item_genres,
             recent_items=self.recent_items,
         )
@@ -273,7 +272,7 @@ def load_version(
     # initialisation); paid here, before the swap, not by the first request.
     warm = loaded.cold_row(
         age=30, gender=None, occupation=None, zip_code=None,
-        recent_item_ids=index.item_ids[:3].tolist(),
+        recent=[Interaction(item) for item in index.item_ids[:3].tolist()],
     )  # fmt: skip
     loaded.recommend(None, warm, 10, np.empty(0, dtype=np.int64))
     seconds = time.perf_counter() - started

@@ -51,8 +51,11 @@ class ServingSettings(BaseSettings):
     # values, a quarter of the time: serving.online), "feast" through FeatureStore's API.
     # "sqlite" falls back to "feast" when the online store is another kind.
     online_reader: Literal["sqlite", "feast"] = "sqlite"
-    # Request bodies above this size get 413 before they are read into memory.
-    max_body_bytes: int = Field(65_536, ge=1024)
+    # Request bodies above this size get 413 before they are read into memory. The largest
+    # valid cold-start body (1,000 interactions with int64 ids, ratings and timestamps, every
+    # string at its maximum length as \u escapes) is 115 KB as json.dumps writes it, 143 KB
+    # indented: the limit leaves room for both, so that a valid body is never a 413.
+    max_body_bytes: int = Field(262_144, ge=1024)
     # Compute threads of torch and of numpy's BLAS: one, because a request is one small
     # forward pass and one matrix-vector product, and a second thread only adds
     # synchronisation to them (serving.threads has the measurement; scale with processes).

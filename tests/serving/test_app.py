@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,10 @@ def test_invalid_path_or_query_is_422(server: Server, path: str) -> None:
     assert "detail" in body and "input" not in body["detail"][0]  # inputs are not echoed
 
 
+def recent(*ids: int, **fields: Any) -> list[dict[str, Any]]:
+    return [{"item_id": i, **fields} for i in ids]
+
+
 @pytest.mark.parametrize(
     ("body", "headers"),
     [
@@ -128,16 +133,26 @@ def test_invalid_path_or_query_is_422(server: Server, path: str) -> None:
         ({"age": True}, None),
         ({"gender": 1}, None),
         ({"zip_code": ["1"]}, None),
-        ({"recent_item_ids": "1,2"}, None),
-        ({"recent_item_ids": [1, "2"]}, None),
-        ({"recent_item_ids": [1, None]}, None),
-        ({"recent_item_ids": [2**63]}, None),
-        ({"recent_item_ids": list(range(1001))}, None),
-        ({"recent_item_ids": [1, 2], "recent_ratings": [4.0]}, None),  # one per item
-        ({"recent_ratings": [4.0]}, None),
-        ({"recent_item_ids": [1], "recent_ratings": ["4"]}, None),
-        ({"recent_item_ids": [1], "recent_ratings": [5.5]}, None),
-        ({"recent_item_ids": [1], "recent_ratings": [0]}, None),
+        ({"recent": "1,2"}, None),
+        ({"recent": [1, 2]}, None),  # objects, not bare ids
+        ({"recent": [{"item_id": 1}, None]}, None),
+        ({"recent": [{"item_id": "2"}]}, None),
+        ({"recent": [{"item_id": 1.5}]}, None),
+        ({"recent": [{"item_id": 2**63}]}, None),
+        ({"recent": [{"rating": 4.0}]}, None),  # item_id is required
+        ({"recent": [{"item_id": 1, "seen": True}]}, None),
+        ({"recent": recent(*range(1001))}, None),
+        ({"recent": recent(1, rating="4")}, None),
+        ({"recent": recent(1, rating=5.5)}, None),
+        ({"recent": recent(1, rating=0)}, None),
+        ({"recent": recent(1, timestamp=1714560000)}, None),  # not a string
+        ({"recent": recent(1, timestamp="2024-05-01T12:00:00")}, None),  # no offset
+        ({"recent": recent(1, timestamp="2024-05-01")}, None),
+        ({"recent": recent(1, timestamp="2023-02-29T12:00:00Z")}, None),
+        ({"recent": recent(1, timestamp="2024-05-01T12:00:00+24:00")}, None),
+        ({"recent": recent(1, timestamp="2024-05-01T12:00:00Z\n")}, None),
+        ({"recent": recent(1, timestamp="٢٠٢٤-05-01T12:00:00Z")}, None),  # ASCII digits only
+        ({"recent_item_ids": [1, 2]}, None),  # the previous body's field
         ({"k": 0}, None),
         ({"k": 101}, None),
         ({"k": "5"}, None),
@@ -149,13 +164,41 @@ def test_malformed_body_is_422(server: Server, body: object, headers: dict | Non
     assert status == 422, answer
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"age": 30',
+        b"\xff\xfe{",
+        b'{"gender": "\xe9"}',
+        b'{"recent": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+    ],
+    ids=["syntax", "not utf-8", "latin-1 string", "nested too deep"],
+)
+def test_malformed_json_is_one_documented_422(server: Server, raw: bytes) -> None:
+    """JSON that does not parse, whatever the reason, is the same 422 (not FastAPI's bare
+    400 for bytes that are not UTF-8 or nesting deeper than the parser goes)."""
+    status, answer = server.post("/recommendations", raw, {"content-type": "application/json"})
+    assert status == 422, answer
+    assert [e["type"] for e in answer["detail"]] == ["json_invalid"]
+
+
+def test_json_integers_may_have_a_zero_fraction(server: Server, pipeline: Pipeline) -> None:
+    """JSON Schema's integer is a number without a fractional part: 10.0 is one."""
+    item = int(pipeline.items().item_id.iloc[0])
+    whole = server.post("/recommendations", {"age": 30, "k": 10, "recent": recent(item)})
+    zero_fraction = {"age": 30.0, "k": 10.0, "recent": recent(float(item))}
+    assert server.post("/recommendations", zero_fraction) == whole
+    assert whole[0] == 200
+
+
 def test_oversized_body_is_413(server: Server) -> None:
-    status, _ = server.post("/recommendations", "x" * 70_000, {"content-type": "application/json"})
+    big = 300_000  # over the default max_body_bytes (256 KiB)
+    status, _ = server.post("/recommendations", "x" * big, {"content-type": "application/json"})
     assert status == 413
     # Without a Content-Length (chunked upload): counted as it arrives.
     conn = http.client.HTTPConnection(*server.base, timeout=30)
     try:
-        chunks = iter([b'{"zip_code": "' + b"9" * 40_000, b"9" * 40_000 + b'"}'])
+        chunks = iter([b'{"zip_code": "' + b"9" * (big // 2), b"9" * (big // 2) + b'"}'])
         conn.request("POST", "/recommendations", body=chunks, encode_chunked=True,
                      headers={"content-type": "application/json"})  # fmt: skip
         assert conn.getresponse().status == 413
@@ -164,29 +207,70 @@ def test_oversized_body_is_413(server: Server) -> None:
     assert server.post("/recommendations", {"age": 30})[0] == 200  # the server is fine
 
 
+def test_the_largest_valid_body_is_accepted(server: Server) -> None:
+    """Every field at its longest (1,000 interactions with int64 ids, ratings and times,
+    strings as \\u escapes), indented: under the body limit, so answered, not a 413."""
+    interaction = {"item_id": -(2**63), "rating": 1.0000000000000002,
+                   "timestamp": "2024-05-01T12:30:00.123456+05:30"}  # fmt: skip
+    body = {"age": 150, "gender": "\x00" * 64, "occupation": "\x00" * 128,
+            "zip_code": "\x00" * 32, "recent": [interaction] * 1000, "k": 100}  # fmt: skip
+    text = json.dumps(body, indent=2)
+    assert len(text) > 140_000
+    status, answer = server.post("/recommendations", text, {"content-type": "application/json"})
+    assert status == 200, answer
+    assert answer["excluded"] == 1 and len(answer["items"]) == 100
+
+
 def test_cold_start_user_is_deterministic_and_excludes_the_given_items(
     server: Server, pipeline: Pipeline
 ) -> None:
-    recent = pipeline.items().item_id.head(5).tolist()
+    items = pipeline.items().item_id.head(5).tolist()
     body = {"age": 31, "gender": "F", "occupation": "engineer", "zip_code": "94110",
-            "recent_item_ids": recent, "k": 15}  # fmt: skip
+            "recent": recent(*items), "k": 15}  # fmt: skip
     status, first = server.post("/recommendations", body)
     assert status == 200, first
     assert first["user_id"] is None and first["model_version"] == pipeline.version
     ids = [i["item_id"] for i in first["items"]]
-    assert len(ids) == 15 == len(set(ids)) and not set(ids) & set(recent)
+    assert len(ids) == 15 == len(set(ids)) and not set(ids) & set(items)
     assert first["excluded"] == 5
     assert server.post("/recommendations", body)[1] == first  # same request, same answer
     # Only what the body says: no profile at all is a valid (if vague) request...
     status, empty = server.post("/recommendations", {})
     assert status == 200 and len(empty["items"]) == 20
     # ...and the profile and history do change the answer.
-    other = {**body, "age": 60, "gender": "M", "recent_item_ids": recent[::-1][:2]}
+    other = {**body, "age": 60, "gender": "M", "recent": recent(*items[::-1][:2])}
     assert server.post("/recommendations", other)[1]["items"] != first["items"]
     # Explicit nulls are missing values; unknown item ids are out-of-vocabulary history.
     nulls = {"age": None, "gender": None, "occupation": None, "zip_code": None,
-             "recent_item_ids": [UNKNOWN, -1]}  # fmt: skip
+             "recent": [{"item_id": UNKNOWN, "rating": None, "timestamp": None},
+                        {"item_id": -1}]}  # fmt: skip
     assert server.post("/recommendations", nulls)[0] == 200
+    assert server.post("/recommendations", {"recent": None})[0] == 200
+
+
+def test_cold_start_interactions_are_ordered_by_their_times(
+    server: Server, pipeline: Pipeline
+) -> None:
+    """Only the newest interactions (the feature build's history length) enter the user's
+    history: given with times, in any order, the times decide which; the ratings give the
+    mean-rating feature, and every item given is excluded."""
+    items = pipeline.items().item_id.tolist()[:60]
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    # Newest first, as a client without times sends them.
+    newest_first = [{"item_id": item, "rating": 1.0 + n % 5} for n, item in enumerate(items)]
+    with_times = [
+        {**given, "timestamp": (start - timedelta(hours=n)).isoformat()}
+        for n, given in enumerate(newest_first)
+    ]
+    want = server.post("/recommendations", {"age": 40, "recent": newest_first, "k": 30})
+    assert want[0] == 200 and want[1]["excluded"] == 60
+    shuffled = with_times[::-1][30:] + with_times[::-1][:30]
+    assert server.post("/recommendations", {"age": 40, "recent": shuffled, "k": 30}) == want
+    # The same list given oldest first without times is another history.
+    oldest_first = {"age": 40, "recent": newest_first[::-1], "k": 30}
+    assert server.post("/recommendations", oldest_first)[1]["items"] != want[1]["items"]
+    unrated = [{"item_id": i["item_id"]} for i in newest_first]
+    assert server.post("/recommendations", {"age": 40, "recent": unrated, "k": 30}) != want
 
 
 def test_candidates_come_from_the_online_store_of_the_served_version(
@@ -211,6 +295,8 @@ def test_health_readiness_docs_and_metrics(server: Server, pipeline: Pipeline) -
     assert server.get("/docs")[0] == 200
     paths = server.get("/openapi.json")[1]["paths"]
     assert {"/recommendations/{user_id}", "/recommendations", "/candidates/{user_id}"} <= set(paths)
+    # One request of each status the assertions below look for (not left to other tests).
+    assert server.get(f"/recommendations/{pipeline.interactions().user_id.iloc[0]}")[0] == 200
     server.get(f"/recommendations/{UNKNOWN}")
     server.get("/no/such/path/123")
     status, text = server.get("/metrics")

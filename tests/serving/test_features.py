@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,15 @@ from recsys.schema import TABLES
 from recsys.settings import Paths, Settings
 from recsys.sql import connect
 from serving.encoding import RowEncoder
-from serving.features import USER_SCHEMA, ItemGenres, age_bucket, cold_start_row, zip_prefix
+from serving.features import (
+    USER_SCHEMA,
+    Interaction,
+    ItemGenres,
+    age_bucket,
+    cold_start_row,
+    newest_first,
+    zip_prefix,
+)
 from serving.loaded import SeenItems, VersionLoadError, load_version
 from serving.metrics import Metrics
 from serving.settings import ServingSettings
@@ -88,57 +96,91 @@ def online(pipeline: Pipeline) -> tuple[list[int], dict[str, list[Any]], pd.Data
 def test_cold_start_features_equal_the_online_features_of_the_same_history(
     pipeline: Pipeline, online: tuple[list[int], dict[str, list[Any]], pd.DataFrame]
 ) -> None:
-    """A stored user's profile and full history (newest first; within one timestamp, item
-    ids descending, as the SQL lists them) with their ratings, through the cold-start path,
-    give the columns Feast serves for that user; without the ratings, no mean rating."""
+    """A stored user's profile and full history with their ratings, through the cold-start
+    path, give the columns Feast serves for that user: given newest first without times
+    (within one timestamp, item ids descending, as the SQL lists them), or with their times
+    in the opposite order (the times order them). Without the ratings, no mean rating."""
     users, values, _ = online
     manifest = json.loads((pipeline.data / "features" / "manifest.json").read_text())
     genres = ItemGenres.from_items(pipeline.data / "dataset" / "items.parquet", manifest["genres"])
     profiles = pd.read_parquet(pipeline.data / "dataset" / "users.parquet").set_index("user_id")
     events = pipeline.interactions()
     events = events[events.event_timestamp < pd.Timestamp(manifest["as_of"])]
-    events = events.sort_values(["event_timestamp", "item_id"], ascending=False)
-    histories = events.groupby("user_id", sort=False).item_id.agg(list)
-    ratings = events.groupby("user_id", sort=False).rating.agg(
-        lambda r: [None if pd.isna(x) else float(x) for x in r]
-    )
+    assert events.event_timestamp.dt.tz is not None
+    # Oldest first, ties by item id descending: sorted by time, newest first, ties kept.
+    events = events.sort_values(["event_timestamp", "item_id"], ascending=[True, False])
+    timed: dict[int, list[Interaction]] = {}
+    for e in events.itertuples():
+        rating = None if pd.isna(e.rating) else float(e.rating)
+        timed.setdefault(int(e.user_id), []).append(
+            Interaction(int(e.item_id), rating, e.event_timestamp.to_pydatetime())
+        )
     compared = mean_ratings = 0
     for position, user in enumerate(users[:-1]):
         stored = {name: column[position] for name, column in values.items()}
         if stored["user_interaction_count"] is None:  # no activity online (none before as_of)
-            assert user not in histories.index
+            assert user not in timed
             continue
         profile = profiles.loc[user]
-        profile_and_history = dict(
-            age=int(profile.age), gender=profile.gender, occupation=profile.occupation,
-            zip_code=profile.zip_code, recent_item_ids=histories[user], item_genres=genres,
-            recent_items=manifest["recent_items"],
-        )  # fmt: skip
-        row = cold_start_row(**profile_and_history, recent_ratings=ratings[user])
-        for name in ("age_bucket", "gender", "occupation", "zip_prefix",
-                     "user_interaction_count", "recent_item_ids"):  # fmt: skip
-            assert row[name] == stored[name], (user, name)
-        np.testing.assert_array_equal(
-            np.float32(row["user_genre_affinity"]), np.float32(stored["user_genre_affinity"])
-        )
-        if stored["user_mean_rating"] is None:
-            assert row["user_mean_rating"] is None, user
-        else:
-            assert row["user_mean_rating"] == pytest.approx(stored["user_mean_rating"], rel=1e-12)
-            mean_ratings += 1
-        assert cold_start_row(**profile_and_history)["user_mean_rating"] is None
+        in_sql_order = sorted(timed[user], key=lambda i: (i.timestamp, i.item_id), reverse=True)
+        untimed = [Interaction(i.item_id, i.rating) for i in in_sql_order]
+        for recent in (untimed, timed[user]):
+            row = cold_start_row(
+                age=int(profile.age), gender=profile.gender, occupation=profile.occupation,
+                zip_code=profile.zip_code, recent=recent, item_genres=genres,
+                recent_items=manifest["recent_items"],
+            )  # fmt: skip
+            for name in ("age_bucket", "gender", "occupation", "zip_prefix",
+                         "user_interaction_count", "recent_item_ids"):  # fmt: skip
+                assert row[name] == stored[name], (user, name)
+            np.testing.assert_array_equal(
+                np.float32(row["user_genre_affinity"]), np.float32(stored["user_genre_affinity"])
+            )
+            if stored["user_mean_rating"] is None:
+                assert row["user_mean_rating"] is None, user
+            else:
+                want = pytest.approx(stored["user_mean_rating"], rel=1e-12)
+                assert row["user_mean_rating"] == want
+        mean_ratings += stored["user_mean_rating"] is not None
+        unrated = [Interaction(i.item_id, None, i.timestamp) for i in timed[user]]
+        assert cold_start_row(age=None, gender=None, occupation=None, zip_code=None,
+                              recent=unrated, item_genres=genres,
+                              recent_items=20)["user_mean_rating"] is None  # fmt: skip
         compared += 1
     assert compared > 100 and mean_ratings > 100
+
+
+def test_interactions_are_ordered_by_time_then_as_given() -> None:
+    """Timed interactions newest first (equal times in the order given, whatever their
+    offsets), then the untimed ones as given."""
+    utc, plus2 = UTC, timezone(timedelta(hours=2))
+    noon = datetime(2024, 5, 1, 12, tzinfo=utc)
+    given = [
+        Interaction(1),
+        Interaction(2, 4.0, noon),
+        Interaction(3),
+        Interaction(4, None, datetime(2024, 5, 1, 14, tzinfo=plus2)),  # = noon UTC
+        Interaction(5, 2.0, noon + timedelta(microseconds=1)),
+        Interaction(6, None, datetime(1, 1, 1, tzinfo=utc)),
+    ]
+    assert [i.item_id for i in newest_first(given)] == [5, 2, 4, 6, 1, 3]
+    assert newest_first([]) == [] and newest_first(given[:1]) == given[:1]
+    genres = ItemGenres(np.array([1], dtype=np.int64), np.ones((1, 2), np.uint8), ("a", "b"))
+    row = cold_start_row(age=None, gender=None, occupation=None, zip_code=None, recent=given,
+                         item_genres=genres, recent_items=4)  # fmt: skip
+    assert row["recent_item_ids"] == [5, 2, 4, 6] and row["user_interaction_count"] == 6
+    assert row["user_mean_rating"] == 3.0  # the two rated ones
 
 
 def test_no_history_means_no_activity_features() -> None:
     genres = ItemGenres(np.array([1], dtype=np.int64), np.ones((1, 2), np.uint8), ("a", "b"))
     row = cold_start_row(age=None, gender=None, occupation=None, zip_code=None,
-                         recent_item_ids=[], item_genres=genres, recent_items=20)  # fmt: skip
+                         recent=[], item_genres=genres, recent_items=20)  # fmt: skip
     assert all(value is None for value in row.values())
     # An unknown item counts as an interaction with no genre (the SQL's LEFT JOIN).
     row = cold_start_row(age=None, gender=None, occupation=None, zip_code=None,
-                         recent_item_ids=[1, 99, 1], item_genres=genres, recent_items=2)  # fmt: skip
+                         recent=[Interaction(1), Interaction(99), Interaction(1)],
+                         item_genres=genres, recent_items=2)  # fmt: skip
     assert row["user_interaction_count"] == 3 and row["recent_item_ids"] == [1, 99]
     assert row["user_genre_affinity"] == [np.float32(2 / 3)] * 2
 
@@ -177,8 +219,8 @@ def test_row_encoder_equals_encode_users_on_every_online_row(
     genres = ItemGenres.from_items(pipeline.data / "dataset" / "items.parquet", encoder.genres)
     items = pipeline.items().item_id.tolist()
     cold = [
-        cold_start_row(age=a, gender=g, occupation=o, zip_code=z, recent_item_ids=r,
-                       item_genres=genres, recent_items=20)
+        cold_start_row(age=a, gender=g, occupation=o, zip_code=z,
+                       recent=[Interaction(i) for i in r], item_genres=genres, recent_items=20)
         for a, g, o, z, r in [
             (None, None, None, None, []), (25, "F", "engineer", "94110", items[:3]),
             (70, "M", "no-such-job", "", items[::-1][:40] + [987_654_321]),
@@ -274,7 +316,7 @@ def test_ann_search_serves_users_with_long_histories(pipeline: Pipeline, tmp_pat
     items = real.item_ids.tolist()
     for history in (items[:3], items[: len(items) - 30], items[::-1][:1000]):
         row = ann.cold_row(age=30, gender="F", occupation=None, zip_code="123",
-                           recent_item_ids=history)  # fmt: skip
+                           recent=[Interaction(i) for i in history])  # fmt: skip
         exclude = np.unique(history)
         got = ann.recommend(None, row, 20, exclude)
         want = exact.recommend(None, row, 20, exclude)

@@ -105,7 +105,8 @@ def test_switch_and_rollback_under_concurrent_requests(
     first, second = pipeline.version, second_version
     registry = ModelRegistry(pipeline.data / "models")
     users = list(stored_candidates(pipeline, first))[:24]
-    cold = json.dumps({"age": 40, "gender": "M", "recent_item_ids": [1, 2, 3], "k": 10})
+    recent = [{"item_id": 1, "rating": 4.0}, {"item_id": 2}, {"item_id": 3}]
+    cold = json.dumps({"age": 40, "gender": "M", "recent": recent, "k": 10})
     requests: list[Request] = [("GET", f"/recommendations/{u}?k=10", None) for u in users]
     requests.append(("POST", "/recommendations", cold))
     expected = {first: snapshot(server, requests)}
