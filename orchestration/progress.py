@@ -26,15 +26,15 @@ from rich.markup import escape
 # The metadata entries that say, in a few words, what each asset produced; a "status" entry
 # (e.g. "nothing new to promote") is shown too.
 KEY_FIGURES: Mapping[str, tuple[str, ...]] = {
-    "incoming_batch": ("status", "rows"),
-    "dataset": ("interactions", "users", "items"),
+    "incoming_batch": ("status", "rows", "new_events", "duplicate_events"),
+    "dataset": ("interactions", "new_events", "users", "items"),
     "features": ("rows",),
     "feast_registry": ("feature_views",),
     "training_set": ("rows",),
     "two_tower_model": ("version", "reused", "best_epoch"),
     "item_embeddings": ("rows", "index_type"),
     "user_candidates": ("users", "pushed_online"),
-    "online_features": ("materialized_until",),
+    "online_features": ("entities_written", "entities_unchanged"),
     "promoted_model": ("current", "test_recall@20"),
 }
 

@@ -93,7 +93,7 @@ def builder_run(context: Any) -> str:
     """The id under which this run builds and promotes a model version: the run's root run,
     so a re-execution of a failed run (Dagster's retry from failure) may finish the version
     its original built, and no other run can (recsys.registry)."""
-    return str(context.run.root_run_id or context.run_id)
+    return str(context.run.root_run_id or context.run.run_id)
 
 
 def recall_metadata(metrics: dict[str, Any], k: int = 20) -> dict[str, float]:
