@@ -105,5 +105,5 @@ def recall_metadata(metrics: dict[str, Any], k: int = 20) -> dict[str, float]:
         for group, values in groups.items():
             value = values.get(f"recall@{k}") if isinstance(values, dict) else None
             if isinstance(value, int | float):
-                out[f"test_recall@{k}/{model}/{group}"] = float(value)
+                out[f"test_recall@{k}/{model}/{group}"] = round(float(value), 4)
     return out
