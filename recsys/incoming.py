@@ -148,6 +148,10 @@ def stage(settings: Settings, files: list[Path] | None = None) -> StagedBatch | 
     known = known_files(paths)
     hashes = {path: file_hash(path) for path in files}
     resent = {p: known[h] for p, h in hashes.items() if h in known}
+    first: dict[str, Path] = {}  # two copies of one file dropped together: the first counts
+    for path in files:
+        if path not in resent and first.setdefault(hashes[path], path) != path:
+            resent[path] = batch_id
     fresh = [p for p in files if p not in resent]
     if resent:
         _file_resent(resent, paths.incoming / "duplicates" / batch_id)

@@ -120,6 +120,14 @@ def test_the_same_file_twice_and_a_partly_known_batch(data):
     assert run(data, INGEST).success
     assert len(events(data)) == rows + 10
     assert list((data / "incoming" / "duplicates").glob("*/same.parquet"))
+    # Two copies of one new file dropped together: taken once.
+    twin = new_events(data, 4, offset_s=100)
+    drop(data, twin, "twin-1.parquet")
+    drop(data, twin, "twin-2.parquet")
+    assert run(data, INGEST).success
+    assert len(events(data)) == rows + 14
+    assert list((data / "incoming" / "duplicates").glob("*/twin-2.parquet"))
+    rows += 4
     # Half known, half new: the known events are dropped and counted, the new ones appended.
     mixed = pd.concat([batch.head(5), new_events(data, 5)], ignore_index=True)
     drop(data, mixed, "mixed.parquet")
