@@ -31,7 +31,7 @@ KEY_FIGURES: Mapping[str, tuple[str, ...]] = {
     "features": ("rows",),
     "feast_registry": ("feature_views",),
     "training_set": ("rows",),
-    "two_tower_model": ("version", "reused", "best_epoch"),
+    "two_tower_model": ("version", "reused", "best_epoch", "gate_outcome"),
     "item_embeddings": ("rows", "index_type"),
     "user_candidates": ("users", "pushed_online"),
     "online_features": ("entities_written", "entities_unchanged"),

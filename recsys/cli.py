@@ -149,11 +149,15 @@ def _pipeline(args: argparse.Namespace) -> int:
         print(chatter.getvalue()[-20_000:], file=sys.stderr)
     failed = [f"{e.asset_key.to_user_string()}:{e.check_name}"
               for e in result.get_asset_check_evaluations() if not e.passed]  # fmt: skip
+    # The quality gate's verdict: promoted or rejected, and against what, with the interval.
+    gate = [str(e.metadata["verdict"].value) for e in result.get_asset_check_evaluations()
+            if e.check_name == "quality_gate" and "verdict" in e.metadata]  # fmt: skip
     registry = ModelRegistry(settings.paths.models)
     current = registry.current()
     metrics = registry.metrics(current).get("models", {}) if current else {}
     print(json.dumps({
         "success": result.success, "failed_checks": failed, "current_version": current,
+        "quality_gate": gate[0] if gate else None,
         "test_recall@20": {m: {s: r[s]["recall@20"] for s in ("all", "warm", "cold")}
                            for m, r in metrics.items()},
         "dagster_run": result.run_id, "dagster_home": str(home),

@@ -112,8 +112,9 @@ def _fingerprint(settings: Any, config: dict[str, Any], temperatures: Any) -> st
             QUALITY_GATE,
             asset="two_tower_model",
             blocking=True,
-            description="Test recall@20 above popularity and no worse "
-            "than the current version beyond the tolerance.",
+            description="Test recall@20 above popularity, and not significantly below "
+            "the current version re-scored on the same test window (paired bootstrap over "
+            "users, 95% interval; recsys.gate).",
         )
     ],  # fmt: skip
     description="A new model version: temperatures tried and epochs chosen on validation, "
@@ -129,6 +130,7 @@ def two_tower_model(
     from towers.compare import compare
     from towers.config import TowerConfig
     from towers.export import export_version
+    from towers.rescore import gate_on_one_window
 
     settings = pipeline.settings()
     reg = registry.registry()
@@ -145,17 +147,15 @@ def two_tower_model(
     print_ = _fingerprint(settings, base.to_dict(), grid)
     existing = None if pipeline.force_retrain else reg.find(print_)
     current = reg.current()
-    current_metrics = reg.metrics(current) if current else None
     if existing is not None:  # the current version, trained from these data and config
-        ok, why = quality_gate(reg.metrics(existing), None, pipeline.gate_tolerance)
+        decision = quality_gate(reg.metrics(existing))
         context.log.info(f"data and config unchanged: reusing version {existing}")
         return MaterializeResult(
             metadata={"version": existing, "reused": True, "fingerprint": print_,
                       "abandoned": MetadataValue.json(abandoned),
                       **recall_metadata(reg.metrics(existing))},  # fmt: skip
-            check_results=[
-                AssetCheckResult(check_name=QUALITY_GATE, passed=ok, metadata={"verdict": why})
-            ],  # fmt: skip
+            check_results=[AssetCheckResult(check_name=QUALITY_GATE, passed=decision.passed,
+                                            metadata=decision.metadata())],  # fmt: skip
         )
     version = reg.new_version(print_)
     start = time.perf_counter()
@@ -167,8 +167,11 @@ def two_tower_model(
         run = summary["runs"]["softmax"]
         info.update(temperature=run["temperature"], best_epoch=run["best_epoch"])
         metrics = json.loads((folder / "metrics.json").read_text())
-    ok, why = quality_gate(metrics, current_metrics, pipeline.gate_tolerance)
-    reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {why}")
+    decision, judged = gate_on_one_window(settings, reg, version, current, metrics,
+                                          pipeline.gate_resamples)  # fmt: skip
+    ok = decision.passed
+    context.log.info(f"quality gate: {decision.outcome}; {decision.verdict}")
+    reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {decision.verdict}")
     folder = reg.path(version)
     table = (folder / "metrics.md").read_text()
     return MaterializeResult(
@@ -176,6 +179,9 @@ def two_tower_model(
             "version": version,
             "reused": False,
             "state": GATED if ok else REJECTED,
+            "gate_outcome": decision.outcome,
+            "gate_verdict": decision.verdict,
+            **judged,
             "abandoned": MetadataValue.json(abandoned),
             "fingerprint": print_,
             "temperature": run["temperature"],
@@ -190,6 +196,7 @@ def two_tower_model(
             **recall_metadata(metrics),
         },
         check_results=[
-            AssetCheckResult(check_name=QUALITY_GATE, passed=ok, metadata={"verdict": why})
+            AssetCheckResult(check_name=QUALITY_GATE, passed=ok,
+                             metadata={**decision.metadata(), **judged})
         ],  # fmt: skip
     )
