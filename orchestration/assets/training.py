@@ -7,6 +7,7 @@ from typing import Any
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
@@ -27,6 +28,7 @@ from orchestration.resources import (
     ModelRegistryResource,
     PipelineSettings,
 )
+from recsys import fallback
 
 # Blocking checks of the training set: what it reads (checked again, since a `retrain` run
 # starts here) and what it wrote (checked in staging, before it is published).
@@ -150,12 +152,15 @@ def two_tower_model(
     if existing is not None:  # the current version, trained from these data and config
         decision = quality_gate(reg.metrics(existing))
         context.log.info(f"data and config unchanged: reusing version {existing}")
+        check = AssetCheckResult(check_name=QUALITY_GATE, passed=decision.passed,
+                                 metadata=decision.metadata())  # fmt: skip
+        if fallback.is_fallback(reg.info(existing)):  # its two-tower failed: it still does
+            check = _fallback_check(decision, existing, reg.info(existing)["reason"])
         return MaterializeResult(
             metadata={"version": existing, "reused": True, "fingerprint": print_,
                       "abandoned": MetadataValue.json(abandoned),
                       **recall_metadata(reg.metrics(existing))},  # fmt: skip
-            check_results=[AssetCheckResult(check_name=QUALITY_GATE, passed=decision.passed,
-                                            metadata=decision.metadata())],  # fmt: skip
+            check_results=[check],
         )
     version = reg.new_version(print_)
     start = time.perf_counter()
@@ -174,12 +179,21 @@ def two_tower_model(
     reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {decision.verdict}")
     folder = reg.path(version)
     table = (folder / "metrics.md").read_text()
+    check = AssetCheckResult(check_name=QUALITY_GATE, passed=ok,
+                             metadata={**decision.metadata(), **judged})  # fmt: skip
+    outcome = decision.outcome
+    if not ok and (current is None or fallback.is_fallback(reg.info(current))):
+        # Nothing a two-tower could keep serving: a baseline is promoted instead, explicitly.
+        built, why = _build_fallback(settings, reg, run_id, print_, version)
+        context.log.warning(f"fallback version {built} built: {why}")
+        check = _fallback_check(decision, built, why, judged)
+        outcome = f"{outcome}; fallback {built} built"
     return MaterializeResult(
         metadata={
             "version": version,
             "reused": False,
             "state": GATED if ok else REJECTED,
-            "gate_outcome": decision.outcome,
+            "gate_outcome": outcome,
             "gate_verdict": decision.verdict,
             **judged,
             "abandoned": MetadataValue.json(abandoned),
@@ -195,8 +209,36 @@ def two_tower_model(
             "seconds": round(time.perf_counter() - start, 1),
             **recall_metadata(metrics),
         },
-        check_results=[
-            AssetCheckResult(check_name=QUALITY_GATE, passed=ok,
-                             metadata={**decision.metadata(), **judged})
-        ],  # fmt: skip
+        check_results=[check],
     )
+
+
+def _build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected: str) -> Any:
+    """A fallback version (recsys.fallback) built and gated by this run: (version, why)."""
+    import pandas as pd
+
+    from recsys.features import default_as_of
+    from recsys.registry import GATED
+
+    paths = settings.paths
+    as_of = settings.as_of or default_as_of(paths.dataset)
+    version = reg.new_version(print_)
+    why = fallback.build(
+        reg, version, run_id, {"fingerprint": print_, "rejected_two_tower": rejected},
+        reg.path(rejected), pd.read_parquet(paths.dataset / "interactions.parquet"),
+        pd.read_parquet(paths.dataset / "items.parquet").item_id.to_numpy(), as_of,
+    )  # fmt: skip
+    reg.transition(version, GATED, run_id, f"fallback: two-tower {rejected} failed the "
+                   f"quality gate and no two-tower is current; {why}")  # fmt: skip
+    return version, why
+
+
+def _fallback_check(decision: Any, version: str, why: str,
+                    extra: dict[str, Any] | None = None) -> AssetCheckResult:  # fmt: skip
+    """The gate failed for the two-tower, and a fallback is served: a warning (downstream
+    runs, the run succeeds), not an error; the verdict says both."""
+    return AssetCheckResult(
+        check_name=QUALITY_GATE, passed=False, severity=AssetCheckSeverity.WARN,
+        metadata={**decision.metadata(), **(extra or {}), "fallback_version": version,
+                  "verdict": f"{decision.verdict}; serving fallback version {version} ({why})"},
+    )  # fmt: skip
