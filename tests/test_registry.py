@@ -287,3 +287,13 @@ def test_a_run_killed_during_the_switch_is_reconciled_with_current_json(tmp_path
     assert reg.abandon_unfinished("run-c") == []
     assert (reg.current(), reg.state(first), reg.state(second)) == (second, RETIRED, PROMOTED)
     assert reg.record(second)["history"][-1]["run_id"] == "run-c"  # type: ignore[index]
+
+
+def test_retention_with_fewer_versions_than_keep_deletes_nothing(tmp_path):
+    from recsys.retention import apply_retention
+
+    reg = ModelRegistry(tmp_path / "models")
+    rejected = in_state(reg, REJECTED, n=0)  # the gate rejected it, a fallback then promoted
+    current = in_state(reg, PROMOTED, n=1)
+    kept = apply_retention(reg, tmp_path / "lancedb", keep=3)
+    assert kept.deleted == [] and reg.versions() == [rejected, current]
