@@ -149,7 +149,8 @@ def _pipeline(args: argparse.Namespace) -> int:
         print(chatter.getvalue()[-20_000:], file=sys.stderr)
     # A failed check of WARN severity (the quality gate when a fallback is served) does not
     # block anything downstream; it is reported, and the run still succeeds.
-    failed, warned = [], []
+    failed: list[str] = []
+    warned: list[str] = []
     for e in result.get_asset_check_evaluations():
         if not e.passed:
             (warned if e.severity == AssetCheckSeverity.WARN else failed).append(
