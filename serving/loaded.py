@@ -211,7 +211,7 @@ def _tower_examples(rows: RowEncoder, item_ids: np.ndarray) -> list[dict[str, np
     ]  # fmt: skip
 
 
-def _attribute_columns(index: ItemIndex) -> dict[str, list[Any]]:
+def attribute_columns(index: ItemIndex) -> dict[str, list[Any]]:
     """The response's attribute columns of every item: each of ITEM_FIELDS, all None when
     the table has no such column (so every item of a response has every field)."""
     rows = index.attributes(index.item_ids)  # one Arrow conversion, at load time
@@ -245,7 +245,9 @@ def load_version(
     if info.get("state") == "rejected":
         raise VersionLoadError(f"model version {version} failed its quality gate")
     if fallback.is_fallback(info):
-        return _load_fallback(paths, version, info, search_mode, hnsw_ef, started)
+        from serving.fallback import load_fallback
+
+        return load_fallback(paths, version, info, search_mode, hnsw_ef, started)
     if not checkpoint.exists():
         raise VersionLoadError(f"model version {version} has no checkpoint in {folder}")
     model, encoder, cfg = load_checkpoint(checkpoint)
@@ -256,7 +258,7 @@ def load_version(
     as_of = pd.Timestamp(manifest["as_of"]).to_pydatetime()
     recent_items = int(manifest.get("recent_items", encoder.history))
     seen = SeenItems.from_parquet(dataset / "interactions.parquet", as_of)
-    index = _open_index(paths, version, search_mode, hnsw_ef)
+    index = open_index(paths, version, search_mode, hnsw_ef)
     if index.dim != cfg.dim + 1:
         raise VersionLoadError(
             f"item table of {version} has {index.dim}-d vectors; the checkpoint's towers "
@@ -273,7 +275,7 @@ def load_version(
         tower_kind=tower_kind,
         encoder=encoder,
         index=index,
-        attributes=_attribute_columns(index),
+        attributes=attribute_columns(index),
         rows=rows,
         seen=seen,
         item_genres=ItemGenres.from_items(dataset / "items.parquet", encoder.genres),
@@ -297,36 +299,9 @@ def load_version(
     return loaded
 
 
-def _open_index(paths: Paths, version: str, search_mode: SearchMode, hnsw_ef: int) -> ItemIndex:
+def open_index(paths: Paths, version: str, search_mode: SearchMode, hnsw_ef: int) -> ItemIndex:
     try:
         return ItemIndex.open(paths.lancedb, version, mode=search_mode, hnsw_ef=hnsw_ef)
     except (FileNotFoundError, LookupError) as exc:
         raise VersionLoadError(f"item table of version {version}: {exc}") from exc
 
-
-def _load_fallback(paths: Paths, version: str, info: dict[str, Any], search_mode: SearchMode,
-                   hnsw_ef: int, started: float) -> Loaded:  # fmt: skip
-    """A fallback version (``recsys.fallback``): no towers; its item table holds each item's
-    score as a one-dimensional vector, so the search with the query ``[1]`` ranks by score
-    and excludes the seen items like any version's."""
-    key = source_key(paths, version)
-    dataset, features = Path(key[1]), Path(key[2])
-    manifest = read_json(features / "manifest.json")
-    as_of = pd.Timestamp(manifest["as_of"]).to_pydatetime()
-    index = _open_index(paths, version, search_mode, hnsw_ef)
-    if index.dim != 1:
-        raise VersionLoadError(f"item table of fallback version {version} has {index.dim}-d "
-                               "vectors; a fallback's are one-dimensional (the item's score)")  # fmt: skip
-    loaded = Loaded(
-        version=version, model=None, tower=None, tower_kind=None, encoder=None, index=index,
-        attributes=_attribute_columns(index), rows=None,
-        seen=SeenItems.from_parquet(dataset / "interactions.parquet", as_of),
-        item_genres=ItemGenres.from_items(dataset / "items.parquet", manifest["genres"]),
-        recent_items=int(manifest.get("recent_items", 20)), as_of=as_of, source=key,
-        model_kind=str(info.get("baseline", "popularity")),
-    )  # fmt: skip
-    loaded.recommend(None, {}, 10, np.empty(0, dtype=np.int64))  # warm-up, as for a model
-    seconds = time.perf_counter() - started
-    log.info("loaded fallback version %s (%s) in %.2fs: %s", version, loaded.model_kind,
-             seconds, index)  # fmt: skip
-    return replace(loaded, load_seconds=seconds)
