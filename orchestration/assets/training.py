@@ -1,5 +1,6 @@
 """Training assets: the point-in-time training set and a new model version behind
-its quality gate."""
+its quality gate (recsys.gate, on one window); when the two-tower fails it and no
+two-tower is current, a fallback version (recsys.fallback) instead."""
 
 import json
 import time
@@ -181,7 +182,7 @@ def two_tower_model(
     table = (folder / "metrics.md").read_text()
     check = AssetCheckResult(check_name=QUALITY_GATE, passed=ok,
                              metadata={**decision.metadata(), **judged})  # fmt: skip
-    outcome = decision.outcome
+    outcome, built = decision.outcome, None
     if not ok and (current is None or fallback.is_fallback(reg.info(current))):
         # Nothing a two-tower could keep serving: a baseline is promoted instead, explicitly.
         built, why = _build_fallback(settings, reg, run_id, print_, version)
@@ -194,6 +195,7 @@ def two_tower_model(
             "reused": False,
             "state": GATED if ok else REJECTED,
             "gate_outcome": outcome,
+            "fallback_version": built or "none",
             "gate_verdict": decision.verdict,
             **judged,
             "abandoned": MetadataValue.json(abandoned),
