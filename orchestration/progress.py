@@ -35,7 +35,7 @@ KEY_FIGURES: Mapping[str, tuple[str, ...]] = {
     "item_embeddings": ("rows", "index_type"),
     "user_candidates": ("users", "pushed_online"),
     "online_features": ("entities_written", "entities_unchanged"),
-    "promoted_model": ("current", "test_recall@20"),
+    "promoted_model": ("current", "kind", "test_recall@20"),
 }
 
 
