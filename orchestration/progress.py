@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dagster import DagsterEventType, LoggerDefinition
+from dagster import AssetCheckSeverity, DagsterEventType, LoggerDefinition
 from rich.console import Console
 from rich.markup import escape
 
@@ -31,11 +31,11 @@ KEY_FIGURES: Mapping[str, tuple[str, ...]] = {
     "features": ("rows",),
     "feast_registry": ("feature_views",),
     "training_set": ("rows",),
-    "two_tower_model": ("version", "reused", "best_epoch"),
+    "two_tower_model": ("version", "reused", "best_epoch", "gate_outcome"),
     "item_embeddings": ("rows", "index_type"),
     "user_candidates": ("users", "pushed_online"),
     "online_features": ("entities_written", "entities_unchanged"),
-    "promoted_model": ("current", "test_recall@20"),
+    "promoted_model": ("current", "kind", "test_recall@20"),
 }
 
 
@@ -74,6 +74,7 @@ class AssetProgress(logging.Handler):
         self.started: dict[str, float] = {}
         self.metadata: dict[str, Mapping[str, Any]] = {}
         self.failed_checks: dict[str, list[str]] = {}
+        self.warned_checks: dict[str, list[str]] = {}  # failed with WARN: nothing blocked
         self.checks: dict[str, int] = {}
         self.done: list[str] = []
 
@@ -90,7 +91,9 @@ class AssetProgress(logging.Handler):
         elif kind == DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.asset_check_evaluation_data
             self.checks[step] = self.checks.get(step, 0) + 1
-            if not evaluation.passed:
+            if not evaluation.passed and evaluation.severity == AssetCheckSeverity.WARN:
+                self.warned_checks.setdefault(step, []).append(evaluation.check_name)
+            elif not evaluation.passed:
                 self.failed_checks.setdefault(step, []).append(evaluation.check_name)
         elif kind == DagsterEventType.STEP_SUCCESS:
             self._line(step, ok=True)
@@ -105,10 +108,14 @@ class AssetProgress(logging.Handler):
         checks = self.checks.get(step, 0)
         mark = "[green]✓[/]" if ok else "[bold red]✗[/]"
         line = f"{mark} [bold]{step:<16}[/] {seconds:6.1f} s  {escape(figure)}"
+        warned = self.warned_checks.get(step, [])
         if checks:
             noun = "check" if checks == 1 else "checks"
             line += f"  [red]{len(failed)}/{checks} {noun} failed: {', '.join(failed)}[/]" if failed \
+                else f"  [dim]{checks - len(warned)} of {checks} {noun} passed[/]" if warned \
                 else f"  [dim]{checks} {noun} passed[/]"  # fmt: skip
+        if warned:
+            line += f"  [yellow]warning: {', '.join(warned)}[/]"
         if error and not failed:
             line += f"  [red]{escape(error.splitlines()[0][:160])}[/]"
         self.console.print(line, highlight=False, soft_wrap=True)

@@ -28,10 +28,11 @@ class PipelineSettings(ConfigurableResource):
     # epochs a run may take.
     temperatures: str = "0.05,1.0"
     max_epochs: int = 30
-    # Candidates precomputed per user, and the quality gate's tolerance: a new version may be
-    # at most this much below the current one in test recall@20 (and must beat popularity).
+    # Candidates precomputed per user.
     candidates_k: int = 100
-    gate_tolerance: float = 0.01
+    # The quality gate's bootstrap resamples over users (recsys.gate): its tolerance is the
+    # 95% interval of the candidate's difference to the current version, not a fixed number.
+    gate_resamples: int = 1000
     # Train a new version even when the data and config have not changed.
     force_retrain: bool = False
     # Model versions kept after a promotion besides the current and the previous one: the

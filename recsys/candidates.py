@@ -96,6 +96,12 @@ def user_candidates(
     user_ids = np.sort(before.user_id.unique())
     queries = user_vectors(model, encoder, store, user_ids, as_of)
     positions, scores = top_k(queries, vectors, seen_matrix(before, user_ids, item_ids), k)
+    return candidate_table(user_ids, item_ids, positions, scores, as_of, version)
+
+
+def candidate_table(user_ids: np.ndarray, item_ids: np.ndarray, positions: np.ndarray,
+                    scores: np.ndarray, as_of: datetime, version: str) -> pa.Table:  # fmt: skip
+    """The candidates table (one row per user, lists best first) from ``top_k``'s output."""
     finite = np.isfinite(scores)  # a user who has seen nearly everything gets fewer than k
     lengths = finite.sum(axis=1)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)

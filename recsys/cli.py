@@ -92,7 +92,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     """The whole Dagster graph (job ``full_pipeline``), in this process, recorded in the
     persistent Dagster instance of `dagster_home` (the UI started on it shows the run); one
     progress line per asset, then the summary."""
-    from dagster import DagsterInstance, Definitions, colored_console_logger
+    from dagster import AssetCheckSeverity, DagsterInstance, Definitions, colored_console_logger
     from rich.console import Console
 
     from orchestration.assets import ASSETS
@@ -147,13 +147,25 @@ def _pipeline(args: argparse.Namespace) -> int:
     progress.finish()
     if not result.success and chatter.getvalue():
         print(chatter.getvalue()[-20_000:], file=sys.stderr)
-    failed = [f"{e.asset_key.to_user_string()}:{e.check_name}"
-              for e in result.get_asset_check_evaluations() if not e.passed]  # fmt: skip
+    # A failed check of WARN severity (the quality gate when a fallback is served) does not
+    # block anything downstream; it is reported, and the run still succeeds.
+    failed: list[str] = []
+    warned: list[str] = []
+    for e in result.get_asset_check_evaluations():
+        if not e.passed:
+            (warned if e.severity == AssetCheckSeverity.WARN else failed).append(
+                f"{e.asset_key.to_user_string()}:{e.check_name}")  # fmt: skip
+    # The quality gate's verdict: promoted or rejected, and against what, with the interval.
+    gate = [str(e.metadata["verdict"].value) for e in result.get_asset_check_evaluations()
+            if e.check_name == "quality_gate" and "verdict" in e.metadata]  # fmt: skip
     registry = ModelRegistry(settings.paths.models)
     current = registry.current()
     metrics = registry.metrics(current).get("models", {}) if current else {}
     print(json.dumps({
-        "success": result.success, "failed_checks": failed, "current_version": current,
+        "success": result.success, "failed_checks": failed, "warned_checks": warned,
+        "current_version": current,
+        "current_kind": registry.info(current).get("kind", "two-tower") if current else None,
+        "quality_gate": gate[0] if gate else None,
         "test_recall@20": {m: {s: r[s]["recall@20"] for s in ("all", "warm", "cold")}
                            for m, r in metrics.items()},
         "dagster_run": result.run_id, "dagster_home": str(home),

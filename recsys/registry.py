@@ -18,6 +18,10 @@ States (``TRANSITIONS``)::
     staged ──▶ gated ──▶ embedded ──▶ promoted ──▶ retired ──(rollback)──▶ promoted
        └──────────┴──────────┴──▶ rejected   (failed gate, or abandoned: its run died)
 
+A version is a two-tower model, or (``"kind": "fallback"`` in version.json) the popularity
+list promoted when no two-tower passed the quality gate (``recsys.fallback``): same states,
+same rules; its folder holds ranking.parquet instead of checkpoint.pt and user_tower.onnx.
+
 Only the run that built a version moves it forward and promotes it, so a version left by a
 killed run is never promoted by a later one: the next training run rejects it as abandoned.
 Item vectors live in LanceDB (``recsys.vectors``, table ``items_<version>``); old versions go

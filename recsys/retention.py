@@ -32,7 +32,8 @@ def apply_retention(registry: ModelRegistry, lancedb_dir: Path, keep: int) -> Re
         raise ValueError(f"keep_versions must be >= 0, got {keep}")
     known = sorted(set(registry.versions()) | set(registry.recorded()))
     pinned = {v for v in (registry.current(), registry.previous()) if v}
-    newest = set(known[len(known) - keep :]) if keep else set()
+    # max(0, ...): with fewer versions than keep, a negative start would keep only the last.
+    newest = set(known[max(0, len(known) - keep) :]) if keep else set()
     result = Retention(kept=sorted(pinned | newest))
     for version in known:
         if version in pinned or version in newest:

@@ -244,7 +244,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 f"{loaded.version}; POST /recommendations with profile features for a new user",
             )
         result = for_user(loaded, user_id, row, k)
-        return {"user_id": user_id, "model_version": loaded.version, "k": k, **result}
+        return {"user_id": user_id, "model_version": loaded.version,
+                "fallback": loaded.fallback, "k": k, **result}  # fmt: skip
 
     def fast_answer(user_id: int, k: int) -> dict[str, Any] | None:
         """The route's 200 answer, or None when the route must answer (503, 404...)."""
@@ -279,6 +280,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         return {
             "user_id": None,
             "model_version": loaded.version,
+            "fallback": loaded.fallback,
             "k": body.k,
             "excluded": int(exclude.size),
             "items": items,

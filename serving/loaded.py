@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recsys import fallback
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
@@ -107,17 +108,18 @@ class Loaded:
     """A complete, consistent model version. Never mutated after :func:`load_version`."""
 
     version: str
-    model: TwoTower
+    # None for a fallback version (recsys.fallback): a baseline with no towers.
+    model: TwoTower | None
     # The user tower as run per request (serving.tower): ONNX Runtime over the version's
     # exported graph, else TorchScript, else the module; checked against the module.
-    tower: TowerFn
-    tower_kind: TowerKind
-    encoder: FeatureEncoder
+    tower: TowerFn | None
+    tower_kind: TowerKind | None
+    encoder: FeatureEncoder | None
     index: ItemIndex
     # ITEM_FIELDS of every item as Python lists, in index.item_ids order: a response's
     # attributes by position (µs) instead of an Arrow take + to_pylist per request (0.2 ms).
     attributes: dict[str, list[Any]]
-    rows: RowEncoder
+    rows: RowEncoder | None
     seen: SeenItems
     item_genres: ItemGenres
     recent_items: int  # length of recent_item_ids in the feature build
@@ -125,6 +127,11 @@ class Loaded:
     source: tuple[str, str, str] = ("", "", "")  # (version, dataset, features) it came from
     load_seconds: float = 0.0
     loaded_at: float = field(default_factory=time.time)
+    model_kind: str = "two-tower"  # or a fallback's baseline ("popularity")
+
+    @property
+    def fallback(self) -> bool:
+        return self.model is None
 
     # --- the user tower ---------------------------------------------------------------------
     def query(self, user_id: int | None, row: dict[str, Any]) -> np.ndarray:
@@ -133,11 +140,16 @@ class Loaded:
         ``user_id`` None: the unknown-user slot (0) of the id embedding, as for a cold-start
         request (training taught that slot by id dropout).
         """
+        if self.tower is None or self.rows is None:  # a fallback: [1] · [item score]
+            return np.ones(1, dtype=np.float32)
         user = self.tower(self.rows.arrays(user_id, row))  # (1, d)
         return np.append(user[0], np.float32(1.0))  # towers.model.query_vectors of one row
 
     def knows_user(self, user_id: int) -> bool:
-        """The user had an id embedding in training (encoder vocabulary)."""
+        """The user had an id embedding in training (encoder vocabulary); for a fallback,
+        the user has interactions before ``as_of``."""
+        if self.rows is None:
+            return bool(self.seen.get(user_id).size)
         return self.rows.knows(user_id)
 
     # --- retrieval ------------------------------------------------------------------------
@@ -199,7 +211,7 @@ def _tower_examples(rows: RowEncoder, item_ids: np.ndarray) -> list[dict[str, np
     ]  # fmt: skip
 
 
-def _attribute_columns(index: ItemIndex) -> dict[str, list[Any]]:
+def attribute_columns(index: ItemIndex) -> dict[str, list[Any]]:
     """The response's attribute columns of every item: each of ITEM_FIELDS, all None when
     the table has no such column (so every item of a response has every field)."""
     rows = index.attributes(index.item_ids)  # one Arrow conversion, at load time
@@ -227,11 +239,17 @@ def load_version(
     registry = ModelRegistry(paths.models)
     folder = registry.path(version)
     checkpoint = folder / "checkpoint.pt"
-    if not (folder / "version.json").exists() or not checkpoint.exists():
+    if not (folder / "version.json").exists():
         raise VersionLoadError(f"model version {version} has no complete folder in {folder}")
-    state = registry.info(version).get("state")
-    if state == "rejected":
+    info = registry.info(version)
+    if info.get("state") == "rejected":
         raise VersionLoadError(f"model version {version} failed its quality gate")
+    if fallback.is_fallback(info):
+        from serving.fallback import load_fallback
+
+        return load_fallback(paths, version, info, search_mode, hnsw_ef, started)
+    if not checkpoint.exists():
+        raise VersionLoadError(f"model version {version} has no checkpoint in {folder}")
     model, encoder, cfg = load_checkpoint(checkpoint)
     model.eval()
     # Through the resolved links: a feature refresh publishing meanwhile cannot mix folders.
@@ -240,10 +258,7 @@ def load_version(
     as_of = pd.Timestamp(manifest["as_of"]).to_pydatetime()
     recent_items = int(manifest.get("recent_items", encoder.history))
     seen = SeenItems.from_parquet(dataset / "interactions.parquet", as_of)
-    try:
-        index = ItemIndex.open(paths.lancedb, version, mode=search_mode, hnsw_ef=hnsw_ef)
-    except (FileNotFoundError, LookupError) as exc:
-        raise VersionLoadError(f"item table of version {version}: {exc}") from exc
+    index = open_index(paths, version, search_mode, hnsw_ef)
     if index.dim != cfg.dim + 1:
         raise VersionLoadError(
             f"item table of {version} has {index.dim}-d vectors; the checkpoint's towers "
@@ -260,7 +275,7 @@ def load_version(
         tower_kind=tower_kind,
         encoder=encoder,
         index=index,
-        attributes=_attribute_columns(index),
+        attributes=attribute_columns(index),
         rows=rows,
         seen=seen,
         item_genres=ItemGenres.from_items(dataset / "items.parquet", encoder.genres),
@@ -282,3 +297,11 @@ def load_version(
         version, seconds, index, tower_kind, loaded.seen.users.size, loaded.seen.interactions,
     )  # fmt: skip
     return loaded
+
+
+def open_index(paths: Paths, version: str, search_mode: SearchMode, hnsw_ef: int) -> ItemIndex:
+    try:
+        return ItemIndex.open(paths.lancedb, version, mode=search_mode, hnsw_ef=hnsw_ef)
+    except (FileNotFoundError, LookupError) as exc:
+        raise VersionLoadError(f"item table of version {version}: {exc}") from exc
+

@@ -67,10 +67,19 @@ class Metrics:
             "Unix time at which the served model version was swapped in.",
             registry=self.registry,
         )
+        self.fallback = Gauge(
+            "recsys_serving_fallback",
+            "1 when the served version is a fallback baseline (recsys.fallback: no two-tower "
+            "passed the quality gate), 0 for a two-tower.",
+            registry=self.registry,
+        )
         self._version: str | None = None
 
-    def served(self, version: str, load_seconds: float, loaded_at: float) -> None:
+    def served(
+        self, version: str, load_seconds: float, loaded_at: float, fallback: bool = False
+    ) -> None:
         """A new version is being served: move the info gauge's 1 to its label."""
+        self.fallback.set(1 if fallback else 0)
         if self._version is not None and self._version != version:
             self.model_info.remove(self._version)
         self.model_info.labels(version=version).set(1)

@@ -161,6 +161,9 @@ class Item(BaseModel):
 class Recommendations(BaseModel):
     user_id: int | None = Field(description="None for a cold-start request.")
     model_version: str
+    fallback: bool = Field(False, description="True when the served version is a fallback "
+                           "baseline (no two-tower passed the quality gate): the most "
+                           "popular items the user has not seen.")  # fmt: skip
     k: int
     excluded: int = Field(description="Already-seen items removed from the results.")
     items: list[Item]
@@ -195,7 +198,12 @@ class Readiness(BaseModel):
     as_of: str | None = Field(None, description="The online store holds events before this.")
     items: int | None = Field(None, description="Items in the version's table.")
     search: str | None = Field(None, description="Item search mode and index.")
-    user_tower: str | None = Field(None, description="How the user tower runs (onnx...).")
+    user_tower: str | None = Field(None, description="How the user tower runs (onnx...; "
+                                   "none for a fallback).")  # fmt: skip
+    fallback: bool | None = Field(None, description="The served version is a fallback "
+                                  "baseline, not a two-tower.")  # fmt: skip
+    model_kind: str | None = Field(None, description="two-tower, or the fallback's baseline "
+                                   "(popularity).")  # fmt: skip
 
 
 def exact_request_schemas(openapi: dict[str, Any]) -> dict[str, Any]:

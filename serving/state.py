@@ -141,7 +141,8 @@ class ServingState:
             self.failure = None
             self._readers = {}  # re-resolved on the next lookup (a new `feast apply`)
             self.metrics.model_loads.labels("success").inc()
-            self.metrics.served(loaded.version, loaded.load_seconds, loaded.loaded_at)
+            self.metrics.served(loaded.version, loaded.load_seconds, loaded.loaded_at,
+                                loaded.fallback)  # fmt: skip
             if served is not None and served.version != loaded.version:
                 log.info("switched from model version %s to %s", served.version, loaded.version)
             return loaded
@@ -207,6 +208,8 @@ class ServingState:
                 items=loaded.index.rows,
                 search=f"{loaded.index.mode} ({loaded.index.index_type})",
                 user_tower=loaded.tower_kind,
+                fallback=loaded.fallback,
+                model_kind=loaded.model_kind,
             )
             return True, body
         body.update(ready=False, reason=reason)

@@ -289,21 +289,11 @@ def test_a_run_killed_during_the_switch_is_reconciled_with_current_json(tmp_path
     assert reg.record(second)["history"][-1]["run_id"] == "run-c"  # type: ignore[index]
 
 
-def _metrics(ours: float, popularity: float) -> dict:
-    return {"models": {"two-tower (softmax)": {"all": {"recall@20": ours}},
-                       "popularity": {"all": {"recall@20": popularity}}}}  # fmt: skip
+def test_retention_with_fewer_versions_than_keep_deletes_nothing(tmp_path):
+    from recsys.retention import apply_retention
 
-
-def test_quality_gate_beats_popularity_and_stays_near_the_current_version():
-    from recsys.gate import quality_gate
-
-    assert quality_gate(_metrics(0.30, 0.20), None, 0.01) == (
-        True, "passed: recall@20 0.3000 vs popularity 0.2000")  # fmt: skip
-    ok, why = quality_gate(_metrics(0.20, 0.20), None, 0.01)
-    assert not ok and "not above popularity's 0.2000" in why
-    assert quality_gate(_metrics(0.30, 0.20), _metrics(0.305, 0.2), 0.01)[0]  # within 0.01
-    ok, why = quality_gate(_metrics(0.30, 0.20), _metrics(0.32, 0.2), 0.01)
-    assert not ok and "below the current version's 0.3200 by more than 0.01" in why
-    with pytest.raises(ValueError, match="metrics.json of the current version has no number "
-                       "at models/'two-tower \\(softmax\\)'/all/'recall@20'"):  # fmt: skip
-        quality_gate(_metrics(0.30, 0.20), {}, 0.01)
+    reg = ModelRegistry(tmp_path / "models")
+    rejected = in_state(reg, REJECTED, n=0)  # the gate rejected it, a fallback then promoted
+    current = in_state(reg, PROMOTED, n=1)
+    kept = apply_retention(reg, tmp_path / "lancedb", keep=3)
+    assert kept.deleted == [] and reg.versions() == [rejected, current]

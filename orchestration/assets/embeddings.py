@@ -4,7 +4,9 @@ Both act only on the version this run built (recsys.registry: ``gated``, built b
 run), so a version's artifacts are written once, by its own run. A run that built no
 version (data unchanged, or the ``feature_refresh`` job) writes no vectors;
 ``user_candidates`` then recomputes the current version's candidates with the new
-features and publishes them to ``data/candidates/`` and the online store only.
+features and publishes them to ``data/candidates/`` and the online store only. A fallback
+version (``recsys.fallback``) goes the same way: one-dimensional vectors (each item's score)
+and the top-K unseen items by score as its candidates.
 """
 
 from typing import Any
@@ -48,6 +50,7 @@ def item_embeddings(
     import pandas as pd
     import pyarrow as pa
 
+    from recsys import fallback
     from recsys.candidates import item_vectors
     from recsys.registry import GATED
     from recsys.vectors import write_item_table
@@ -57,9 +60,13 @@ def item_embeddings(
     if version is None:
         return MaterializeResult(metadata={"status": "no new version in this run: nothing "
                                            "written", "current": reg.current() or "none"})  # fmt: skip
-    settings, model, encoder, as_of = _model_inputs(pipeline, reg, version)
+    settings = pipeline.settings()
     items = pd.read_parquet(settings.paths.dataset / "items.parquet")
-    vectors = item_vectors(model, encoder, feast.store(), items.item_id.to_numpy(), as_of)
+    if fallback.is_fallback(reg.info(version)):  # one-dimensional: each item's score
+        vectors = fallback.item_vectors(reg.path(version), items.item_id.to_numpy())
+    else:
+        settings, model, encoder, as_of = _model_inputs(pipeline, reg, version)
+        vectors = item_vectors(model, encoder, feast.store(), items.item_id.to_numpy(), as_of)
     attributes = pa.Table.from_pandas(items[["title", "genres", "release_year"]],
                                       preserve_index=False)  # fmt: skip
     info = write_item_table(
@@ -89,7 +96,8 @@ def user_candidates(
 ) -> MaterializeResult:
     import pandas as pd
 
-    from recsys import candidates
+    from recsys import candidates, fallback
+    from recsys.features import default_as_of
     from recsys.registry import EMBEDDED, GATED
     from recsys.vectors import ItemIndex
 
@@ -99,14 +107,20 @@ def user_candidates(
     version = built or reg.current()
     if version is None:
         return MaterializeResult(metadata={"status": "no model version"})
-    settings, model, encoder, as_of = _model_inputs(pipeline, reg, version)
+    settings = pipeline.settings()
+    as_of = settings.as_of or default_as_of(settings.paths.dataset)
     index = ItemIndex.open(lancedb.db_dir(), version, mode="matrix")
     interactions = pd.read_parquet(settings.paths.dataset / "interactions.parquet")
     store = feast.store()
-    table = candidates.user_candidates(
-        model, encoder, store, interactions, index.item_ids, index.vectors, as_of, version,
-        k=pipeline.candidates_k,
-    )  # fmt: skip
+    if fallback.is_fallback(reg.info(version)):
+        table = fallback.candidates(reg.path(version), interactions, index.item_ids, as_of,
+                                    version, k=pipeline.candidates_k)  # fmt: skip
+    else:
+        settings, model, encoder, as_of = _model_inputs(pipeline, reg, version)
+        table = candidates.user_candidates(
+            model, encoder, store, interactions, index.item_ids, index.vectors, as_of,
+            version, k=pipeline.candidates_k,
+        )  # fmt: skip
     pushed = 0
     if built is not None:  # promoted_model pushes them online once the version is current
         with reg.add_artifact(built, run_id, "candidates.parquet") as path:

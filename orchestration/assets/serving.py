@@ -51,8 +51,9 @@ def online_features(pipeline: PipelineSettings, feast: FeastResource) -> Materia
 @asset(
     group_name="serving",
     deps=["two_tower_model", "item_embeddings", "user_candidates", "online_features"],
-    description="Promotion: the version this run built (gate passed, vectors and candidates "
-    "complete) becomes current in one atomic switch, its candidates go online; then "
+    description="Promotion: the version this run built (gate passed, or the fallback "
+    "baseline when no two-tower did; vectors and candidates complete) becomes current in "
+    "one atomic switch, its candidates go online; then "
     "retention deletes the versions beyond current, previous and the last keep_versions.",
 )
 def promoted_model(
@@ -64,7 +65,7 @@ def promoted_model(
 ) -> MaterializeResult:
     import pyarrow.parquet as pq
 
-    from recsys import candidates
+    from recsys import candidates, fallback
     from recsys.audit import AuditFailed, audit_candidates
     from recsys.features import default_as_of
     from recsys.registry import EMBEDDED
@@ -88,7 +89,11 @@ def promoted_model(
         raise AuditFailed(audit)
     candidates.write_table(table, settings.paths.candidates / "user_candidates.parquet")
     pushed = candidates.push_online(feast.store(), table)
-    previous = reg.promote(version, run_id, reason="pipeline: quality gate passed")
+    info = reg.info(version)
+    kind = "fallback" if fallback.is_fallback(info) else "two-tower"
+    reason = (f"pipeline: fallback {info.get('baseline')}, no two-tower passed the quality "
+              "gate" if kind == "fallback" else "pipeline: quality gate passed")  # fmt: skip
+    previous = reg.promote(version, run_id, reason=reason)
     kept = apply_retention(reg, lancedb.db_dir(), pipeline.keep_versions)
     if kept.deleted or kept.orphan_tables:
         context.log.info(f"retention deleted versions {kept.deleted}, "
@@ -97,6 +102,7 @@ def promoted_model(
     return MaterializeResult(
         metadata={
             "current": version,
+            "kind": kind,
             "previous": previous or "none",
             "item_vectors": index.rows,
             "candidates_pushed_online": pushed,

@@ -1,5 +1,6 @@
 """Training assets: the point-in-time training set and a new model version behind
-its quality gate."""
+its quality gate (recsys.gate, on one window); when the two-tower fails it and no
+two-tower is current, a fallback version (recsys.fallback) instead."""
 
 import json
 import time
@@ -7,6 +8,7 @@ from typing import Any
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
@@ -27,6 +29,7 @@ from orchestration.resources import (
     ModelRegistryResource,
     PipelineSettings,
 )
+from recsys import fallback
 
 # Blocking checks of the training set: what it reads (checked again, since a `retrain` run
 # starts here) and what it wrote (checked in staging, before it is published).
@@ -112,8 +115,9 @@ def _fingerprint(settings: Any, config: dict[str, Any], temperatures: Any) -> st
             QUALITY_GATE,
             asset="two_tower_model",
             blocking=True,
-            description="Test recall@20 above popularity and no worse "
-            "than the current version beyond the tolerance.",
+            description="Test recall@20 above popularity, and not significantly below "
+            "the current version re-scored on the same test window (paired bootstrap over "
+            "users, 95% interval; recsys.gate).",
         )
     ],  # fmt: skip
     description="A new model version: temperatures tried and epochs chosen on validation, "
@@ -129,6 +133,7 @@ def two_tower_model(
     from towers.compare import compare
     from towers.config import TowerConfig
     from towers.export import export_version
+    from towers.rescore import gate_on_one_window
 
     settings = pipeline.settings()
     reg = registry.registry()
@@ -145,17 +150,18 @@ def two_tower_model(
     print_ = _fingerprint(settings, base.to_dict(), grid)
     existing = None if pipeline.force_retrain else reg.find(print_)
     current = reg.current()
-    current_metrics = reg.metrics(current) if current else None
     if existing is not None:  # the current version, trained from these data and config
-        ok, why = quality_gate(reg.metrics(existing), None, pipeline.gate_tolerance)
+        decision = quality_gate(reg.metrics(existing))
         context.log.info(f"data and config unchanged: reusing version {existing}")
+        check = AssetCheckResult(check_name=QUALITY_GATE, passed=decision.passed,
+                                 metadata=decision.metadata())  # fmt: skip
+        if fallback.is_fallback(reg.info(existing)):  # its two-tower failed: it still does
+            check = _fallback_check(decision, existing, reg.info(existing)["reason"])
         return MaterializeResult(
             metadata={"version": existing, "reused": True, "fingerprint": print_,
                       "abandoned": MetadataValue.json(abandoned),
                       **recall_metadata(reg.metrics(existing))},  # fmt: skip
-            check_results=[
-                AssetCheckResult(check_name=QUALITY_GATE, passed=ok, metadata={"verdict": why})
-            ],  # fmt: skip
+            check_results=[check],
         )
     version = reg.new_version(print_)
     start = time.perf_counter()
@@ -167,15 +173,31 @@ def two_tower_model(
         run = summary["runs"]["softmax"]
         info.update(temperature=run["temperature"], best_epoch=run["best_epoch"])
         metrics = json.loads((folder / "metrics.json").read_text())
-    ok, why = quality_gate(metrics, current_metrics, pipeline.gate_tolerance)
-    reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {why}")
+    decision, judged = gate_on_one_window(settings, reg, version, current, metrics,
+                                          pipeline.gate_resamples)  # fmt: skip
+    ok = decision.passed
+    context.log.info(f"quality gate: {decision.outcome}; {decision.verdict}")
+    reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {decision.verdict}")
     folder = reg.path(version)
     table = (folder / "metrics.md").read_text()
+    check = AssetCheckResult(check_name=QUALITY_GATE, passed=ok,
+                             metadata={**decision.metadata(), **judged})  # fmt: skip
+    outcome, built = decision.outcome, None
+    if not ok and (current is None or fallback.is_fallback(reg.info(current))):
+        # Nothing a two-tower could keep serving: a baseline is promoted instead, explicitly.
+        built, why = _build_fallback(settings, reg, run_id, print_, version)
+        context.log.warning(f"fallback version {built} built: {why}")
+        check = _fallback_check(decision, built, why, judged)
+        outcome = f"{outcome}; fallback {built} built"
     return MaterializeResult(
         metadata={
             "version": version,
             "reused": False,
             "state": GATED if ok else REJECTED,
+            "gate_outcome": outcome,
+            "fallback_version": built or "none",
+            "gate_verdict": decision.verdict,
+            **judged,
             "abandoned": MetadataValue.json(abandoned),
             "fingerprint": print_,
             "temperature": run["temperature"],
@@ -189,7 +211,36 @@ def two_tower_model(
             "seconds": round(time.perf_counter() - start, 1),
             **recall_metadata(metrics),
         },
-        check_results=[
-            AssetCheckResult(check_name=QUALITY_GATE, passed=ok, metadata={"verdict": why})
-        ],  # fmt: skip
+        check_results=[check],
     )
+
+
+def _build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected: str) -> Any:
+    """A fallback version (recsys.fallback) built and gated by this run: (version, why)."""
+    import pandas as pd
+
+    from recsys.features import default_as_of
+    from recsys.registry import GATED
+
+    paths = settings.paths
+    as_of = settings.as_of or default_as_of(paths.dataset)
+    version = reg.new_version(print_)
+    why = fallback.build(
+        reg, version, run_id, {"fingerprint": print_, "rejected_two_tower": rejected},
+        reg.path(rejected), pd.read_parquet(paths.dataset / "interactions.parquet"),
+        pd.read_parquet(paths.dataset / "items.parquet").item_id.to_numpy(), as_of,
+    )  # fmt: skip
+    reg.transition(version, GATED, run_id, f"fallback: two-tower {rejected} failed the "
+                   f"quality gate and no two-tower is current; {why}")  # fmt: skip
+    return version, why
+
+
+def _fallback_check(decision: Any, version: str, why: str,
+                    extra: dict[str, Any] | None = None) -> AssetCheckResult:  # fmt: skip
+    """The gate failed for the two-tower, and a fallback is served: a warning (downstream
+    runs, the run succeeds), not an error; the verdict says both."""
+    return AssetCheckResult(
+        check_name=QUALITY_GATE, passed=False, severity=AssetCheckSeverity.WARN,
+        metadata={**decision.metadata(), **(extra or {}), "fallback_version": version,
+                  "verdict": f"{decision.verdict}; serving fallback version {version} ({why})"},
+    )  # fmt: skip
