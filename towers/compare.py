@@ -1,15 +1,18 @@
-"""The honest comparison: two-tower models (one per loss) against popularity and EASE on the
-temporal test window, warm and cold users reported apart.
+"""The honest comparison: two-tower models (one per loss) against the baselines (popularity
+all-time and recent, EASE, ItemKNN, segment popularity) on the temporal test window, warm and
+cold users reported apart, every model through ``towers.evaluate``.
 
-Protocol. Every model chooses what it can on the validation window only: the two-tower
-its temperature (from ``TEMPERATURES``) and its epoch (early stopping), EASE its λ. Then, for the test window (``test_start`` to
-``as_of``), popularity and EASE are fitted on everything before ``test_start`` (train +
-validation); the two-tower keeps the weights trained on the training split and reads each
-user's and item's features as of ``test_start`` through Feast (so its inputs include the
-validation weeks, as they would online). ``refit=True`` instead retrains it on the train and
-validation rows for the epochs chosen on validation; on MovieLens-100K that scored lower
-(README, "Two-tower results"). Items a user interacted with before ``test_start`` are
-removed from the ranking (``towers.evaluate``).
+Protocol. Every model chooses what it can on the validation window only: the two-tower its
+temperature (from ``TEMPERATURES``) and its epoch (early stopping), recent popularity its
+trailing window, EASE its λ, ItemKNN its neighbours and shrinkage, segment popularity its
+profile fields (:func:`baselines`; the choices go into metrics.json under ``choices``). Then,
+for the test window (``test_start`` to ``as_of``), the baselines are fitted on everything
+before ``test_start`` (train + validation); the two-tower keeps the weights trained on the
+training split and reads each user's and item's features as of ``test_start`` through Feast
+(so its inputs include the validation weeks, as they would online). ``refit=True`` instead
+retrains it on the train and validation rows for the epochs chosen on validation; on
+MovieLens-100K that scored lower (README, "Two-tower results"). Items a user interacted with
+before ``test_start`` are removed from the ranking (``towers.evaluate``).
 
     python -m towers compare --losses softmax bce triplet
 """
@@ -24,10 +27,24 @@ from typing import Any
 
 import pandas as pd
 
-from towers.baselines import EASE, Popularity, tune_ease_lambda
+from towers.baselines import (
+    EASE,
+    EaseTooLarge,
+    Popularity,
+    best_of,
+    ease_lambda_search,
+    tune_popularity_window,
+)
 from towers.config import TowerConfig
 from towers.data import TowerData, load_source, tower_data
-from towers.evaluate import rank_metrics, report
+from towers.evaluate import EvalSplit, rank_metrics, report
+from towers.itemknn import ItemKNN, itemknn_search
+from towers.segments import (
+    SEGMENTATIONS,
+    SegmentPopularity,
+    best_segmentation,
+    segmentation_search,
+)
 from towers.train import TrainResult, evaluate_window, save_checkpoint, train
 
 log = logging.getLogger(__name__)
@@ -51,21 +68,83 @@ def tune(
     return runs[best], scores
 
 
-def baselines(data: TowerData, interactions: pd.DataFrame) -> dict[str, Any]:
-    """Popularity and EASE on the test window; EASE's λ chosen on validation."""
-    assert data.val is not None and data.test is not None
-    val, test = data.val.split, data.test.split
+BASELINE_NOTES = (
+    'EASE and ItemKNN rank users with no history by all-time popularity, so their "all" '
+    "column is comparable; segment popularity ranks by popularity within the user's profile "
+    "segment (global popularity for small segments). Every choice was made on validation."
+)
+
+
+def _keyed(tried: dict[Any, Any]) -> dict[str, Any]:
+    """JSON-ready keys: None is all history, tuples are (neighbours, shrink)."""
+
+    def key(k: Any) -> str:
+        if k is None:
+            return "all"
+        return f"k={k[0]} shrink={k[1]:g}" if isinstance(k, tuple) else f"{k:g}"
+
+    return {key(k): v for k, v in tried.items()}
+
+
+def baselines(
+    val: EvalSplit,
+    test: EvalSplit,
+    interactions: pd.DataFrame,
+    users: pd.DataFrame | None = None,
+    memory_budget: int | None = None,
+    k: int = 20,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every baseline scored on ``test``, each choice made on ``val`` (recall@``k``).
+
+    Returns ``(results, choices)``: results maps "popularity", "popularity (recent)", "EASE",
+    "ItemKNN" and "segment popularity" to their :func:`rank_metrics`; choices records what
+    each chose on validation and what was tried. EASE is left out, with the reason in its
+    choices, when its dense inverse would exceed ``memory_budget`` (bytes; default a share of
+    the available memory); segment popularity when ``users`` is None or lacks every field.
+    """
     item_ids = test.item_ids
     before_val = interactions[interactions.event_timestamp < val.start]
     before_test = interactions[interactions.event_timestamp < test.start]
-    l2 = tune_ease_lambda(before_val, val, item_ids)
-    popularity = Popularity().fit(before_test, item_ids)
-    ease = EASE(l2=l2).fit(before_test, item_ids)
-    return {
-        "popularity": rank_metrics(popularity.score_fn(test), test),
-        "EASE": rank_metrics(ease.score_fn(test), test),
-        "_ease_l2": l2,
-    }
+    results: dict[str, Any] = {}
+    choices: dict[str, Any] = {}
+    score = lambda model: rank_metrics(model.score_fn(test), test)  # noqa: E731
+
+    results["popularity"] = score(Popularity().fit(before_test, item_ids))
+    windows = tune_popularity_window(before_val, val, item_ids, k=k)
+    days = best_of(windows)
+    results["popularity (recent)"] = score(
+        Popularity(days).fit(before_test, item_ids, before=test.start)
+    )
+    choices["popularity (recent)"] = {"window_days": days, f"val_recall@{k}": _keyed(windows)}
+
+    try:
+        lambdas = ease_lambda_search(before_val, val, item_ids, k=k, memory_budget=memory_budget)
+        l2 = float(best_of(lambdas))
+        results["EASE"] = score(EASE(l2, memory_budget).fit(before_test, item_ids))
+        choices["EASE"] = {"l2": l2, f"val_recall@{k}": _keyed(lambdas)}
+    except EaseTooLarge as exc:
+        log.warning("EASE skipped: %s", exc)
+        choices["EASE"] = {"skipped": str(exc)}
+
+    knn = itemknn_search(before_val, val, item_ids, k=k)
+    neighbours, shrink = best_of(knn)
+    results["ItemKNN"] = score(ItemKNN(neighbours, shrink).fit(before_test, item_ids))
+    choices["ItemKNN"] = {"neighbours": neighbours, "shrink": shrink,
+                          f"val_recall@{k}": _keyed(knn)}  # fmt: skip
+
+    try:
+        if users is None:
+            raise ValueError("no users profile given")
+        segmentations = segmentation_search(before_val, users, val, item_ids, k=k)
+    except ValueError as exc:
+        log.warning("segment popularity skipped: %s", exc)
+        choices["segment popularity"] = {"skipped": str(exc)}
+    else:
+        name = best_segmentation(segmentations)
+        model = SegmentPopularity(SEGMENTATIONS[name]).fit(before_test, users, item_ids)
+        results["segment popularity"] = score(model)
+        choices["segment popularity"] = {"segmentation": name, f"val_recall@{k}": segmentations}
+    return results, choices
 
 
 def curves_png(runs: dict[str, TrainResult], k: int) -> bytes:
@@ -108,8 +187,9 @@ def compare(
     source = load_source(settings, with_test=True)
     data = tower_data(source, ("train",), base.history)
     final_data = tower_data(source, ("train", "val"), base.history) if refit else data
-    results = baselines(data, source.interactions)
-    l2 = results.pop("_ease_l2")
+    assert data.val is not None and data.test is not None
+    users = pd.read_parquet(settings.paths.dataset / "users.parquet")
+    results, choices = baselines(data.val.split, data.test.split, source.interactions, users)
     runs: dict[str, TrainResult] = {}
     tuning: dict[str, dict[float, float]] = {}
     for loss in losses:
@@ -124,11 +204,15 @@ def compare(
         assert final_data.test is not None
         results[f"two-tower ({loss})"] = evaluate_window(final.model, final_data.test)
         save_checkpoint(final, out_dir / f"two_tower_{loss}.pt")
-    paths = report(results, out_dir, title=f"test window, {settings.dataset}")
+    for loss, run in runs.items():
+        choices[f"two-tower ({loss})"] = {"temperature": run.config.temperature,
+                                          "best_epoch": run.best_epoch}  # fmt: skip
+    paths = report(results, out_dir, f"test window, {settings.dataset}", choices, BASELINE_NOTES)
     atomic_write_bytes(out_dir / "training_curves.png", curves_png(runs, base.select_k))
     summary = {
         "results": results,
-        "ease_l2": l2,
+        "ease_l2": choices["EASE"].get("l2"),
+        "choices": choices,
         "refit": refit,
         "runs": {
             k: {

@@ -1,4 +1,5 @@
-"""Baselines on tiny matrices: EASE against its closed form, popularity counts, λ tuning."""
+"""Baselines on tiny data where the answer is known: EASE against its closed form and its λ
+grid, its memory budget, popularity counts and the recent window, the popularity fallback."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from towers.baselines import EASE, MAX_EASE_ITEMS, Popularity, tune_ease_lambda
+from towers.baselines import (
+    EASE,
+    EaseTooLarge,
+    Popularity,
+    best_of,
+    ease_bytes,
+    ease_lambda_search,
+    tune_ease_lambda,
+    tune_popularity_window,
+)
 from towers.evaluate import build_eval_split, rank_metrics
 
 DAY0 = pd.Timestamp("2020-01-01", tz="UTC")
@@ -42,7 +52,7 @@ def test_ease_equals_the_closed_form():
     assert model.matrix_.toarray().tolist() == x.tolist()
 
 
-def test_ease_scores_are_history_times_weights_and_cold_users_get_zeros():
+def test_ease_scores_are_history_times_weights_and_cold_users_get_popularity():
     x = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 1]])
     train = frame(matrix_rows(x))
     window = frame([(0, 3, 12), (2, 1, 15), (9, 0, 11)])  # user 9 has no history: cold
@@ -51,7 +61,9 @@ def test_ease_scores_are_history_times_weights_and_cold_users_get_zeros():
     scores = model.scores(split)
     assert split.user_ids.tolist() == [0, 2, 9]
     assert np.allclose(scores[:2], x[[0, 2]] @ model.weights_, atol=1e-6)
-    assert (scores[2] == 0).all() and scores[:2].any(axis=1).all()
+    # User 9 has no history: the all-time popularity counts, not a random (all-zero) ranking.
+    assert scores[2].tolist() == [2, 2, 2, 1]
+    assert scores[:2].any(axis=1).all()
     blocks = model.score_fn(split)
     assert np.array_equal(blocks(np.array([2, 0])), scores[[2, 0]])
 
@@ -71,8 +83,12 @@ def test_ease_recommends_the_planted_co_item():
 
 def test_ease_guards():
     big = frame([(0, 0, 1)])
-    with pytest.raises(ValueError, match=f"{MAX_EASE_ITEMS + 1:,} items"):
-        EASE().fit(big, np.arange(MAX_EASE_ITEMS + 1))
+    # Over the memory budget: refused before any N x N allocation, naming sizes and the way out.
+    with pytest.raises(EaseTooLarge, match=r"200,000 items need 960\.0 GB.*budget.*ItemKNN"):
+        EASE().fit(big, np.arange(200_000))
+    with pytest.raises(EaseTooLarge, match="30 items"):
+        EASE(memory_budget=ease_bytes(30) - 1).fit(big, np.arange(30))
+    assert EASE(memory_budget=ease_bytes(30)).fit(big, np.arange(30)).weights_.shape == (30, 30)
     with pytest.raises(ValueError, match="l2 must be positive"):
         EASE(l2=0.0).fit(big, np.arange(3))
     # Fitting on events inside the window is a leak; scoring refuses it.
