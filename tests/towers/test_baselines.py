@@ -163,3 +163,73 @@ def test_tune_ease_lambda_picks_the_best_validation_recall():
     ]
     with pytest.raises(ValueError, match="leak"):
         tune_ease_lambda(events, val, np.arange(40), grid=grid, k=10)
+
+
+def test_ease_grid_widens_while_the_best_lambda_is_at_an_edge():
+    events = clustered()
+    val_start, val_end = DAY0 + pd.Timedelta(days=14), DAY0 + pd.Timedelta(days=40)
+    val = build_eval_split(events, np.arange(40), val_start, val_end)
+    train = events[events.event_timestamp < val_start]
+    # On this data λ ≈ 16-200 is best: a grid of small λ must grow upwards past its edge.
+    tried = ease_lambda_search(train, val, np.arange(40), grid=(0.5, 1.0), k=10, factor=4)
+    assert list(tried) == [0.5, 1.0, 4.0, 16.0, 64.0]
+    best = best_of(tried)
+    assert best == 16.0 and tried[best] > max(tried[0.5], tried[1.0])
+    assert min(tried) < best < max(tried)  # it stopped once the best was interior
+    assert tune_ease_lambda(train, val, np.arange(40), grid=(0.5, 1.0), k=10) == 16.0
+    # ... and a grid of large λ downwards.
+    assert list(ease_lambda_search(train, val, np.arange(40), grid=(20.0, 40.0), k=10)) == [
+        20.0, 40.0, 5.0,
+    ]  # fmt: skip
+    # A bound stops the widening even with the best still at the edge.
+    bounded = ease_lambda_search(train, val, np.arange(40), (0.5, 1.0), 10, 4, bounds=(0.1, 5))
+    assert list(bounded) == [0.5, 1.0, 4.0]
+    # Flat recall (λ so large EASE ranks like popularity): one step out, then it stops on the
+    # tie instead of running to the bound.
+    flat = ease_lambda_search(train, val, np.arange(40), grid=(1e4, 2e4), k=10)
+    assert list(flat) == [1e4, 2e4, 2500.0]
+    with pytest.raises(ValueError, match="factor"):
+        ease_lambda_search(train, val, np.arange(40), grid=(1.0,), factor=1.0)
+    with pytest.raises(EaseTooLarge, match="memory budget"):
+        ease_lambda_search(train, val, np.arange(40), memory_budget=ease_bytes(40) - 1)
+
+
+def shifting_tastes() -> pd.DataFrame:
+    """Items 0-1 were the hits of days 1-50, items 2-3 are the hits since day 90."""
+    old = [(u, i, 1 + u) for u in range(30) for i in (0, 1)]
+    recent = [(100 + u, i, 90 + u % 10) for u in range(10) for i in (2, 3)]
+    noise = [(300 + i, i, 5) for i in range(4, 10)]
+    val = [(200 + u, i, 100 + u % 10) for u in range(10) for i in (2, 3)]  # new users
+    return frame(old + recent + noise + val)
+
+
+def test_recent_popularity_beats_all_time_when_tastes_shift():
+    events = shifting_tastes()
+    val_start = DAY0 + pd.Timedelta(days=100)
+    val = build_eval_split(events, np.arange(10), val_start, val_start + pd.Timedelta(days=10))
+    train = events[events.event_timestamp < val_start]
+    tried = tune_popularity_window(train, val, np.arange(10), windows=(7, 14, 30, None), k=2)
+    assert list(tried) == [7, 14, 30, None]
+    assert tried[None] == 0.0  # all time: items 0 and 1 (30 users each) fill the top 2
+    assert tried[7] == tried[14] == tried[30] == 1.0  # the last weeks: items 2 and 3
+    assert best_of(tried) == 7  # ties go to the first window tried
+    # Counting stops at the validation start: the window's own events cannot reach the choice.
+    assert tune_popularity_window(events, val, np.arange(10), (7, 14, 30, None), k=2) == tried
+
+
+def test_history_models_rank_cold_users_by_popularity():
+    """EASE and ItemKNN score users without history exactly as popularity does."""
+    from towers.itemknn import ItemKNN
+
+    events = clustered()
+    cold = frame([(100 + u, (u * 3) % 40, 30) for u in range(30)])
+    val_start, val_end = DAY0 + pd.Timedelta(days=14), DAY0 + pd.Timedelta(days=40)
+    val = build_eval_split(pd.concat([events, cold]), np.arange(40), val_start, val_end)
+    train = events[events.event_timestamp < val_start]
+    assert (~val.warm).sum() == 30
+    popularity = rank_metrics(Popularity().fit(train, np.arange(40)).scores(val), val)
+    for model in (EASE(50.0).fit(train, np.arange(40)), ItemKNN(10, 0.0).fit(train, np.arange(40))):
+        metrics = rank_metrics(model.score_fn(val), val)
+        assert metrics["cold"] == popularity["cold"]
+        assert metrics["cold"]["recall@50"] > 0
+        assert metrics["warm"] != popularity["warm"]  # warm users are the model's own
