@@ -149,7 +149,8 @@ def tune_popularity_window(
     for days in windows:
         model = Popularity(days).fit(train_interactions, item_ids, before=val_split.start)
         tried[days] = val_recall(model.score_fn(val_split), val_split, k)
-        log.info("popularity over %s days: validation recall@%d = %.4f", days, k, tried[days])
+        span = "all history" if days is None else f"the last {days:g} days"
+        log.info("popularity over %s: validation recall@%d = %.4f", span, k, tried[days])
     return tried
 
 

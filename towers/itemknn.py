@@ -28,7 +28,7 @@ from towers.evaluate import EvalSplit, item_index
 log = logging.getLogger(__name__)
 
 KNN_NEIGHBOURS = (20, 50, 100, 200)  # k grid chosen on validation
-KNN_SHRINKS = (0.0, 10.0, 50.0)  # shrink grid chosen on validation
+KNN_SHRINKS = (0.0, 10.0, 50.0, 200.0)  # shrink grid chosen on validation
 BLOCK_BYTES = 256 * 2**20  # a dense (N, block) slice of XᵀX at most this large
 
 
