@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 KNN_NEIGHBOURS = (20, 50, 100, 200)  # k grid chosen on validation
 KNN_SHRINKS = (0.0, 10.0, 50.0, 200.0)  # shrink grid chosen on validation
-BLOCK_BYTES = 256 * 2**20  # a dense (N, block) slice of XᵀX at most this large
+BLOCK_BYTES = 256 * 2**20  # peak bytes of one dense (N, block) slice of XᵀX and its top-k
+# Bytes per cell of a slice: float32 similarities, their negation and argpartition's int64.
+BYTES_PER_CELL = 4 + 4 + 8
 
 
 def top_neighbours(
@@ -44,15 +46,16 @@ def top_neighbours(
     n = x.shape[1]
     k = min(k, max(n - 1, 0))
     xc = sp.csc_matrix(x, dtype=np.float32)
+    xt = sp.csr_matrix(xc.T)  # (N, users): CSR times CSC slice is the fast sparse product
     norms = np.sqrt(np.asarray(xc.multiply(xc).sum(axis=0)).ravel())  # (N,)
     idx = np.zeros((n, k), np.int64)
     sim = np.zeros((n, k), np.float32)
     if k == 0:
         return idx, sim
-    step = max(1, block_bytes // (4 * max(n, 1)))
+    step = max(1, block_bytes // (BYTES_PER_CELL * max(n, 1)))
     for lo in range(0, n, step):
         hi = min(lo + step, n)
-        c = np.asarray((xc.T @ xc[:, lo:hi]).toarray(), np.float32)  # (N, b) co-occurrence
+        c = np.asarray((xt @ xc[:, lo:hi]).toarray(), np.float32)  # (N, b) co-occurrence
         c /= norms[:, None] * norms[None, lo:hi] + shrink + 1e-12
         c[np.arange(lo, hi), np.arange(hi - lo)] = -np.inf  # not its own neighbour
         top = np.argpartition(-c, k - 1, axis=0)[:k]  # (k, b) unordered

@@ -31,8 +31,8 @@ def test_neighbours_match_the_dense_definition(shrink):
     rng = np.random.default_rng(3)
     x = (rng.random((30, 12)) < 0.3).astype(np.float32)
     x[:, 11] = 0  # an item nobody had: no neighbours, no NaN
-    # A 200-byte block: several column blocks, the path large catalogues take.
-    idx, sim = top_neighbours(sp.csr_matrix(x), k=4, shrink=shrink, block_bytes=200)
+    # Blocks of 5 target columns (5, 5, 2): the path large catalogues take.
+    idx, sim = top_neighbours(sp.csr_matrix(x), k=4, shrink=shrink, block_bytes=16 * 12 * 5)
     assert idx.shape == sim.shape == (12, 4)
     assert (idx != np.arange(12)[:, None]).all()  # never its own neighbour
     assert (np.diff(sim, axis=1) <= 1e-7).all()  # best first
