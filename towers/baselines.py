@@ -3,16 +3,10 @@
 - :class:`Popularity`: every user gets the catalogue ranked by interaction count, over all
   history or only the last ``window_days`` before the cut (:func:`tune_popularity_window`
   chooses the window on validation).
-- :class:`EASE`: Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019. An
-  item-item linear model with a closed form: with X the binary users x items matrix,
-  ``P = (XᵀX + λI)⁻¹``, ``B = -P / diag(P)`` column-wise, ``diag(B) = 0``; a user's scores
-  are ``x_u B``. λ is chosen on validation (:func:`ease_lambda_search`, which widens the grid
-  while the best λ sits at an edge). The dense inverse needs :func:`ease_bytes`; over the
-  memory budget, fitting raises :class:`EaseTooLarge` before allocating anything.
-- ItemKNN (``towers.itemknn``) and segment popularity (``towers.segments``) live apart.
-
-Models that score from a user's history (EASE, ItemKNN: :class:`HistoryScorer`) give users
-with no history the all-time popularity ranking, so their "all users" figures are fair.
+- :class:`HistoryScorer`: the base of the models that score a user from their history (EASE
+  in ``towers.ease``, ItemKNN in ``towers.itemknn``). Users with no history get the all-time
+  popularity ranking, so their "all users" figures are fair.
+- Segment popularity (profile segments, for cold users) is in ``towers.segments``.
 
 Every baseline is fitted on the interactions *before* the evaluation window (everything
 before its ``start``: for the test window that is train + validation), and that history is
@@ -29,7 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.linalg import lapack
 
 from towers.evaluate import EvalSplit, ScoreFn, item_index, rank_metrics, to_utc
 
@@ -37,42 +30,6 @@ log = logging.getLogger(__name__)
 
 # Trailing windows (days) recent popularity chooses from on validation; None = all history.
 POPULARITY_WINDOWS: tuple[float | None, ...] = (7, 14, 30, 60, 90, 180, None)
-EASE_GRID = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
-# Peak bytes per N² of the λ search: the float64 Gram, its float64 working copy, and the
-# float32 weights of the previous and the current λ.
-EASE_BYTES_PER_CELL = 8 + 8 + 4 + 4
-# Share of the memory available at fit time the dense EASE may take by default.
-EASE_MEMORY_SHARE = 0.5
-
-
-class EaseTooLarge(MemoryError):
-    """The dense items x items inverse would not fit in the memory budget."""
-
-
-def ease_bytes(n_items: int) -> int:
-    """Peak bytes EASE's dense fit (and λ search) needs for ``n_items`` items."""
-    return EASE_BYTES_PER_CELL * n_items * n_items
-
-
-def default_memory_budget() -> int:
-    """Bytes EASE may use by default: a share of the memory available now."""
-    import psutil
-
-    return int(psutil.virtual_memory().available * EASE_MEMORY_SHARE)
-
-
-def check_ease_fits(n_items: int, budget: int | None = None) -> None:
-    """Raise :class:`EaseTooLarge`, naming sizes and what to use, when EASE would not fit."""
-    budget = default_memory_budget() if budget is None else int(budget)
-    need = ease_bytes(n_items)
-    if need > budget:
-        raise EaseTooLarge(
-            f"EASE inverts a dense items x items matrix: {n_items:,} items need "
-            f"{need / 1e9:.1f} GB, over the memory budget of {budget / 1e9:.1f} GB; use "
-            "ItemKNN (sparse) or restrict the catalogue (e.g. the most popular items)"
-        )
-
-
 def _check_split(split: EvalSplit, item_ids: np.ndarray, latest: pd.Timestamp | None) -> None:
     """The split ranks the fitted catalogue, and its window starts after the fitted data."""
     if not np.array_equal(split.item_ids, item_ids):
@@ -174,38 +131,6 @@ def interaction_matrix(
     x.data[:] = 1.0  # repeated (user, item) pairs were summed: binary
     return users, x
 
-
-def gram(x: sp.csr_matrix) -> np.ndarray:
-    """XᵀX as a dense (N, N) float64 array."""
-    x64 = x.astype(np.float64)
-    return np.asarray((x64.T @ x64).toarray())
-
-
-def ease_weights(g: np.ndarray, l2: float, block: int = 2048) -> np.ndarray:
-    """EASE's B (N, N) float32 from the Gram matrix ``g`` (left unchanged) and λ = ``l2``."""
-    if l2 <= 0:
-        raise ValueError(f"l2 must be positive (it makes XᵀX + λI invertible), got {l2}")
-    n = len(g)
-    p = g + l2 * np.eye(n)  # (N, N) float64, symmetric positive definite
-    # Cholesky inverse in place (half the flops of a general inverse, no second N x N
-    # buffer). p.T is Fortran-ordered, so LAPACK works on p's memory; it fills the upper
-    # triangle of p.T, the lower triangle of p, which is then mirrored.
-    c, info = lapack.dpotrf(p.T, lower=0, overwrite_a=1, clean=0)
-    if info == 0:
-        c, info = lapack.dpotri(c, lower=0, overwrite_c=1)
-    if info != 0 or not np.shares_memory(c, p):
-        raise np.linalg.LinAlgError(f"Cholesky inverse of XᵀX + λI failed (LAPACK info={info})")
-    for lo in range(0, n, block):
-        hi = min(lo + block, n)
-        p[:lo, lo:hi] = p[lo:hi, :lo].T
-        d = p[lo:hi, lo:hi]
-        p[lo:hi, lo:hi] = np.tril(d) + np.tril(d, -1).T
-    diag = np.diag(p).copy()  # (N,)
-    p /= -diag  # B_ij = -P_ij / P_jj
-    np.fill_diagonal(p, 0.0)
-    return p.astype(np.float32)
-
-
 class HistoryScorer:
     """A model scoring a user from their interactions before the window (``x_u``, a row of
     ``matrix_``); users with no history get the all-time popularity counts instead."""
@@ -246,86 +171,3 @@ class HistoryScorer:
         """Scores by blocks of user rows, for splits where U x N does not fit in memory."""
         _check_split(split, self.item_ids_, self.latest_)
         return lambda rows: self._rows(split.user_ids[rows])
-
-
-class EASE(HistoryScorer):
-    """Steck's EASE (WWW 2019): closed-form item-item weights with an L2 penalty λ."""
-
-    def __init__(self, l2: float = 500.0, memory_budget: int | None = None) -> None:
-        self.l2 = l2  # λ; choose it on validation with ease_lambda_search
-        self.memory_budget = memory_budget  # bytes; None: a share of the available memory
-
-    def fit(self, interactions: pd.DataFrame, item_ids: np.ndarray) -> EASE:
-        """Fit on the interactions before the window; they are also the users' histories.
-        Raises :class:`EaseTooLarge` first if the dense inverse would not fit."""
-        check_ease_fits(len(item_index(item_ids)), self.memory_budget)
-        self._history(interactions, item_ids)
-        self.weights_ = ease_weights(gram(self.matrix_), self.l2)  # (N, N) B
-        return self
-
-    def _history_scores(self, x: sp.csr_matrix) -> np.ndarray:
-        return np.asarray(x @ self.weights_, dtype=np.float32)
-
-
-def ease_lambda_search(
-    train_interactions: pd.DataFrame,
-    val_split: EvalSplit,
-    item_ids: np.ndarray,
-    grid: Sequence[float] = EASE_GRID,
-    k: int = 20,
-    factor: float = 4.0,
-    bounds: tuple[float, float] = (0.1, 1e7),
-    max_extensions: int = 8,
-    memory_budget: int | None = None,
-) -> dict[float, float]:
-    """Validation recall@k of EASE for every λ tried, in the order tried.
-
-    The grid is tried first; while the best λ (ties: the first tried) is the smallest or the
-    largest tried, the next one beyond it (÷ or x ``factor``) is tried too, until the best is
-    interior, the next would leave ``bounds``, or ``max_extensions`` were added. Fit on
-    ``train_interactions`` (everything before the validation window). Users without history
-    score popularity for every λ, so they do not move the choice.
-    """
-    if not grid:
-        raise ValueError("grid is empty: give at least one λ")
-    if factor <= 1:
-        raise ValueError(f"factor must be above 1 to widen the grid, got {factor}")
-    _check_val(val_split)
-    check_ease_fits(len(item_index(item_ids)), memory_budget)
-    model = EASE(float(grid[0]))
-    model._history(train_interactions, item_ids)
-    g = gram(model.matrix_)  # (N, N) shared by every λ
-    tried: dict[float, float] = {}
-
-    def attempt(l2: float) -> None:
-        model.l2, model.weights_ = l2, ease_weights(g, l2)
-        tried[l2] = val_recall(model.score_fn(val_split), val_split, k)
-        log.info("EASE λ=%g: validation recall@%d = %.4f", l2, k, tried[l2])
-
-    for l2 in grid:
-        attempt(float(l2))
-    for _ in range(max_extensions):
-        best = best_of(tried)
-        lower, upper = min(tried) / factor, max(tried) * factor
-        if best == min(tried) and lower >= bounds[0]:
-            attempt(lower)
-        elif best == max(tried) and upper <= bounds[1]:
-            attempt(upper)
-        else:
-            break
-    edge = best_of(tried) in (min(tried), max(tried)) and len(tried) > 1
-    if edge:
-        log.warning("EASE: the best λ %g is still at an edge of %s", best_of(tried), sorted(tried))
-    return tried
-
-
-def tune_ease_lambda(
-    train_interactions: pd.DataFrame,
-    val_split: EvalSplit,
-    item_ids: np.ndarray,
-    grid: Sequence[float] = EASE_GRID,
-    k: int = 20,
-) -> float:
-    """The λ with the best recall@k over all users of the *validation* split, from ``grid``
-    widened at its edges (:func:`ease_lambda_search`). Ties go to the first λ tried."""
-    return float(best_of(ease_lambda_search(train_interactions, val_split, item_ids, grid, k)))

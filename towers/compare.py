@@ -27,16 +27,18 @@ from typing import Any
 
 import pandas as pd
 
-from towers.baselines import (
-    EASE,
-    EaseTooLarge,
-    Popularity,
-    best_of,
-    ease_lambda_search,
-    tune_popularity_window,
-)
+from towers.baselines import Popularity, best_of, tune_popularity_window
 from towers.config import TowerConfig
 from towers.data import TowerData, load_source, tower_data
+from towers.ease import (
+    EASE,
+    MIN_SAMPLED_ITEMS,
+    EaseTooLarge,
+    check_ease_fits,
+    default_memory_budget,
+    ease_lambda_search,
+    ease_max_items,
+)
 from towers.evaluate import EvalSplit, rank_metrics, report
 from towers.itemknn import ItemKNN, itemknn_search
 from towers.segments import (
@@ -86,6 +88,38 @@ def _keyed(tried: dict[Any, Any]) -> dict[str, Any]:
     return {key(k): v for k, v in tried.items()}
 
 
+def _ease(
+    before_val: pd.DataFrame,
+    val: EvalSplit,
+    before_test: pd.DataFrame,
+    test: EvalSplit,
+    memory_budget: int | None,
+    min_items: int,
+    k: int,
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """EASE's test metrics (None if skipped) and its choices: λ, and the items it models."""
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    n_items, top = len(test.item_ids), None
+    choice: dict[str, Any] = {}
+    try:
+        check_ease_fits(n_items, budget)
+    except EaseTooLarge as exc:
+        top = ease_max_items(budget)
+        if top < min_items:
+            log.warning("EASE skipped: %s", exc)
+            return None, {"skipped": f"{exc}; a sampled EASE would model only {top:,} items "
+                                     f"(under {min_items:,})"}  # fmt: skip
+        choice["sampled"] = (f"{exc}: EASE models the {top:,} most popular items, the other "
+                             f"{n_items - top:,} rank below them by popularity")  # fmt: skip
+        log.warning("EASE sampled: %s", choice["sampled"])
+    lambdas = ease_lambda_search(before_val, val, test.item_ids, k=k, memory_budget=budget,
+                                 top_items=top)  # fmt: skip
+    l2 = float(best_of(lambdas))
+    model = EASE(l2, budget, top).fit(before_test, test.item_ids)
+    choice.update(l2=l2, items_modelled=top or n_items, **{f"val_recall@{k}": _keyed(lambdas)})
+    return rank_metrics(model.score_fn(test), test), choice
+
+
 def baselines(
     val: EvalSplit,
     test: EvalSplit,
@@ -93,14 +127,17 @@ def baselines(
     users: pd.DataFrame | None = None,
     memory_budget: int | None = None,
     k: int = 20,
+    min_ease_items: int = MIN_SAMPLED_ITEMS,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every baseline scored on ``test``, each choice made on ``val`` (recall@``k``).
 
     Returns ``(results, choices)``: results maps "popularity", "popularity (recent)", "EASE",
     "ItemKNN" and "segment popularity" to their :func:`rank_metrics`; choices records what
-    each chose on validation and what was tried. EASE is left out, with the reason in its
-    choices, when its dense inverse would exceed ``memory_budget`` (bytes; default a share of
-    the available memory); segment popularity when ``users`` is None or lacks every field.
+    each chose on validation and what was tried. When EASE's dense inverse would exceed
+    ``memory_budget`` (bytes; default a share of the available memory), EASE models only the
+    most popular items that fit (a sampled EASE, said so in its choices), or is left out, with
+    the reason, if that is under ``min_ease_items``. Segment popularity is left out when
+    ``users`` is None or lacks every field.
     """
     item_ids = test.item_ids
     before_val = interactions[interactions.event_timestamp < val.start]
@@ -117,14 +154,10 @@ def baselines(
     )
     choices["popularity (recent)"] = {"window_days": days, f"val_recall@{k}": _keyed(windows)}
 
-    try:
-        lambdas = ease_lambda_search(before_val, val, item_ids, k=k, memory_budget=memory_budget)
-        l2 = float(best_of(lambdas))
-        results["EASE"] = score(EASE(l2, memory_budget).fit(before_test, item_ids))
-        choices["EASE"] = {"l2": l2, f"val_recall@{k}": _keyed(lambdas)}
-    except EaseTooLarge as exc:
-        log.warning("EASE skipped: %s", exc)
-        choices["EASE"] = {"skipped": str(exc)}
+    ease, choices["EASE"] = _ease(before_val, val, before_test, test, memory_budget,
+                                  min_ease_items, k)  # fmt: skip
+    if ease is not None:
+        results["EASE"] = ease
 
     knn = itemknn_search(before_val, val, item_ids, k=k)
     neighbours, shrink = best_of(knn)

@@ -9,15 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from towers.baselines import (
+from towers.baselines import Popularity, best_of, tune_popularity_window
+from towers.ease import (
     EASE,
     EaseTooLarge,
-    Popularity,
-    best_of,
     ease_bytes,
     ease_lambda_search,
+    ease_max_items,
     tune_ease_lambda,
-    tune_popularity_window,
 )
 from towers.evaluate import build_eval_split, rank_metrics
 
@@ -89,6 +88,7 @@ def test_ease_guards():
     with pytest.raises(EaseTooLarge, match="30 items"):
         EASE(memory_budget=ease_bytes(30) - 1).fit(big, np.arange(30))
     assert EASE(memory_budget=ease_bytes(30)).fit(big, np.arange(30)).weights_.shape == (30, 30)
+    assert ease_max_items(ease_bytes(30)) == 30 and ease_max_items(ease_bytes(30) - 1) == 29
     with pytest.raises(ValueError, match="l2 must be positive"):
         EASE(l2=0.0).fit(big, np.arange(3))
     # Fitting on events inside the window is a leak; scoring refuses it.
@@ -278,10 +278,17 @@ def test_compare_baselines_share_the_evaluation_and_record_choices(tmp_path):
     # Fair "all" columns: EASE and ItemKNN give cold users exactly popularity's ranking.
     assert results["EASE"]["cold"] == results["ItemKNN"]["cold"] == pop
 
-    # Over the memory budget EASE is left out with the reason, and everything else stays.
+    # Over the memory budget: a sampled EASE on the most popular items that fit ...
+    budget = ease_bytes(20)
+    sampled, why = baselines(val, test, events, users, budget, k=10, min_ease_items=20)
+    assert why["EASE"]["items_modelled"] == 20 and "20 most popular" in why["EASE"]["sampled"]
+    sampled_ease = EASE(why["EASE"]["l2"], budget, 20).fit(before_test, np.arange(40))
+    assert sampled["EASE"] == rank_metrics(sampled_ease.score_fn(test), test)
+    # ... or, when that would be too partial, EASE is left out with the reason.
     small, why = baselines(val, test, events, users, memory_budget=ease_bytes(40) - 1, k=10)
     assert "EASE" not in small and set(small) == set(names) - {"EASE"}
     assert "memory budget" in why["EASE"]["skipped"] and "ItemKNN" in why["EASE"]["skipped"]
+    assert "only 39 items" in why["EASE"]["skipped"]
     no_profile, why = baselines(val, test, events, None, k=10)
     assert "segment popularity" not in no_profile and "skipped" in why["segment popularity"]
 
@@ -290,3 +297,29 @@ def test_compare_baselines_share_the_evaluation_and_record_choices(tmp_path):
     assert written["choices"]["EASE"]["l2"] == choices["EASE"]["l2"]
     assert set(written["models"]) == set(names)
     assert "rank users with no history by all-time popularity" in paths["markdown"].read_text()
+
+
+def test_sampled_ease_models_the_most_popular_items_and_ranks_the_rest_below():
+    x = (np.random.default_rng(2).random((12, 6)) < 0.5).astype(float)
+    x[:, 1] = 1  # item 1 the most popular
+    x[:, 4] = 0
+    x[:3, 4] = 1  # item 4 the least popular but one
+    x[:, 5] = 0
+    x[0, 5] = 1
+    train = frame(matrix_rows(x))
+    window = frame([(u, 5, 12) for u in range(12)])
+    split = build_eval_split(pd.concat([train, window]), np.arange(6), START, END)
+    counts = x.sum(axis=0)
+    top = np.sort(np.argsort(-counts, kind="stable")[:3])
+    model = EASE(l2=2.0, top_items=3).fit(train, np.arange(6))
+    assert model.columns_.tolist() == top.tolist() and model.weights_.shape == (3, 3)
+    # The modelled part is EASE on those items' columns ...
+    p = np.linalg.solve(x[:, top].T @ x[:, top] + 2.0 * np.eye(3), np.eye(3))
+    assert np.allclose(model.weights_, np.eye(3) - p / np.diag(p), atol=1e-6)
+    scores = model.score_fn(split)(np.arange(len(split.user_ids)))
+    assert np.allclose(scores[:, top], x[split.user_ids][:, top] @ model.weights_, atol=1e-5)
+    # ... and every other item ranks below all of them, the more popular first.
+    rest = np.setdiff1d(np.arange(6), top)
+    assert (scores[:, rest].max(axis=1) < scores[:, top].min(axis=1)).all()
+    by_popularity = rest[np.argsort(-counts[rest], kind="stable")]
+    assert (np.diff(scores[:, by_popularity], axis=1) <= 0).all()
