@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Trailing windows (days) recent popularity chooses from on validation; None = all history.
 POPULARITY_WINDOWS: tuple[float | None, ...] = (7, 14, 30, 60, 90, 180, None)
+
+
 def _check_split(split: EvalSplit, item_ids: np.ndarray, latest: pd.Timestamp | None) -> None:
     """The split ranks the fitted catalogue, and its window starts after the fitted data."""
     if not np.array_equal(split.item_ids, item_ids):
@@ -130,6 +132,7 @@ def interaction_matrix(
     )
     x.data[:] = 1.0  # repeated (user, item) pairs were summed: binary
     return users, x
+
 
 class HistoryScorer:
     """A model scoring a user from their interactions before the window (``x_u``, a row of
