@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,19 @@ def _latest(when: pd.Series) -> pd.Timestamp | None:
 def val_recall(score_fn: ScoreFn, split: EvalSplit, k: int) -> float:
     """Recall@k over all users of ``split``: what every baseline's choice maximises."""
     return rank_metrics(score_fn, split, ks=(k,))["all"][f"recall@{k}"]
+
+
+def sample_users(split: EvalSplit, max_users: int | None, seed: int = 0) -> EvalSplit:
+    """``split`` cut to at most ``max_users`` users drawn at random (``seed``), order kept:
+    choosing on a sample keeps each choice's cost bounded on large validation windows."""
+    n = len(split.user_ids)
+    if max_users is None or n <= max_users:
+        return split
+    if max_users < 1:
+        raise ValueError(f"max_users must be positive (or None for all), got {max_users}")
+    rows = np.sort(np.random.default_rng(seed).choice(n, max_users, replace=False))
+    return replace(split, user_ids=split.user_ids[rows], truth=[split.truth[r] for r in rows],
+                   seen=split.seen[rows], warm=split.warm[rows])  # fmt: skip
 
 
 def _check_val(split: EvalSplit) -> None:

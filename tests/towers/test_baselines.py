@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from towers.baselines import Popularity, best_of, tune_popularity_window
+from towers.baselines import Popularity, best_of, sample_users, tune_popularity_window
 from towers.ease import (
     EASE,
     EaseTooLarge,
@@ -264,6 +264,7 @@ def test_compare_baselines_share_the_evaluation_and_record_choices(tmp_path):
     results, choices = baselines(val, test, events, users, memory_budget=None, k=10)
     names = ["popularity", "popularity (recent)", "EASE", "ItemKNN", "segment popularity"]
     assert list(results) == names
+    assert choices["validation users"] == len(val.user_ids)
     before_test = events[events.event_timestamp < test.start]
     # Each entry is that model, fitted before the test window, through towers.evaluate.
     ease = EASE(choices["EASE"]["l2"]).fit(before_test, np.arange(40))
@@ -323,3 +324,19 @@ def test_sampled_ease_models_the_most_popular_items_and_ranks_the_rest_below():
     assert (scores[:, rest].max(axis=1) < scores[:, top].min(axis=1)).all()
     by_popularity = rest[np.argsort(-counts[rest], kind="stable")]
     assert (np.diff(scores[:, by_popularity], axis=1) <= 0).all()
+
+
+def test_choices_on_a_sample_of_validation_users():
+    events = clustered()
+    val_start, val_end = DAY0 + pd.Timedelta(days=14), DAY0 + pd.Timedelta(days=40)
+    val = build_eval_split(events, np.arange(40), val_start, val_end)
+    assert sample_users(val, None) is val and sample_users(val, 60) is val
+    part = sample_users(val, 25, seed=3)
+    rows = np.searchsorted(val.user_ids, part.user_ids)
+    assert len(part.user_ids) == 25 and (np.diff(part.user_ids) > 0).all()
+    assert all(np.array_equal(t, val.truth[r]) for t, r in zip(part.truth, rows, strict=True))
+    assert (part.seen != val.seen[rows]).nnz == 0 and np.array_equal(part.warm, val.warm[rows])
+    assert np.array_equal(sample_users(val, 25, seed=3).user_ids, part.user_ids)  # seeded
+    assert not np.array_equal(sample_users(val, 25, seed=4).user_ids, part.user_ids)
+    with pytest.raises(ValueError, match="max_users"):
+        sample_users(val, 0)
