@@ -1,36 +1,36 @@
 """Baselines the two-tower model must beat, scored through the same ``towers.evaluate`` path.
 
-- :class:`Popularity`: every user gets the catalogue ranked by interaction count (optionally
-  only the last ``window_days`` before the cut).
-- :class:`EASE`: Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019. An
-  item-item linear model with a closed form: with X the binary users x items matrix,
-  ``P = (XᵀX + λI)⁻¹``, ``B = -P / diag(P)`` column-wise, ``diag(B) = 0``; a user's scores
-  are ``x_u B``. It cannot score a user with no history: cold users get all-zero scores (a
-  random ranking under the evaluation's tie-break) and are reported as such, with no fallback.
+- :class:`Popularity`: every user gets the catalogue ranked by interaction count, over all
+  history or only the last ``window_days`` before the cut (:func:`tune_popularity_window`
+  chooses the window on validation).
+- :class:`HistoryScorer`: the base of the models that score a user from their history (EASE
+  in ``towers.ease``, ItemKNN in ``towers.itemknn``). Users with no history get the all-time
+  popularity ranking, so their "all users" figures are fair.
+- Segment popularity (profile segments, for cold users) is in ``towers.segments``.
 
-Both are fitted on the interactions *before* the evaluation window (everything before its
-``start``: for the test window that is train + validation), and that history is also what
-EASE scores a user from. Scoring a split whose window starts at or before the latest fitted
-event raises: that would be a leak.
+Every baseline is fitted on the interactions *before* the evaluation window (everything
+before its ``start``: for the test window that is train + validation), and that history is
+also what the history models score a user from. Scoring a split whose window starts at or
+before the latest fitted event raises: that would be a leak.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.linalg import lapack
 
 from towers.evaluate import EvalSplit, ScoreFn, item_index, rank_metrics, to_utc
 
 log = logging.getLogger(__name__)
 
-# XᵀX + λI is inverted densely in float64: 30,000 items is 7.2 GB per N x N matrix.
-MAX_EASE_ITEMS = 30_000
+# Trailing windows (days) recent popularity chooses from on validation; None = all history.
+POPULARITY_WINDOWS: tuple[float | None, ...] = (7, 14, 30, 60, 90, 180, None)
 
 
 def _check_split(split: EvalSplit, item_ids: np.ndarray, latest: pd.Timestamp | None) -> None:
@@ -46,6 +46,29 @@ def _check_split(split: EvalSplit, item_ids: np.ndarray, latest: pd.Timestamp | 
 
 def _latest(when: pd.Series) -> pd.Timestamp | None:
     return None if when.empty else to_utc(when.max())
+
+
+def val_recall(score_fn: ScoreFn, split: EvalSplit, k: int) -> float:
+    """Recall@k over all users of ``split``: what every baseline's choice maximises."""
+    return rank_metrics(score_fn, split, ks=(k,))["all"][f"recall@{k}"]
+
+
+def sample_users(split: EvalSplit, max_users: int | None, seed: int = 0) -> EvalSplit:
+    """``split`` cut to at most ``max_users`` users drawn at random (``seed``), order kept:
+    choosing on a sample keeps each choice's cost bounded on large validation windows."""
+    n = len(split.user_ids)
+    if max_users is None or n <= max_users:
+        return split
+    if max_users < 1:
+        raise ValueError(f"max_users must be positive (or None for all), got {max_users}")
+    rows = np.sort(np.random.default_rng(seed).choice(n, max_users, replace=False))
+    return replace(split, user_ids=split.user_ids[rows], truth=[split.truth[r] for r in rows],
+                   seen=split.seen[rows], warm=split.warm[rows])  # fmt: skip
+
+
+def _check_val(split: EvalSplit) -> None:
+    if not len(split.user_ids):
+        raise ValueError("the validation split has no users: nothing to choose on")
 
 
 class Popularity:
@@ -83,6 +106,32 @@ class Popularity:
         return lambda rows: np.broadcast_to(self.counts_, (len(rows), len(self.counts_)))
 
 
+def tune_popularity_window(
+    train_interactions: pd.DataFrame,
+    val_split: EvalSplit,
+    item_ids: np.ndarray,
+    windows: Sequence[float | None] = POPULARITY_WINDOWS,
+    k: int = 20,
+) -> dict[float | None, float]:
+    """Validation recall@k of popularity over each trailing window (days; None = all history)
+    before the validation window's start. The best is the first with the highest recall."""
+    if not windows:
+        raise ValueError("windows is empty: give at least one window (None = all history)")
+    _check_val(val_split)
+    tried: dict[float | None, float] = {}
+    for days in windows:
+        model = Popularity(days).fit(train_interactions, item_ids, before=val_split.start)
+        tried[days] = val_recall(model.score_fn(val_split), val_split, k)
+        span = "all history" if days is None else f"the last {days:g} days"
+        log.info("popularity over %s: validation recall@%d = %.4f", span, k, tried[days])
+    return tried
+
+
+def best_of(tried: dict[Any, float]) -> Any:
+    """The key with the highest value; ties go to the first tried."""
+    return max(tried, key=lambda key: tried[key])
+
+
 def interaction_matrix(
     interactions: pd.DataFrame, index: pd.Index
 ) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -99,69 +148,35 @@ def interaction_matrix(
     return users, x
 
 
-def gram(x: sp.csr_matrix) -> np.ndarray:
-    """XᵀX as a dense (N, N) float64 array."""
-    x64 = x.astype(np.float64)
-    return np.asarray((x64.T @ x64).toarray())
+class HistoryScorer:
+    """A model scoring a user from their interactions before the window (``x_u``, a row of
+    ``matrix_``); users with no history get the all-time popularity counts instead."""
 
+    item_ids_: np.ndarray  # (N,) the catalogue
+    user_ids_: np.ndarray  # (n,) ascending: users with history
+    matrix_: sp.csr_matrix  # (n, N) binary history
+    fallback_: np.ndarray  # (N,) float32 popularity counts for users without history
+    latest_: pd.Timestamp | None
 
-def ease_weights(g: np.ndarray, l2: float, block: int = 2048) -> np.ndarray:
-    """EASE's B (N, N) float32 from the Gram matrix ``g`` (left unchanged) and λ = ``l2``."""
-    if l2 <= 0:
-        raise ValueError(f"l2 must be positive (it makes XᵀX + λI invertible), got {l2}")
-    n = len(g)
-    p = g + l2 * np.eye(n)  # (N, N) float64, symmetric positive definite
-    # Cholesky inverse in place (half the flops of a general inverse, no second N x N
-    # buffer). p.T is Fortran-ordered, so LAPACK works on p's memory; it fills the upper
-    # triangle of p.T, the lower triangle of p, which is then mirrored.
-    c, info = lapack.dpotrf(p.T, lower=0, overwrite_a=1, clean=0)
-    if info == 0:
-        c, info = lapack.dpotri(c, lower=0, overwrite_c=1)
-    if info != 0 or not np.shares_memory(c, p):
-        raise np.linalg.LinAlgError(f"Cholesky inverse of XᵀX + λI failed (LAPACK info={info})")
-    for lo in range(0, n, block):
-        hi = min(lo + block, n)
-        p[:lo, lo:hi] = p[lo:hi, :lo].T
-        d = p[lo:hi, lo:hi]
-        p[lo:hi, lo:hi] = np.tril(d) + np.tril(d, -1).T
-    diag = np.diag(p).copy()  # (N,)
-    p /= -diag  # B_ij = -P_ij / P_jj
-    np.fill_diagonal(p, 0.0)
-    return p.astype(np.float32)
-
-
-class EASE:
-    """Steck's EASE (WWW 2019): closed-form item-item weights with an L2 penalty λ."""
-
-    def __init__(self, l2: float = 500.0) -> None:
-        self.l2 = l2  # λ; choose it on validation with tune_ease_lambda
-
-    def _history(self, interactions: pd.DataFrame, item_ids: np.ndarray) -> EASE:
+    def _history(self, interactions: pd.DataFrame, item_ids: np.ndarray) -> None:
         index = item_index(item_ids)
-        if len(index) > MAX_EASE_ITEMS:
-            raise ValueError(
-                f"EASE inverts a dense items x items matrix: {len(index):,} items is over the "
-                f"{MAX_EASE_ITEMS:,} limit ({len(index) ** 2 * 8 / 1e9:.1f} GB per copy); "
-                "restrict the catalogue (e.g. the most popular items)"
-            )
         self.item_ids_ = index.to_numpy(np.int64)
-        self.user_ids_, self.matrix_ = interaction_matrix(interactions, index)  # (n,), (n, N)
+        self.user_ids_, self.matrix_ = interaction_matrix(interactions, index)
+        self.fallback_ = Popularity().fit(interactions, self.item_ids_).counts_
         self.latest_ = _latest(pd.to_datetime(interactions["event_timestamp"], utc=True))
-        return self
 
-    def fit(self, interactions: pd.DataFrame, item_ids: np.ndarray) -> EASE:
-        """Fit on the interactions before the window; they are also the users' histories."""
-        self._history(interactions, item_ids)
-        self.weights_ = ease_weights(gram(self.matrix_), self.l2)  # (N, N) B
-        return self
+    def _history_scores(self, x: sp.csr_matrix) -> np.ndarray:
+        """(B, N) float32 scores of B users from their (B, N) history rows."""
+        raise NotImplementedError
 
     def _rows(self, user_ids: np.ndarray) -> np.ndarray:
-        """(B, N) scores x_u B; zeros for users without history."""
-        out = np.zeros((len(user_ids), len(self.item_ids_)), np.float32)
+        """(B, N) scores of ``user_ids``; popularity for users without history."""
+        out = np.empty((len(user_ids), len(self.item_ids_)), np.float32)
         pos = np.searchsorted(self.user_ids_, user_ids).clip(max=max(len(self.user_ids_) - 1, 0))
         known = self.user_ids_[pos] == user_ids if len(self.user_ids_) else pos < 0
+        out[~known] = self.fallback_
         if known.any():
-            out[known] = self.matrix_[pos[known]] @ self.weights_
+            out[known] = self._history_scores(self.matrix_[pos[known]])
         return out
 
     def scores(self, split: EvalSplit) -> np.ndarray:
@@ -173,31 +188,3 @@ class EASE:
         """Scores by blocks of user rows, for splits where U x N does not fit in memory."""
         _check_split(split, self.item_ids_, self.latest_)
         return lambda rows: self._rows(split.user_ids[rows])
-
-
-def tune_ease_lambda(
-    train_interactions: pd.DataFrame,
-    val_split: EvalSplit,
-    item_ids: np.ndarray,
-    grid: Sequence[float] = (50, 100, 200, 500, 1000, 2000),
-    k: int = 20,
-) -> float:
-    """The λ in ``grid`` with the best recall@k over all users of the *validation* split.
-
-    Fit on ``train_interactions`` (everything before the validation window). Cold users score
-    the same for every λ, so they do not move the choice. Ties go to the first λ in ``grid``.
-    """
-    if not grid:
-        raise ValueError("grid is empty: give at least one λ")
-    if not len(val_split.user_ids):
-        raise ValueError("the validation split has no users: nothing to choose λ on")
-    model = EASE(l2=float(grid[0]))._history(train_interactions, item_ids)
-    g = gram(model.matrix_)  # (N, N) shared by every λ
-    best, best_recall = float(grid[0]), -np.inf
-    for l2 in grid:
-        model.l2, model.weights_ = float(l2), ease_weights(g, float(l2))
-        recall = rank_metrics(model.score_fn(val_split), val_split, ks=(k,))["all"][f"recall@{k}"]
-        log.info("EASE λ=%g: validation recall@%d = %.4f", l2, k, recall)
-        if recall > best_recall:
-            best, best_recall = float(l2), recall
-    return best

@@ -1,15 +1,18 @@
-"""The honest comparison: two-tower models (one per loss) against popularity and EASE on the
-temporal test window, warm and cold users reported apart.
+"""The honest comparison: two-tower models (one per loss) against the baselines (popularity
+all-time and recent, EASE, ItemKNN, segment popularity) on the temporal test window, warm and
+cold users reported apart, every model through ``towers.evaluate``.
 
-Protocol. Every model chooses what it can on the validation window only: the two-tower
-its temperature (from ``TEMPERATURES``) and its epoch (early stopping), EASE its λ. Then, for the test window (``test_start`` to
-``as_of``), popularity and EASE are fitted on everything before ``test_start`` (train +
-validation); the two-tower keeps the weights trained on the training split and reads each
-user's and item's features as of ``test_start`` through Feast (so its inputs include the
-validation weeks, as they would online). ``refit=True`` instead retrains it on the train and
-validation rows for the epochs chosen on validation; on MovieLens-100K that scored lower
-(README, "Two-tower results"). Items a user interacted with before ``test_start`` are
-removed from the ranking (``towers.evaluate``).
+Protocol. Every model chooses what it can on the validation window only: the two-tower its
+temperature (from ``TEMPERATURES``) and its epoch (early stopping), recent popularity its
+trailing window, EASE its λ, ItemKNN its neighbours and shrinkage, segment popularity its
+profile fields (:func:`baselines`; the choices go into metrics.json under ``choices``). Then,
+for the test window (``test_start`` to ``as_of``), the baselines are fitted on everything
+before ``test_start`` (train + validation); the two-tower keeps the weights trained on the
+training split and reads each user's and item's features as of ``test_start`` through Feast
+(so its inputs include the validation weeks, as they would online). ``refit=True`` instead
+retrains it on the train and validation rows for the epochs chosen on validation; on
+MovieLens-100K that scored lower (README, "Two-tower results"). Items a user interacted with
+before ``test_start`` are removed from the ranking (``towers.evaluate``).
 
     python -m towers compare --losses softmax bce triplet
 """
@@ -24,10 +27,26 @@ from typing import Any
 
 import pandas as pd
 
-from towers.baselines import EASE, Popularity, tune_ease_lambda
+from towers.baselines import Popularity, best_of, sample_users, tune_popularity_window
 from towers.config import TowerConfig
 from towers.data import TowerData, load_source, tower_data
-from towers.evaluate import rank_metrics, report
+from towers.ease import (
+    EASE,
+    MIN_SAMPLED_ITEMS,
+    EaseTooLarge,
+    check_ease_fits,
+    default_memory_budget,
+    ease_lambda_search,
+    ease_max_items,
+)
+from towers.evaluate import EvalSplit, rank_metrics, report
+from towers.itemknn import ItemKNN, itemknn_search
+from towers.segments import (
+    SEGMENTATIONS,
+    SegmentPopularity,
+    best_segmentation,
+    segmentation_search,
+)
 from towers.train import TrainResult, evaluate_window, save_checkpoint, train
 
 log = logging.getLogger(__name__)
@@ -51,21 +70,124 @@ def tune(
     return runs[best], scores
 
 
-def baselines(data: TowerData, interactions: pd.DataFrame) -> dict[str, Any]:
-    """Popularity and EASE on the test window; EASE's λ chosen on validation."""
-    assert data.val is not None and data.test is not None
-    val, test = data.val.split, data.test.split
+BASELINE_NOTES = (
+    'EASE and ItemKNN rank users with no history by all-time popularity, so their "all" '
+    "column is comparable; segment popularity ranks by popularity within the user's profile "
+    "segment (global popularity for small segments). Every choice was made on validation."
+)
+
+
+# Baseline choices are made on at most this many validation users: each choice scores the
+# window once per grid point (about 30 in all), and grid points are compared on the same
+# users, a paired difference far more precise than either mean.
+MAX_VAL_USERS = 2000
+
+
+def _keyed(tried: dict[Any, Any]) -> dict[str, Any]:
+    """JSON-ready keys: None is all history, tuples are (neighbours, shrink)."""
+
+    def key(k: Any) -> str:
+        if k is None:
+            return "all"
+        return f"k={k[0]} shrink={k[1]:g}" if isinstance(k, tuple) else f"{k:g}"
+
+    return {key(k): v for k, v in tried.items()}
+
+
+def _ease(
+    before_val: pd.DataFrame,
+    val: EvalSplit,
+    before_test: pd.DataFrame,
+    test: EvalSplit,
+    memory_budget: int | None,
+    min_items: int,
+    k: int,
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """EASE's test metrics (None if skipped) and its choices: λ, and the items it models."""
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    n_items, top = len(test.item_ids), None
+    choice: dict[str, Any] = {}
+    try:
+        check_ease_fits(n_items, budget)
+    except EaseTooLarge as exc:
+        top = ease_max_items(budget)
+        if top < min_items:
+            log.warning("EASE skipped: %s", exc)
+            return None, {"skipped": f"{exc}; a sampled EASE would model only {top:,} items "
+                                     f"(under {min_items:,})"}  # fmt: skip
+        choice["sampled"] = (f"{exc}: EASE models the {top:,} most popular items, the other "
+                             f"{n_items - top:,} rank below them by popularity")  # fmt: skip
+        log.warning("EASE sampled: %s", choice["sampled"])
+    lambdas = ease_lambda_search(before_val, val, test.item_ids, k=k, memory_budget=budget,
+                                 top_items=top)  # fmt: skip
+    l2 = float(best_of(lambdas))
+    model = EASE(l2, budget, top).fit(before_test, test.item_ids)
+    choice.update(l2=l2, items_modelled=top or n_items, **{f"val_recall@{k}": _keyed(lambdas)})
+    return rank_metrics(model.score_fn(test), test), choice
+
+
+def baselines(
+    val: EvalSplit,
+    test: EvalSplit,
+    interactions: pd.DataFrame,
+    users: pd.DataFrame | None = None,
+    memory_budget: int | None = None,
+    k: int = 20,
+    min_ease_items: int = MIN_SAMPLED_ITEMS,
+    max_val_users: int | None = MAX_VAL_USERS,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every baseline scored on ``test``, each choice made on ``val`` (recall@``k``).
+
+    Returns ``(results, choices)``: results maps "popularity", "popularity (recent)", "EASE",
+    "ItemKNN" and "segment popularity" to their :func:`rank_metrics`; choices records what
+    each chose on validation and what was tried. When EASE's dense inverse would exceed
+    ``memory_budget`` (bytes; default a share of the available memory), EASE models only the
+    most popular items that fit (a sampled EASE, said so in its choices), or is left out, with
+    the reason, if that is under ``min_ease_items``. Segment popularity is left out when
+    ``users`` is None or lacks every field. Choices are made on at most ``max_val_users``
+    validation users drawn at random (None: all), which bounds their cost on large windows;
+    ``choices["validation users"]`` says how many.
+    """
     item_ids = test.item_ids
+    val = sample_users(val, max_val_users)
     before_val = interactions[interactions.event_timestamp < val.start]
     before_test = interactions[interactions.event_timestamp < test.start]
-    l2 = tune_ease_lambda(before_val, val, item_ids)
-    popularity = Popularity().fit(before_test, item_ids)
-    ease = EASE(l2=l2).fit(before_test, item_ids)
-    return {
-        "popularity": rank_metrics(popularity.score_fn(test), test),
-        "EASE": rank_metrics(ease.score_fn(test), test),
-        "_ease_l2": l2,
-    }
+    results: dict[str, Any] = {}
+    choices: dict[str, Any] = {"validation users": len(val.user_ids)}
+    score = lambda model: rank_metrics(model.score_fn(test), test)  # noqa: E731
+
+    results["popularity"] = score(Popularity().fit(before_test, item_ids))
+    windows = tune_popularity_window(before_val, val, item_ids, k=k)
+    days = best_of(windows)
+    results["popularity (recent)"] = score(
+        Popularity(days).fit(before_test, item_ids, before=test.start)
+    )
+    choices["popularity (recent)"] = {"window_days": days, f"val_recall@{k}": _keyed(windows)}
+
+    ease, choices["EASE"] = _ease(before_val, val, before_test, test, memory_budget,
+                                  min_ease_items, k)  # fmt: skip
+    if ease is not None:
+        results["EASE"] = ease
+
+    knn = itemknn_search(before_val, val, item_ids, k=k)
+    neighbours, shrink = best_of(knn)
+    results["ItemKNN"] = score(ItemKNN(neighbours, shrink).fit(before_test, item_ids))
+    choices["ItemKNN"] = {"neighbours": neighbours, "shrink": shrink,
+                          f"val_recall@{k}": _keyed(knn)}  # fmt: skip
+
+    try:
+        if users is None:
+            raise ValueError("no users profile given")
+        segmentations = segmentation_search(before_val, users, val, item_ids, k=k)
+    except ValueError as exc:
+        log.warning("segment popularity skipped: %s", exc)
+        choices["segment popularity"] = {"skipped": str(exc)}
+    else:
+        name = best_segmentation(segmentations)
+        model = SegmentPopularity(SEGMENTATIONS[name]).fit(before_test, users, item_ids)
+        results["segment popularity"] = score(model)
+        choices["segment popularity"] = {"segmentation": name, f"val_recall@{k}": segmentations}
+    return results, choices
 
 
 def curves_png(runs: dict[str, TrainResult], k: int) -> bytes:
@@ -108,8 +230,9 @@ def compare(
     source = load_source(settings, with_test=True)
     data = tower_data(source, ("train",), base.history)
     final_data = tower_data(source, ("train", "val"), base.history) if refit else data
-    results = baselines(data, source.interactions)
-    l2 = results.pop("_ease_l2")
+    assert data.val is not None and data.test is not None
+    users = pd.read_parquet(settings.paths.dataset / "users.parquet")
+    results, choices = baselines(data.val.split, data.test.split, source.interactions, users)
     runs: dict[str, TrainResult] = {}
     tuning: dict[str, dict[float, float]] = {}
     for loss in losses:
@@ -124,11 +247,15 @@ def compare(
         assert final_data.test is not None
         results[f"two-tower ({loss})"] = evaluate_window(final.model, final_data.test)
         save_checkpoint(final, out_dir / f"two_tower_{loss}.pt")
-    paths = report(results, out_dir, title=f"test window, {settings.dataset}")
+    for loss, run in runs.items():
+        choices[f"two-tower ({loss})"] = {"temperature": run.config.temperature,
+                                          "best_epoch": run.best_epoch}  # fmt: skip
+    paths = report(results, out_dir, f"test window, {settings.dataset}", choices, BASELINE_NOTES)
     atomic_write_bytes(out_dir / "training_curves.png", curves_png(runs, base.select_k))
     summary = {
         "results": results,
-        "ease_l2": l2,
+        "ease_l2": choices["EASE"].get("l2"),
+        "choices": choices,
         "refit": refit,
         "runs": {
             k: {

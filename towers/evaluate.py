@@ -238,7 +238,9 @@ def _cell(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
-def _markdown(results: dict[str, dict[str, dict[str, float]]], title: str, ks: list[int]) -> str:
+def _markdown(
+    results: dict[str, dict[str, dict[str, float]]], title: str, ks: list[int], extra: str = ""
+) -> str:
     first = next(iter(results.values()))
     cols = [(seg, f"{m}@{k}") for seg in SEGMENTS for m in ("recall", "ndcg") for k in ks]
     head = ["model"] + [f"{seg} (n={first[seg]['users']}) {name}" for seg, name in cols]
@@ -248,7 +250,7 @@ def _markdown(results: dict[str, dict[str, dict[str, float]]], title: str, ks: l
         "Recall@K = hits / min(K, |truth|) (Steck, WWW 2019); NDCG@K with binary relevance. "
         "Truth = window items not seen before the window; seen items are not ranked."
     )
-    return "\n".join([f"# {title}", "", *table, "", notes, ""])
+    return "\n".join([f"# {title}", "", *table, "", notes, *([extra] if extra else []), ""])
 
 
 def _plot(results: dict[str, dict[str, dict[str, float]]], title: str, ks: list[int]) -> bytes:
@@ -274,14 +276,31 @@ def _plot(results: dict[str, dict[str, dict[str, float]]], title: str, ks: list[
     return buffer.getvalue()
 
 
+def _no_nan(value: Any) -> Any:
+    """``value`` with every NaN float, at any depth of dicts and lists, replaced by None."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(v) for v in value]
+    return value
+
+
 def report(
-    results: dict[str, dict[str, dict[str, float]]], out_dir: Path, title: str
+    results: dict[str, dict[str, dict[str, float]]],
+    out_dir: Path,
+    title: str,
+    choices: dict[str, Any] | None = None,
+    notes: str = "",
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``metrics.md`` and ``recall_at_k.png`` for several models.
 
     ``results`` maps a model name to its :func:`rank_metrics` output; all models must have
     been scored on the same users. Each file is written to a temporary name and renamed.
-    In the JSON (``{"title": ..., "models": results}``) NaN is written as null.
+    In the JSON (``{"title": ..., "models": results, "choices": choices}``) NaN is written as
+    null; ``choices`` (what each model chose on validation) is left out when not given.
+    ``notes`` is a markdown paragraph added under the table.
     """
     from recsys.io import atomic_write_bytes
 
@@ -292,18 +311,14 @@ def report(
         raise ValueError(f"models were scored on different users (all, warm, cold): {counts}")
     first = next(iter(results.values()))
     ks = sorted(int(name.split("@")[1]) for name in first["all"] if name.startswith("recall@"))
-    clean = {
-        model: {
-            seg: {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in m.items()}
-            for seg, m in metrics.items()
-        }
-        for model, metrics in results.items()
-    }
     out_dir = Path(out_dir)
     names = {"json": "metrics.json", "markdown": "metrics.md", "plot": "recall_at_k.png"}
     paths = {kind: out_dir / name for kind, name in names.items()}
-    payload = json.dumps({"title": title, "models": clean}, indent=2, allow_nan=False)
+    body: dict[str, Any] = {"title": title, "models": results}
+    if choices is not None:
+        body["choices"] = choices
+    payload = json.dumps(_no_nan(body), indent=2, allow_nan=False)
     atomic_write_bytes(paths["json"], payload.encode())
-    atomic_write_bytes(paths["markdown"], _markdown(results, title, ks).encode())
+    atomic_write_bytes(paths["markdown"], _markdown(results, title, ks, notes).encode())
     atomic_write_bytes(paths["plot"], _plot(results, title, ks))
     return paths
