@@ -120,6 +120,10 @@ def _optimizer(model: TwoTower, cfg: TowerConfig) -> torch.optim.Optimizer:
         groups,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
+        # One fused kernel per step instead of a dozen passes over every parameter tensor:
+        # the embedding tables get a dense update each step, and the unfused update of a
+        # 1M-interaction run's tables took a fifth of the step.
+        fused=True,
     )
 
 
