@@ -63,10 +63,11 @@ class TowerConfig:
     patience: int = 3
     select_k: int = 20
     seed: int = 0
-    # Torch intra-op threads; 0 means half the available cores (at least one). Small-batch
-    # CPU training gains little from more threads, and a thread that shares its core with
-    # DuckDB, Dagster or a server collapses: on 2 cores with another job running, an epoch on
-    # MovieLens-100K took 7.4 s with one thread and 33 s with two.
+    # Torch intra-op threads; 0 means every core the process may run on. Two threads on 2
+    # cores beat one only with OpenMP's passive waiting (which `recsys` sets before torch is
+    # imported): spinning threads that share a core with DuckDB, Dagster or another job
+    # collapse (1M synthetic, 2 cores, other jobs running: 270-670 ms a step spinning against
+    # 45-95 ms passive; benchmarks/bench_training.py).
     threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -52,9 +52,18 @@ def build_model(cfg: TowerConfig, encoder: FeatureEncoder) -> TwoTower:
     )
 
 
-def set_threads(cfg: TowerConfig) -> None:
+def set_threads(cfg: TowerConfig) -> int:
+    """Torch intra-op threads: `cfg.threads`, or every core this process may run on."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(cfg.threads or max(1, (cores or 1) // 2))
+    threads = cfg.threads or max(1, cores or 1)
+    if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        log.warning(
+            "OMP_WAIT_POLICY is %r, not PASSIVE: %d spinning torch threads collapse when "
+            "another process shares a core (import recsys before torch, or set threads=1)",
+            os.environ.get("OMP_WAIT_POLICY"), threads,
+        )  # fmt: skip
+    torch.set_num_threads(threads)
+    return threads
 
 
 @torch.no_grad()
