@@ -63,11 +63,12 @@ class TowerConfig:
     patience: int = 3
     select_k: int = 20
     seed: int = 0
-    # Torch intra-op threads; 0 means every core the process may run on. Two threads on 2
-    # cores beat one only with OpenMP's passive waiting (which `recsys` sets before torch is
-    # imported): spinning threads that share a core with DuckDB, Dagster or another job
-    # collapse (1M synthetic, 2 cores, other jobs running: 270-670 ms a step spinning against
-    # 45-95 ms passive; benchmarks/bench_training.py).
+    # Torch intra-op threads; 0 means OMP_NUM_THREADS if set, else every core the process
+    # may run on. OpenMP's threads wait passively (`recsys` sets that before torch loads):
+    # spinning threads that share a core with DuckDB, Dagster or another job collapse (1M
+    # synthetic, 2 cores, other jobs running: 270-670 ms a step spinning against 45-95 ms
+    # passive). Where other jobs keep the cores busy, one thread is faster
+    # (benchmarks/bench_training.py and the README's figures).
     threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -52,10 +52,21 @@ def build_model(cfg: TowerConfig, encoder: FeatureEncoder) -> TwoTower:
     )
 
 
+def _env_threads() -> int:
+    """OMP_NUM_THREADS as a thread count (0 when unset); its first level if nested."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"OMP_NUM_THREADS={value!r}: expected a positive number of threads")
+    return int(value)
+
+
 def set_threads(cfg: TowerConfig) -> int:
-    """Torch intra-op threads: `cfg.threads`, or every core this process may run on."""
+    """Torch intra-op threads: `cfg.threads`, else OMP_NUM_THREADS, else every core this
+    process may run on (on a box whose cores other jobs keep busy, 1 is faster)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = cfg.threads or max(1, cores or 1)
+    threads = cfg.threads or _env_threads() or max(1, cores or 1)
     if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         log.warning(
             "OMP_WAIT_POLICY is %r, not PASSIVE: %d spinning torch threads collapse when "

@@ -121,11 +121,18 @@ def test_short_run_matches_the_previous_implementation(synthetic_build):
         assert entry["val"]["ndcg@20"] == pytest.approx(ndcg, abs=2e-3)
 
 
-def test_threads_default_to_every_core_and_wait_passively():
+def test_threads_default_to_every_core_and_wait_passively(monkeypatch):
     cores, before = len(os.sched_getaffinity(0)), torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         assert set_threads(TowerConfig()) == cores == torch.get_num_threads()
         assert set_threads(replace(TowerConfig(), threads=1)) == 1 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert set_threads(TowerConfig()) == 3 == torch.get_num_threads()
+        assert set_threads(replace(TowerConfig(), threads=1)) == 1  # the config wins
+        monkeypatch.setenv("OMP_NUM_THREADS", "many")
+        with pytest.raises(ValueError, match="OMP_NUM_THREADS='many'"):
+            set_threads(TowerConfig())
     finally:
         torch.set_num_threads(before)
     code = "import towers, os; print(os.environ['OMP_WAIT_POLICY'])"
