@@ -9,6 +9,7 @@ tower from the file alone.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import math
@@ -75,6 +76,23 @@ def set_threads(cfg: TowerConfig) -> int:
         )  # fmt: skip
     torch.set_num_threads(threads)
     return threads
+
+
+def keep_large_blocks() -> bool:
+    """Ask glibc to serve blocks up to 256 MB from its heap and to keep up to 512 MB freed.
+
+    Every step allocates the embedding tables' dense gradients afresh (a 22K-user table is
+    5.7 MB). By default glibc maps such blocks from the kernel and unmaps them when freed,
+    so each step page-faults all of that memory in again: measured at 1M synthetic, one
+    thread, 15% of the step's CPU time (49-51 ms a step against 42-43 ms with this). Nothing
+    computed changes. Returns whether the allocator took the settings (False off glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 256 << 20) and mallopt(m_trim_threshold, 512 << 20))
 
 
 @torch.no_grad()
@@ -160,6 +178,7 @@ def train(
     if data.val is None and epochs is None:
         raise ValueError("without a validation window, give the number of epochs to train")
     set_threads(cfg)
+    keep_large_blocks()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg, data.encoder)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from towers.config import TowerConfig
 from towers.data import PAD, load_tower_data
 from towers.model import UserTower, logits, softmax_loss
-from towers.train import set_threads, train
+from towers.train import keep_large_blocks, set_threads, train
 
 
 def reference_softmax_loss(users, items, item_ids, log_q, cfg, extra, extra_ids, extra_lq):
@@ -142,3 +142,9 @@ def test_threads_default_to_every_core_and_wait_passively(monkeypatch):
     env["OMP_WAIT_POLICY"] = "ACTIVE"  # an explicit setting wins
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert got.stdout.strip() == "ACTIVE", got.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_glibc_keeps_large_blocks():
+    """The allocator takes the settings that spare each step its page faults."""
+    assert keep_large_blocks() is True
