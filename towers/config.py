@@ -63,12 +63,14 @@ class TowerConfig:
     patience: int = 3
     select_k: int = 20
     seed: int = 0
-    # Torch intra-op threads; 0 means OMP_NUM_THREADS if set, else every core the process
-    # may run on. OpenMP's threads wait passively (`recsys` sets that before torch loads):
-    # spinning threads that share a core with DuckDB, Dagster or another job collapse (1M
-    # synthetic, 2 cores, other jobs running: 270-670 ms a step spinning against 45-95 ms
-    # passive). Where other jobs keep the cores busy, one thread is faster
-    # (benchmarks/bench_training.py and the README's figures).
+    # Torch intra-op threads; 0 means OMP_NUM_THREADS if set, else half the cores the
+    # process may run on (at least one). At 1M synthetic on 2 quiet cores, one epoch of
+    # 1,024-row batches ran at 25-27K examples/s on one thread and 25-30K on two, for 20-35%
+    # more CPU time: the step's operations are too small to split well, so the second core is
+    # left to DuckDB, Dagster or a server. OpenMP's threads wait passively (`recsys` sets that
+    # before torch loads), so a second thread no longer collapses when a core is shared
+    # (spinning: 270-670 ms a step with other jobs running, against 45-95 ms passive).
+    # Measured by benchmarks/bench_training.py; figures in the README.
     threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -64,10 +64,10 @@ def _env_threads() -> int:
 
 
 def set_threads(cfg: TowerConfig) -> int:
-    """Torch intra-op threads: `cfg.threads`, else OMP_NUM_THREADS, else every core this
-    process may run on (on a box whose cores other jobs keep busy, 1 is faster)."""
+    """Torch intra-op threads: `cfg.threads`, else OMP_NUM_THREADS, else half the cores
+    this process may run on (at least one; see `TowerConfig.threads` for the measurements)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = cfg.threads or _env_threads() or max(1, cores or 1)
+    threads = cfg.threads or _env_threads() or max(1, (cores or 1) // 2)
     if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         log.warning(
             "OMP_WAIT_POLICY is %r, not PASSIVE: %d spinning torch threads collapse when "
