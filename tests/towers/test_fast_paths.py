@@ -80,8 +80,13 @@ def test_history_pooling_equals_the_masked_mean():
     tower = UserTower(cfg, n_users=5, cat_sizes=[3, 3, 3, 3], n_genres=2, n_nums=4,
                       item_embedding=item).eval()  # fmt: skip
     history = torch.tensor(
-        [[5, 6, 7, 8, 9], [5, PAD, PAD, PAD, PAD], [PAD] * 5, [0, 3, PAD, PAD, PAD],
-         [4, 4, 4, 9, PAD]]  # fmt: skip
+        [
+            [5, 6, 7, 8, 9],
+            [5, PAD, PAD, PAD, PAD],
+            [PAD] * 5,
+            [0, 3, PAD, PAD, PAD],
+            [4, 4, 4, 9, PAD],
+        ]  # fmt: skip
     )
     batch = {"user": torch.arange(5), "cats": torch.zeros(5, 4, dtype=torch.int64),
              "nums": torch.zeros(5, 4), "affinity": torch.zeros(5, 2), "history": history}  # fmt: skip
