@@ -13,6 +13,15 @@ At sizes above --full-max interactions only --epochs-at-scale epochs run (epoch 
 throughput; convergence is not waited for).
 
     python benchmarks/bench_training.py --sizes 0 1000000
+
+Before/after, side by side: ``--before PATH`` (a checkout of the older code, e.g.
+``git archive <commit> | tar -x -C PATH``) runs each measurement in a fresh process, for
+the older code and this one in turn, ``--repeats`` times, at each ``--threads`` count (0 =
+the code's default). Each line also carries the machine's CPU steal and the share of CPU
+time other processes used during the run (from /proc/stat), since the cores may be shared.
+
+    python benchmarks/bench_training.py --sizes 1000000 --before /tmp/base --repeats 3 \
+        --threads 0 1
 """
 
 from __future__ import annotations
@@ -20,13 +29,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# --code PATH: the checkout whose code is measured (this one by default), imported first.
+CODE = Path(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv else ROOT
+sys.path.insert(0, str(CODE.resolve()))
 
 from towers.config import TowerConfig as TowerConfigDefault  # noqa: E402
 
@@ -47,7 +60,26 @@ def prepare(work: Path, size: int) -> Path:
     return data
 
 
-def measure(data: Path, epochs: int | None, temperature: float) -> dict:
+def cpu_ticks() -> list[int]:
+    """The machine's aggregate CPU counters (user ... steal), in clock ticks."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def machine(before: list[int], own_seconds: float, wall: float) -> dict:
+    """Steal and other processes' CPU use between `before` and now, as % of all cores."""
+    delta = [b - a for a, b in zip(before, cpu_ticks(), strict=True)]
+    total, tick = max(sum(delta), 1), os.sysconf("SC_CLK_TCK")
+    busy = sum(delta) - delta[3] - delta[4] - delta[7]  # minus idle, iowait, steal
+    cores = os.cpu_count() or 1
+    return {
+        "steal_%": round(100 * delta[7] / total, 1),
+        "others_cpu_%": round(100 * max(busy / tick - own_seconds, 0) / (wall * cores), 1),
+        "loadavg_1m": os.getloadavg()[0],
+    }
+
+
+def measure(data: Path, epochs: int | None, temperature: float, threads: int = 0) -> dict:
     import torch
 
     from recsys.settings import Settings
@@ -60,7 +92,10 @@ def measure(data: Path, epochs: int | None, temperature: float) -> dict:
     load = time.perf_counter() - start
     cfg = replace(TowerConfig(), temperature=temperature)
     cfg = cfg if epochs is None else replace(cfg, epochs=epochs)
+    cfg = replace(cfg, threads=threads) if threads else cfg
+    ticks, cpu, wall = cpu_ticks(), time.process_time(), time.perf_counter()
     result = train(cfg, tower, progress=True)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     n = len(tower.train_items["item"])
     history = result.history
     # Throughput of the optimisation alone: per-epoch seconds minus the validation scoring,
@@ -86,7 +121,32 @@ def measure(data: Path, epochs: int | None, temperature: float) -> dict:
         "epoch_seconds": round(sum(steps) / len(steps), 2),
         "scoring_seconds": round(scoring, 2),
         "examples_per_second": round(n * len(history) / max(train_seconds, 1e-9)),
+        "train_cpu_seconds": round(cpu, 1),
+        **machine(ticks, cpu, wall),
     }
+
+
+def side_by_side(args: argparse.Namespace) -> list[dict]:
+    """Each (repeat, threads, code) measurement in its own process, the codes interleaved
+    so that both see the same machine load."""
+    results = []
+    codes = [("before", args.before.resolve()), ("after", ROOT)]
+    for size in args.sizes:
+        prepare(args.work, size)
+        for repeat in range(1, args.repeats + 1):
+            for threads in args.threads:
+                for label, code in codes:
+                    command = [sys.executable, __file__, "--one", str(size), "--code", str(code),
+                               "--threads", str(threads), "--work", str(args.work),
+                               "--temperature", str(args.temperature),
+                               "--full-max", str(args.full_max),
+                               "--epochs-at-scale", str(args.epochs_at_scale)]  # fmt: skip
+                    out = subprocess.run(command, check=True, capture_output=True, text=True)
+                    line = json.loads(out.stdout.splitlines()[-1])
+                    r = {"code": label, "repeat": repeat, **line}
+                    results.append(r)
+                    print(json.dumps(r), flush=True)
+    return results
 
 
 def main() -> None:
@@ -100,24 +160,67 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=TowerConfigDefault.temperature,
                         help="softmax temperature (the pipeline picks it on validation; "
                         "MovieLens-100K: 1.0)")  # fmt: skip
+    parser.add_argument("--threads", type=int, nargs="+", default=[0],
+                        help="torch threads to measure at (0 = the code's default)")  # fmt: skip
+    parser.add_argument("--before", type=Path, help="older checkout to compare with")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--code", type=Path, default=ROOT, help="checkout measured (internal)")
+    parser.add_argument("--one", type=int, help="measure this one size (internal)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.one is not None:  # one measurement, for side_by_side: a JSON line on stdout
+        epochs = None if args.one <= args.full_max else args.epochs_at_scale
+        data = prepare(args.work, args.one)
+        r = measure(data, epochs, args.temperature, args.threads[0])
+        print(json.dumps({"dataset": name(args.one), "threads_asked": args.threads[0], **r}))
+        return
+    if args.before is not None:
+        report_side_by_side(side_by_side(args))
+        return
     results = []
     for size in args.sizes:
         data = prepare(args.work, size)
         epochs = None if size <= args.full_max else args.epochs_at_scale
-        r = {"dataset": "movielens-100k" if size == 0 else f"synthetic-{size}",
-             "temperature": args.temperature, **measure(data, epochs, args.temperature)}  # fmt: skip
-        results.append(r)
-        print(json.dumps(r), flush=True)
-    print(f"\n{'dataset':>18} {'rows':>9} {'epochs':>6} {'best':>4} {'to best s':>9} "
+        for threads in args.threads:
+            r = {"dataset": name(size), "temperature": args.temperature,
+                 **measure(data, epochs, args.temperature, threads)}  # fmt: skip
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    print(f"\n{'dataset':>18} {'rows':>9} {'thr':>3} {'epochs':>6} {'best':>4} {'to best s':>9} "
           f"{'total s':>8} {'epoch s':>8} {'ex/s':>8} {'val R@20':>8}")  # fmt: skip
     for r in results:
-        print(f"{r['dataset']:>18} {r['rows']:>9,} {r['epochs_run']:>6} {r['best_epoch']:>4} "
-              f"{r['seconds_to_best_epoch']:>9.1f} {r['seconds_total']:>8.1f} "
+        print(f"{r['dataset']:>18} {r['rows']:>9,} {r['threads']:>3} {r['epochs_run']:>6} "
+              f"{r['best_epoch']:>4} {r['seconds_to_best_epoch']:>9.1f} {r['seconds_total']:>8.1f} "
               f"{r['epoch_seconds']:>8.2f} {r['examples_per_second']:>8,} "
               f"{r['best_val_recall@20']:>8.4f}")  # fmt: skip
     out = ROOT / "benchmarks" / "results" / "training.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+
+
+def name(size: int) -> str:
+    return "movielens-100k" if size == 0 else f"synthetic-{size}"
+
+
+def report_side_by_side(results: list[dict]) -> None:
+    """Every run, then per (dataset, code, threads) the median and range of examples/s."""
+    print(f"\n{'dataset':>18} {'code':>6} {'thr':>3} {'rep':>3} {'epoch s':>8} {'ex/s':>8} "
+          f"{'steal %':>7} {'others %':>8} {'load':>5}")  # fmt: skip
+    for r in results:
+        print(f"{r['dataset']:>18} {r['code']:>6} {r['threads']:>3} {r['repeat']:>3} "
+              f"{r['epoch_seconds']:>8.2f} {r['examples_per_second']:>8,} {r['steal_%']:>7} "
+              f"{r['others_cpu_%']:>8} {r['loadavg_1m']:>5.2f}")  # fmt: skip
+    groups: dict[tuple, list[int]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], r["code"], r["threads"]), []).append(
+            r["examples_per_second"]
+        )
+    print()
+    for (dataset, code, threads), rates in groups.items():
+        rates = sorted(rates)
+        print(f"{dataset} {code} {threads} thread(s): median {rates[len(rates) // 2]:,} ex/s "
+              f"(range {rates[0]:,}-{rates[-1]:,}, {len(rates)} runs)")  # fmt: skip
+    out = ROOT / "benchmarks" / "results" / "training_side_by_side.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
 

@@ -3,3 +3,13 @@
 Plain functions that the Dagster assets (`orchestration/`), the model (`towers/`) and the
 server (`serving/`) glue together; each is callable and testable without Dagster.
 """
+
+import os
+
+# OpenMP threads that wait for work sleep instead of spinning. torch's bundled libgomp reads
+# this once, when torch is first imported, so it is set here, before any module of the
+# project imports torch (an explicit setting in the environment wins). Spinning threads
+# collapse when a core is shared: 1M-interaction training steps on 2 cores with other jobs
+# running took 270-670 ms with two spinning threads against 45-95 ms passive and 45-65 ms
+# with one thread (benchmarks/bench_training.py, README).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

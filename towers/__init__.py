@@ -1,4 +1,7 @@
 """The two-tower retrieval model: towers, training, evaluation against baselines.
 
-Not built yet: issue 3. It trains on ``<data>/training/training_set.parquet``.
+It trains on ``<data>/training/training_set.parquet``.
 """
+
+# Imported first for its process setting: torch's OpenMP threads wait passively (see there).
+import recsys  # noqa: F401

@@ -63,10 +63,14 @@ class TowerConfig:
     patience: int = 3
     select_k: int = 20
     seed: int = 0
-    # Torch intra-op threads; 0 means half the available cores (at least one). Small-batch
-    # CPU training gains little from more threads, and a thread that shares its core with
-    # DuckDB, Dagster or a server collapses: on 2 cores with another job running, an epoch on
-    # MovieLens-100K took 7.4 s with one thread and 33 s with two.
+    # Torch intra-op threads; 0 means OMP_NUM_THREADS if set, else half the cores the
+    # process may run on (at least one). At 1M synthetic on 2 quiet cores, one epoch of
+    # 1,024-row batches ran at 25-27K examples/s on one thread and 25-30K on two, for 20-35%
+    # more CPU time: the step's operations are too small to split well, so the second core is
+    # left to DuckDB, Dagster or a server. OpenMP's threads wait passively (`recsys` sets that
+    # before torch loads), so a second thread no longer collapses when a core is shared
+    # (spinning: 270-670 ms a step with other jobs running, against 45-95 ms passive).
+    # Measured by benchmarks/bench_training.py; figures in the README.
     threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -120,9 +120,12 @@ class UserTower(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = _drop_ids(batch["user"], self.cfg.user_id_dropout, self.training)
-        history = batch["history"]  # (B, L)
-        mask = (history != PAD).unsqueeze(-1).float()  # (B, L, 1)
-        pooled = (self.item(history) * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, id_dim)
+        # Mean of the recent items' embeddings, padding excluded (a user with no history
+        # pools to zeros). One bag kernel: no (B, L, id_dim) intermediate to build, mask and
+        # differentiate through.
+        pooled = F.embedding_bag(
+            batch["history"], self.item.weight, mode="mean", padding_idx=PAD
+        )  # (B, id_dim)
         cats = [emb(batch["cats"][:, k]) for k, emb in enumerate(self.cats)]
         x = torch.cat(
             [self.user(ids), pooled, *cats, batch["affinity"], batch["nums"]], dim=-1
@@ -176,13 +179,20 @@ def softmax_loss(
         ids = torch.cat([item_ids, extra_ids])
         has_q = log_q is not None and extra_log_q is not None
         lq = torch.cat([log_q, extra_log_q]) if has_q else None  # type: ignore[list-item]
-    scores = logits(users, candidates, cfg)  # (B, B + M)
+    # The same scores as `logits(...) - lq`, in one pass over the (B, B + M) matrix: the
+    # per-candidate shift (bias - log q) is folded into the matrix product, which on CPU saves
+    # three elementwise passes forward and backward over the largest tensor of the step.
+    d = cfg.dim
+    shift = candidates[:, d] if candidates.shape[1] > d else candidates.new_zeros(len(ids))
     if cfg.logq and lq is not None:
-        scores = scores - lq.unsqueeze(0)
+        shift = shift - lq
+    scores = torch.addmm(
+        shift.unsqueeze(0), users, candidates[:, :d].T, alpha=1.0 / cfg.temperature
+    )  # (B, B + M)
     rows = torch.arange(len(users), device=users.device)
     same = ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (B, B + M): accidental hits
     same[rows, rows] = False
-    scores = scores.masked_fill(same, float("-inf"))
+    scores.masked_fill_(same, float("-inf"))  # in place: addmm keeps its inputs, not this
     return F.cross_entropy(scores, rows)
 
 
