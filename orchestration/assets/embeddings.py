@@ -48,7 +48,7 @@ def item_embeddings(
     registry: ModelRegistryResource,
 ) -> MaterializeResult:
     import pandas as pd
-    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from recsys import fallback
     from recsys.candidates import item_vectors
@@ -67,8 +67,10 @@ def item_embeddings(
     else:
         settings, model, encoder, as_of = _model_inputs(pipeline, reg, version)
         vectors = item_vectors(model, encoder, feast.store(), items.item_id.to_numpy(), as_of)
-    attributes = pa.Table.from_pandas(items[["title", "genres", "release_year"]],
-                                      preserve_index=False)  # fmt: skip
+    # Read with Arrow, not through pandas: a nullable int column (release_year) stays int64
+    # instead of turning into floats (1977.0) in the table and in every response.
+    attributes = pq.read_table(settings.paths.dataset / "items.parquet",
+                               columns=["title", "genres", "release_year"])  # fmt: skip
     info = write_item_table(
         lancedb.db_dir(), version, items.item_id.to_numpy(), vectors, attributes
     )

@@ -48,6 +48,7 @@ def test_known_user_gets_ranked_unseen_items_of_the_current_version(
     server: Server, pipeline: Pipeline, seen: dict[int, set[int]], stored_candidates: dict
 ) -> None:
     titles = dict(zip(pipeline.items().item_id, pipeline.items().title, strict=True))
+    years = dict(zip(pipeline.items().item_id, pipeline.items().release_year, strict=True))
     heavy = sorted(seen, key=lambda u: -len(seen[u]))[:5]  # most items to exclude
     for user in [*heavy, *list(seen)[:15]]:
         status, body = server.get(f"/recommendations/{user}?k=20")
@@ -61,6 +62,11 @@ def test_known_user_gets_ranked_unseen_items_of_the_current_version(
         assert body["excluded"] >= len(seen[user])
         assert scores == sorted(scores, reverse=True)
         assert all(i["title"] == titles[i["item_id"]] for i in items)
+        # A nullable int attribute stays an int (not 1977.0), or null.
+        for i in items:
+            want = years[i["item_id"]]
+            got = i["release_year"]
+            assert (got is None and pd.isna(want)) or (type(got) is int and got == want), i
         # The pipeline's offline top-100 of the same version (batch forward pass, same
         # exclusions) is an independent oracle of the online path.
         want_ids, want_scores = stored_candidates[user]
