@@ -137,6 +137,3 @@ class Paths:
         """The current version's top-K candidates, the batch source of Feast's
         ``user_candidates`` view."""
         return self.data_dir / "candidates"
-
-    def feature_file(self, view: str) -> Path:
-        return self.features / f"{view}.parquet"
