@@ -17,7 +17,7 @@ from dagster import (
     asset,
 )
 
-from orchestration.assets.common import builder_run
+from orchestration.assets.common import builder_run, run_as_of
 from orchestration.resources import (
     FeastResource,
     LanceDBResource,
@@ -26,15 +26,12 @@ from orchestration.resources import (
 )
 
 
-def _model_inputs(pipeline: PipelineSettings, reg: Any, version: str) -> Any:
-    """(settings, model, encoder, as_of) of ``version``."""
-    from recsys.features import default_as_of
+def _model(reg: Any, version: str) -> tuple[Any, Any]:
+    """(model, encoder) of a two-tower ``version``, from its checkpoint."""
     from towers.train import load_checkpoint
 
-    settings = pipeline.settings()
     model, encoder, _ = load_checkpoint(reg.path(version) / "checkpoint.pt")
-    as_of = settings.as_of or default_as_of(settings.paths.dataset)
-    return settings, model, encoder, as_of
+    return model, encoder
 
 
 @asset(group_name="embeddings", deps=["two_tower_model"], description="The catalogue through "
@@ -47,7 +44,6 @@ def item_embeddings(
     lancedb: LanceDBResource,
     registry: ModelRegistryResource,
 ) -> MaterializeResult:
-    import pandas as pd
     import pyarrow.parquet as pq
 
     from recsys import fallback
@@ -61,18 +57,18 @@ def item_embeddings(
         return MaterializeResult(metadata={"status": "no new version in this run: nothing "
                                            "written", "current": reg.current() or "none"})  # fmt: skip
     settings = pipeline.settings()
-    items = pd.read_parquet(settings.paths.dataset / "items.parquet")
-    if fallback.is_fallback(reg.info(version)):  # one-dimensional: each item's score
-        vectors = fallback.item_vectors(reg.path(version), items.item_id.to_numpy())
-    else:
-        settings, model, encoder, as_of = _model_inputs(pipeline, reg, version)
-        vectors = item_vectors(model, encoder, feast.store(), items.item_id.to_numpy(), as_of)
     # Read with Arrow, not through pandas: a nullable int column (release_year) stays int64
     # instead of turning into floats (1977.0) in the table and in every response.
-    attributes = pq.read_table(settings.paths.dataset / "items.parquet",
-                               columns=["title", "genres", "release_year"])  # fmt: skip
+    items = pq.read_table(settings.paths.dataset / "items.parquet",
+                          columns=["item_id", "title", "genres", "release_year"])  # fmt: skip
+    item_ids = items.column("item_id").to_numpy()
+    if fallback.is_fallback(reg.info(version)):  # one-dimensional: each item's score
+        vectors = fallback.item_vectors(reg.path(version), item_ids)
+    else:
+        model, encoder = _model(reg, version)
+        vectors = item_vectors(model, encoder, feast.store(), item_ids, run_as_of(settings))
     info = write_item_table(
-        lancedb.db_dir(), version, items.item_id.to_numpy(), vectors, attributes
+        lancedb.db_dir(), version, item_ids, vectors, items.drop_columns(["item_id"])
     )
     return MaterializeResult(
         metadata={
@@ -99,7 +95,6 @@ def user_candidates(
     import pandas as pd
 
     from recsys import candidates, fallback
-    from recsys.features import default_as_of
     from recsys.registry import EMBEDDED, GATED
     from recsys.vectors import ItemIndex
 
@@ -110,7 +105,7 @@ def user_candidates(
     if version is None:
         return MaterializeResult(metadata={"status": "no model version"})
     settings = pipeline.settings()
-    as_of = settings.as_of or default_as_of(settings.paths.dataset)
+    as_of = run_as_of(settings)
     index = ItemIndex.open(lancedb.db_dir(), version, mode="matrix")
     interactions = pd.read_parquet(settings.paths.dataset / "interactions.parquet")
     store = feast.store()
@@ -118,7 +113,7 @@ def user_candidates(
         table = fallback.candidates(reg.path(version), interactions, index.item_ids, as_of,
                                     version, k=pipeline.candidates_k)  # fmt: skip
     else:
-        settings, model, encoder, as_of = _model_inputs(pipeline, reg, version)
+        model, encoder = _model(reg, version)
         table = candidates.user_candidates(
             model, encoder, store, interactions, index.item_ids, index.vectors, as_of,
             version, k=pipeline.candidates_k,

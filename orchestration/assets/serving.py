@@ -10,7 +10,7 @@ from dagster import (
     asset,
 )
 
-from orchestration.assets.common import builder_run, recall_metadata
+from orchestration.assets.common import builder_run, recall_metadata, run_as_of
 from orchestration.resources import (
     FeastResource,
     LanceDBResource,
@@ -24,10 +24,9 @@ from orchestration.resources import (
        "row changed since the last run (late events included), and only those.")  # fmt: skip
 def online_features(pipeline: PipelineSettings, feast: FeastResource) -> MaterializeResult:
     from recsys import store as feast_store
-    from recsys.features import default_as_of
 
     settings = pipeline.settings()
-    as_of = settings.as_of or default_as_of(settings.paths.dataset)
+    as_of = run_as_of(settings)
     start = time.perf_counter()
     store = feast.store()
     report = feast_store.materialize(settings.paths, end=as_of, store=store)
@@ -67,7 +66,6 @@ def promoted_model(
 
     from recsys import candidates, fallback
     from recsys.audit import AuditFailed, audit_candidates
-    from recsys.features import default_as_of
     from recsys.registry import EMBEDDED
     from recsys.retention import apply_retention
     from recsys.vectors import ItemIndex
@@ -83,7 +81,7 @@ def promoted_model(
     # Consistency before the switch: the version's vectors and candidates are complete.
     index = ItemIndex.open(lancedb.db_dir(), version, mode="matrix")
     table = pq.read_table(reg.path(version) / "candidates.parquet")
-    as_of = settings.as_of or default_as_of(settings.paths.dataset)
+    as_of = run_as_of(settings)
     audit = audit_candidates(table, version, settings.paths.dataset, as_of)
     if not audit.passed:  # nothing goes online, nothing is switched
         raise AuditFailed(audit)

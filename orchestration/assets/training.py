@@ -23,6 +23,7 @@ from orchestration.assets.common import (
     builder_run,
     png,
     recall_metadata,
+    run_as_of,
 )
 from orchestration.resources import (
     FeastResource,
@@ -219,11 +220,10 @@ def _build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected:
     """A fallback version (recsys.fallback) built and gated by this run: (version, why)."""
     import pandas as pd
 
-    from recsys.features import default_as_of
     from recsys.registry import GATED
 
     paths = settings.paths
-    as_of = settings.as_of or default_as_of(paths.dataset)
+    as_of = run_as_of(settings)
     version = reg.new_version(print_)
     why = fallback.build(
         reg, version, run_id, {"fingerprint": print_, "rejected_two_tower": rejected},
