@@ -188,3 +188,9 @@ class HistoryScorer:
         """Scores by blocks of user rows, for splits where U x N does not fit in memory."""
         _check_split(split, self.item_ids_, self.latest_)
         return lambda rows: self._rows(split.user_ids[rows])
+
+    def fold_in_fn(self, split: EvalSplit) -> ScoreFn:
+        """Scores from each user's row of ``split.seen`` instead of the fitted histories: the
+        fold-in of users the fit never saw (a new user's first events, given with the split)."""
+        _check_split(split, self.item_ids_, self.latest_)
+        return lambda rows: self._history_scores(split.seen[rows])

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -306,3 +307,42 @@ def generate_synthetic(
     _write_events(world, out_dir / "interactions.parquet", n_interactions, seed, start_us,
                   days * 86_400 - 1, chunk_size, progress)  # fmt: skip
     return SyntheticSummary(n_users, n_items, n_interactions, start, start + timedelta(days=days))
+
+
+def planted_truth(
+    n_interactions: int,
+    *,
+    seed: int = 0,
+    n_users: int | None = None,
+    n_items: int | None = None,
+    dim: int = 16,
+    days: int = 365,
+) -> dict[str, np.ndarray]:
+    """The planted factors of ``generate_synthetic`` with these arguments, rebuilt from the
+    seed (the data itself is not generated): what ``synthetic_truth.npz`` holds, for a
+    dataset that was ingested without that file."""
+    default_users, default_items = default_sizes(n_interactions)
+    world = _build_world(
+        np.random.default_rng([seed, 0]),
+        default_users if n_users is None else n_users,
+        default_items if n_items is None else n_items,
+        dim,
+        days,
+    )
+    return {
+        "user_factors": world.arch_factors[world.user_arch],
+        "item_factors": world.item_factors,
+        "item_log_pop": world.item_log_pop,
+        "temperature": np.float64(TEMPERATURE),
+    }
+
+
+def planted_affinity(truth: Any, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """(U, N) float64 ``log_pop_i + u . v_i / T``: the log of the planted P(item | user) up to
+    a per-user constant, so each row ranks items exactly as the generator draws them (the
+    oracle). ``truth`` is ``synthetic_truth.npz`` loaded or :func:`planted_truth`; ids are the
+    generator's (``index + 1``)."""
+    users = truth["user_factors"][np.asarray(user_ids, dtype=np.int64) - 1]  # (U, dim)
+    items = np.asarray(item_ids, dtype=np.int64) - 1
+    dot = users.astype(np.float64) @ truth["item_factors"][items].astype(np.float64).T  # (U, N)
+    return truth["item_log_pop"][items][None, :] + dot / float(truth["temperature"])
