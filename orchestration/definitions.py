@@ -5,7 +5,8 @@
 
 Jobs: ``full_pipeline`` (everything), ``retrain`` (training set → promotion, on the current
 dataset and features), ``feature_refresh`` (new batches → dataset → features → online
-materialization → candidates of the current version). Schedules (cron from
+materialization → candidates of the current version), ``backtest`` (the rolling backtest,
+``orchestration.assets.backtest``; not part of ``full_pipeline``). Schedules (cron from
 ``RECSYS_RETRAIN_CRON`` / ``RECSYS_REFRESH_CRON``, defaults nightly and hourly) run
 ``retrain`` and ``feature_refresh``; the ``incoming_batches`` sensor runs
 ``feature_refresh`` when new files land in ``<data>/incoming`` (and skips while another
@@ -29,10 +30,12 @@ from dagster import (
 )
 
 from orchestration.assets import ASSETS
+from orchestration.assets.backtest import backtest
 from orchestration.resources import PipelineSettings, default_resources
 
+# Every asset of the pipeline; the backtest (minutes of retraining per cut) has its own job.
 full_pipeline = define_asset_job(
-    "full_pipeline", AssetSelection.all(), description="Every asset, ingest to promotion."
+    "full_pipeline", AssetSelection.assets(*ASSETS), description="Every asset, ingest to promotion."
 )
 retrain = define_asset_job(
     "retrain",
@@ -52,6 +55,13 @@ feature_refresh = define_asset_job(
     ),  # fmt: skip
     description="New data in, no training: validated batches → dataset → features → online "
     "materialization → candidates of the current version.",
+)
+
+backtest_job = define_asset_job(
+    "backtest",
+    AssetSelection.assets(backtest),
+    description="Rolling-origin backtest (recsys.backtest): the pipeline and every model as of "
+    "each cut, scored on the window after it; writes only its own output folder.",
 )
 
 retrain_schedule = ScheduleDefinition(
@@ -92,8 +102,8 @@ def incoming_batches(context: SensorEvaluationContext) -> RunRequest | SkipReaso
 
 
 defs = Definitions(
-    assets=ASSETS,
-    jobs=[full_pipeline, retrain, feature_refresh],
+    assets=[*ASSETS, backtest],
+    jobs=[full_pipeline, retrain, feature_refresh, backtest_job],
     schedules=[retrain_schedule, refresh_schedule],
     sensors=[incoming_batches],
     resources=default_resources(),

@@ -289,8 +289,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # `recsys pipeline` shows its own progress lines; the libraries' INFO chatter (Feast's
-    # "Registry cache expired", ...) only with -v.
-    quiet = args.func in (_pipeline, _backtest) and not args.verbose
+    # "Registry cache expired", ...) only with -v. `recsys backtest -v` adds step lines only.
+    quiet = args.func is _backtest or (args.func is _pipeline and not args.verbose)
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
