@@ -25,6 +25,8 @@ class BacktestRunConfig(Config):
     # Cut quantiles of the event timestamps, comma-separated.
     cuts: str = "0.5,0.6,0.7,0.8,0.9"
     seed: int = 0
+    # Bootstrap resamples of the users of each window.
+    resamples: int = 1000
     synthetic_interactions: int | None = None
     synthetic_seed: int | None = None
     # Two-tower training, as orchestration.resources.PipelineSettings.
@@ -50,6 +52,7 @@ def backtest(context: AssetExecutionContext, config: BacktestRunConfig) -> Mater
     settings = settings_from(data_dir=config.data_dir, dataset=config.dataset)
     out = Path(config.out) if config.out else settings.paths.data_dir / "backtest"
     cfg = BacktestConfig(quantiles=_floats(config.cuts), seed=config.seed,
+                         resamples=config.resamples,
                          max_epochs=config.max_epochs,
                          temperatures=_floats(config.temperatures))  # fmt: skip
     folder = canonical_dataset(settings.dataset, out, config.synthetic_interactions,
