@@ -74,7 +74,8 @@ def summarize(
     """Everything ``backtest.json`` holds (see the module docstring)."""
     models = list(results[0].per_user)
     metrics = [f"{m}@{k}" for m in ("recall", "ndcg") for k in cfg.ks]
-    windows, mean = [], {}
+    windows: list[dict[str, Any]] = []
+    mean: dict[str, dict[str, Any]] = {}
     for r in results:
         cells: dict[str, Any] = {}
         for model, groups in r.per_user.items():
@@ -182,7 +183,9 @@ def plot(summary: dict[str, Any]) -> bytes:
     models = summary["models"]
     for ax, group in zip(axes, groups, strict=True):
         for j, model in enumerate(models):
-            xs, ys, err = [], [], [[], []]
+            xs: list[float] = []
+            ys: list[float] = []
+            err: list[list[float]] = [[], []]  # below, above the mean
             for w in summary["windows"]:
                 cell = w["metrics"][model].get(group, {}).get(KEY)
                 if cell is None:
