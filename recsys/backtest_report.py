@@ -177,7 +177,7 @@ def plot(summary: dict[str, Any]) -> bytes:
     from matplotlib.figure import Figure
 
     groups = [g for g in summary["groups"] if g in summary["mean"][TWO_TOWER]]
-    fig = Figure(figsize=(5 * len(groups), 4), layout="constrained")
+    fig = Figure(figsize=(5 * len(groups) + 2, 4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(1, len(groups), sharey=True))
     models = summary["models"]
@@ -200,7 +200,8 @@ def plot(summary: dict[str, Any]) -> bytes:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("recall@20 (95% interval)")
     axes[0].set_ylim(bottom=0)
-    axes[-1].legend(loc="best", fontsize="small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
