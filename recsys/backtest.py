@@ -18,28 +18,23 @@ in the window, whose first N events are given as history through the cold-start 
 path (``serving.features.cold_start_row``, encoded by ``serving.encoding.RowEncoder`` as a
 ``POST`` is) and who are scored on the rest of their window; EASE and ItemKNN fold those N
 events in as the user's history. On planted-factor synthetic data the planted ranking is
-scored too (the oracle). Summaries, files and plot: ``recsys.backtest_report``.
+scored too (the oracle). One cut: ``recsys.backtest_cut``; summaries, files and plot:
+``recsys.backtest_report``.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-import torch
 
-from towers.evaluate import EvalSplit, ScoreFn, item_index, per_user_metrics, to_utc
-
-log = logging.getLogger(__name__)
+from towers.evaluate import to_utc
 
 TWO_TOWER = "two-tower"
 ORACLE = "oracle (planted factors)"
@@ -138,209 +133,6 @@ def plan_windows(when: pd.Series, end: Any, cfg: BacktestConfig) -> list[Window]
     return windows
 
 
-def new_user_split(
-    interactions: pd.DataFrame, item_ids: np.ndarray, test: EvalSplit, history: int
-) -> tuple[EvalSplit, pd.DataFrame]:
-    """Users first seen in ``test``'s window with more than ``history`` events in it: their
-    first ``history`` events (by time; ties in row order) become ``seen`` and are returned as
-    rows (user_id, item_id, rating, event_timestamp), the rest of their window is the truth."""
-    when = pd.to_datetime(interactions["event_timestamp"], utc=True)
-    before = when < test.start
-    inside = ~before & ((when < test.end) if test.end is not None else True)
-    new = interactions[inside & ~interactions["user_id"].isin(interactions["user_id"][before])]
-    new = new.sort_values(["user_id", "event_timestamp"], kind="stable")
-    rank = new.groupby("user_id").cumcount().to_numpy()
-    counts = new.groupby("user_id")["user_id"].transform("size").to_numpy()
-    new, rank = new[counts > history], rank[counts > history]
-    index = item_index(item_ids)
-    n_items = len(index)
-    cols = index.get_indexer(new["item_id"].to_numpy(np.int64))
-    users = np.unique(new["user_id"].to_numpy(np.int64))
-    rows = np.searchsorted(users, new["user_id"].to_numpy(np.int64))
-    first = rank < history
-    seen_keys = np.unique(rows[first & (cols >= 0)] * n_items + cols[first & (cols >= 0)])
-    rest = ~first & (cols >= 0)
-    truth_keys = np.setdiff1d(np.unique(rows[rest] * n_items + cols[rest]), seen_keys, True)
-    kept = np.unique(truth_keys // n_items)  # users with something left to find
-    remap = np.full(len(users), -1)
-    remap[kept] = np.arange(len(kept))
-    seen_keys = seen_keys[np.isin(seen_keys // n_items, kept)]
-    truth_rows = remap[truth_keys // n_items]
-    seen = sp.csr_matrix(
-        (np.ones(len(seen_keys), np.float32), (remap[seen_keys // n_items], seen_keys % n_items)),
-        shape=(len(kept), n_items),
-    )
-    split = EvalSplit(
-        item_ids=index.to_numpy(np.int64),
-        user_ids=users[kept],
-        truth=np.split(truth_keys % n_items, np.flatnonzero(np.diff(truth_rows)) + 1)
-        if len(kept) else [],
-        seen=seen,
-        warm=np.zeros(len(kept), bool),
-        start=test.start,
-        end=test.end,
-    )  # fmt: skip
-    given = new[first & np.isin(new["user_id"].to_numpy(np.int64), split.user_ids)]
-    return split, given[["user_id", "item_id", "rating", "event_timestamp"]]
-
-
-def cold_start_batch(
-    encoder: Any, profiles: pd.DataFrame, given: pd.DataFrame, items_path: Path,
-    recent_items: int,
-) -> dict[str, torch.Tensor]:  # fmt: skip
-    """User-tower inputs of each profile row with its ``given`` events, built as a cold-start
-    ``POST`` builds them (serving.features.cold_start_row, serving.encoding.RowEncoder)."""
-    from serving.encoding import RowEncoder
-    from serving.features import Interaction, ItemGenres, cold_start_row
-
-    genres = ItemGenres.from_items(items_path, encoder.genres)
-    rows = RowEncoder(encoder)
-    by_user = dict(iter(given.groupby("user_id")))
-    arrays = []
-    for p in profiles.itertuples(index=False):
-        events = by_user.get(p.user_id, given.iloc[:0])
-        recent = [Interaction(int(e.item_id), None if pd.isna(e.rating) else float(e.rating),
-                              pd.Timestamp(e.event_timestamp).to_pydatetime())
-                  for e in events.itertuples(index=False)]  # fmt: skip
-        row = cold_start_row(
-            age=None if pd.isna(p.age) else int(p.age),
-            gender=None if pd.isna(p.gender) else str(p.gender),
-            occupation=None if pd.isna(p.occupation) else str(p.occupation),
-            zip_code=None if pd.isna(p.zip_code) else str(p.zip_code),
-            recent=recent, item_genres=genres, recent_items=recent_items,
-        )  # fmt: skip
-        arrays.append(rows.arrays(None, row))  # None: the unknown-user slot, as a POST
-    return {k: torch.from_numpy(np.concatenate([a[k] for a in arrays])) for k in arrays[0]}
-
-
-def _tower_fn(
-    model: Any, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
-) -> ScoreFn:
-    from towers.model import logits
-    from towers.train import embed
-
-    u, v = embed(model.user_tower, users), embed(model.item_tower, items)  # (U, d), (N, d+1)
-    return lambda rows: logits(u[torch.from_numpy(rows)], v, model.cfg).numpy()  # (B, N)
-
-
-def _baseline_models(
-    choices: dict[str, Any], interactions: pd.DataFrame, users: pd.DataFrame, test: EvalSplit
-) -> dict[str, Any]:
-    """Every baseline ``towers.compare.baselines`` scored, fitted again with its choices on
-    the events before the test window (the per-user metrics need the models)."""
-    from towers.baselines import Popularity
-    from towers.ease import EASE, default_memory_budget
-    from towers.itemknn import ItemKNN
-    from towers.segments import SEGMENTATIONS, SegmentPopularity
-
-    item_ids = test.item_ids
-    before = interactions[interactions.event_timestamp < test.start]
-    models: dict[str, Any] = {"popularity": Popularity().fit(before, item_ids)}
-    days = choices["popularity (recent)"]["window_days"]
-    models["popularity (recent)"] = Popularity(days).fit(before, item_ids, before=test.start)
-    ease = choices["EASE"]
-    if "l2" in ease:
-        top = ease["items_modelled"] if ease["items_modelled"] < len(item_ids) else None
-        models["EASE"] = EASE(ease["l2"], default_memory_budget(), top).fit(before, item_ids)
-    knn = choices["ItemKNN"]
-    models["ItemKNN"] = ItemKNN(knn["neighbours"], knn["shrink"]).fit(before, item_ids)
-    if "segmentation" in choices["segment popularity"]:
-        by = SEGMENTATIONS[choices["segment popularity"]["segmentation"]]
-        models["segment popularity"] = SegmentPopularity(by).fit(before, users, item_ids)
-    return models
-
-
-def _split_groups(
-    metrics: dict[str, np.ndarray], warm: np.ndarray
-) -> dict[str, dict[str, np.ndarray]]:
-    out = {}
-    for group, mask in ((WARM, warm), (COLD, ~warm)):
-        if mask.any():
-            out[group] = {name: values[mask] for name, values in metrics.items()}
-    return out
-
-
-def run_cut(
-    window: Window, dataset: Path, folder: Path, cfg: BacktestConfig,
-    truth: Any = None, step: Progress | None = None,
-) -> CutResult:  # fmt: skip
-    """The pipeline as of ``window.cut`` in ``folder`` (emptied first), then every model
-    scored on every group of the window's test users."""
-    from recsys.pipeline import build
-    from recsys.settings import settings_from
-    from towers.compare import baselines, tune
-    from towers.config import TowerConfig
-    from towers.data import load_source, tower_data
-    from towers.train import train
-
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def done(name: str, what: str = "") -> None:
-        nonlocal clock
-        seconds[name] = round(time.perf_counter() - clock, 2)
-        clock = time.perf_counter()
-        if step is not None:
-            step(f"  {name:<12} {seconds[name]:7.1f} s  {what}")
-
-    shutil.rmtree(folder, ignore_errors=True)
-    settings = settings_from(data_dir=folder, dataset=str(dataset), val_start=window.val_start,
-                             test_start=window.cut, as_of=window.end)  # fmt: skip
-    built = build(settings, materialize_online=False)
-    done(
-        "build",
-        "training-set rows " + ", ".join(f"{k} {v:,}" for k, v in built.training_set.rows.items()),
-    )
-
-    tcfg = replace(TowerConfig(), epochs=cfg.max_epochs, seed=cfg.seed)
-    source = load_source(settings, with_test=True)
-    data = tower_data(source, ("train",), tcfg.history)
-    best, tried = tune(tcfg, data, cfg.temperatures, progress=False)
-    done("tune", f"temperature {best.config.temperature:g}, epoch {best.best_epoch}")
-    final_data = tower_data(source, ("train", "val"), tcfg.history)
-    final = train(best.config, final_data, progress=False, epochs=best.best_epoch)
-    done("refit", f"{best.best_epoch} epoch(s) on train + validation")
-
-    assert data.val is not None and final_data.test is not None
-    test = final_data.test.split
-    users = pd.read_parquet(settings.paths.dataset / "users.parquet")
-    _, choices = baselines(data.val.split, test, source.interactions, users)
-    models = _baseline_models(choices, source.interactions, users, test)
-    done("baselines", ", ".join(models))
-    choices[TWO_TOWER] = {"temperature": best.config.temperature, "best_epoch": best.best_epoch,
-                          f"val_recall@{tcfg.select_k}": {f"{t:g}": v for t, v in tried.items()},
-                          "training_rows": len(final_data.train_items["item"])}  # fmt: skip
-
-    new, given = new_user_split(source.interactions, source.item_ids, test, cfg.new_user_history)
-    profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
-    fns: dict[str, tuple[ScoreFn, ScoreFn | None]] = {
-        TWO_TOWER: (
-            _tower_fn(final.model, final_data.test.users, final_data.test.items),
-            _tower_fn(final.model, cold_start_batch(final.encoder, profiles, given,
-                      settings.paths.dataset / "items.parquet", settings.recent_items),
-                      final_data.test.items) if len(new.user_ids) else None,
-        ),
-    }  # fmt: skip
-    for name, model in models.items():
-        fold = getattr(model, "fold_in_fn", model.score_fn)  # history models read `seen`
-        fns[name] = (model.score_fn(test), fold(new) if len(new.user_ids) else None)
-    if truth is not None:
-        from recsys.datasets.synthetic import planted_affinity
-
-        def oracle(split: EvalSplit) -> ScoreFn:
-            return lambda rows: planted_affinity(truth, split.user_ids[rows], split.item_ids)
-
-        fns[ORACLE] = (oracle(test), oracle(new) if len(new.user_ids) else None)
-    per_user: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    for name, (on_test, on_new) in fns.items():
-        per_user[name] = _split_groups(per_user_metrics(on_test, test, cfg.ks), test.warm)
-        if on_new is not None:
-            per_user[name][cfg.new_group] = per_user_metrics(on_new, new, cfg.ks)
-    counts = {g: len(next(iter(m.values()))) for g, m in per_user[TWO_TOWER].items()}
-    done("score", ", ".join(f"{g} {n}" for g, n in counts.items()))
-    return CutResult(window, per_user, choices, seconds)
-
-
 def canonical_dataset(dataset: str, out: Path, synthetic_interactions: int | None = None,
                       synthetic_seed: int | None = None) -> Path:  # fmt: skip
     """A canonical dataset folder to replay: ``dataset`` itself when it is one, else the
@@ -379,6 +171,7 @@ def run_backtest(
 ) -> dict[str, Any]:  # fmt: skip
     """Every cut of ``dataset`` (a canonical folder), per-cut folders under ``out/cuts``;
     writes ``backtest.json``/``.md``/``.png`` into ``out`` and returns the JSON's content."""
+    from recsys.backtest_cut import run_cut
     from recsys.backtest_report import summarize, write_report
     from recsys.features import default_as_of
 

@@ -17,12 +17,11 @@ from recsys.backtest import (
     TWO_TOWER,
     WARM,
     BacktestConfig,
-    cold_start_batch,
-    new_user_split,
     oracle_truth,
     plan_windows,
     run_backtest,
 )
+from recsys.backtest_cut import cold_start_batch, new_user_split
 from tests.conftest import ts
 from towers.evaluate import build_eval_split
 

@@ -1,0 +1,254 @@
+"""One cut of the rolling backtest (``recsys.backtest``): the pipeline rebuilt as of the cut in
+a folder of its own, the two-tower tuned on validation and refitted on train + validation,
+every baseline, and each model's per-user metrics on the window's user groups.
+
+The ``new after N`` group: users first seen in the window with more than N events in it.
+Their first N events are the history a cold-start ``POST`` would carry: the feature row is
+built by ``serving.features.cold_start_row`` and encoded by ``serving.encoding.RowEncoder``
+with the unknown-user slot, exactly as the API does; EASE and ItemKNN fold the same N events
+in (``towers.baselines.HistoryScorer.fold_in_fn``); every model is scored on the rest of
+the user's window, the N items removed from its ranking.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from recsys.backtest import (
+    COLD,
+    ORACLE,
+    TWO_TOWER,
+    WARM,
+    BacktestConfig,
+    CutResult,
+    Progress,
+    Window,
+)
+from towers.evaluate import EvalSplit, ScoreFn, item_index, per_user_metrics
+
+
+def new_user_split(
+    interactions: pd.DataFrame, item_ids: np.ndarray, test: EvalSplit, history: int
+) -> tuple[EvalSplit, pd.DataFrame]:
+    """Users first seen in ``test``'s window with more than ``history`` events in it: their
+    first ``history`` events (by time; ties in row order) become ``seen`` and are returned as
+    rows (user_id, item_id, rating, event_timestamp), the rest of their window is the truth."""
+    when = pd.to_datetime(interactions["event_timestamp"], utc=True)
+    before = when < test.start
+    inside = ~before & ((when < test.end) if test.end is not None else True)
+    new = interactions[inside & ~interactions["user_id"].isin(interactions["user_id"][before])]
+    new = new.sort_values(["user_id", "event_timestamp"], kind="stable")
+    rank = new.groupby("user_id").cumcount().to_numpy()
+    counts = new.groupby("user_id")["user_id"].transform("size").to_numpy()
+    new, rank = new[counts > history], rank[counts > history]
+    index = item_index(item_ids)
+    n_items = len(index)
+    cols = index.get_indexer(new["item_id"].to_numpy(np.int64))
+    users = np.unique(new["user_id"].to_numpy(np.int64))
+    rows = np.searchsorted(users, new["user_id"].to_numpy(np.int64))
+    first = rank < history
+    seen_keys = np.unique(rows[first & (cols >= 0)] * n_items + cols[first & (cols >= 0)])
+    rest = ~first & (cols >= 0)
+    truth_keys = np.setdiff1d(np.unique(rows[rest] * n_items + cols[rest]), seen_keys, True)
+    kept = np.unique(truth_keys // n_items)  # users with something left to find
+    remap = np.full(len(users), -1)
+    remap[kept] = np.arange(len(kept))
+    seen_keys = seen_keys[np.isin(seen_keys // n_items, kept)]
+    truth_rows = remap[truth_keys // n_items]
+    seen = sp.csr_matrix(
+        (np.ones(len(seen_keys), np.float32), (remap[seen_keys // n_items], seen_keys % n_items)),
+        shape=(len(kept), n_items),
+    )
+    split = EvalSplit(
+        item_ids=index.to_numpy(np.int64),
+        user_ids=users[kept],
+        truth=np.split(truth_keys % n_items, np.flatnonzero(np.diff(truth_rows)) + 1)
+        if len(kept) else [],
+        seen=seen,
+        warm=np.zeros(len(kept), bool),
+        start=test.start,
+        end=test.end,
+    )  # fmt: skip
+    given = new[first & np.isin(new["user_id"].to_numpy(np.int64), split.user_ids)]
+    return split, given[["user_id", "item_id", "rating", "event_timestamp"]]
+
+
+def cold_start_batch(
+    encoder: Any, profiles: pd.DataFrame, given: pd.DataFrame, items_path: Path,
+    recent_items: int,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """User-tower inputs of each profile row with its ``given`` events, built as a cold-start
+    ``POST`` builds them (serving.features.cold_start_row, serving.encoding.RowEncoder)."""
+    from serving.encoding import RowEncoder
+    from serving.features import Interaction, ItemGenres, cold_start_row
+
+    genres = ItemGenres.from_items(items_path, encoder.genres)
+    rows = RowEncoder(encoder)
+    by_user = dict(iter(given.groupby("user_id")))
+    arrays = []
+    for p in profiles.itertuples(index=False):
+        events = by_user.get(p.user_id, given.iloc[:0])
+        recent = [Interaction(int(e.item_id), None if pd.isna(e.rating) else float(e.rating),
+                              pd.Timestamp(e.event_timestamp).to_pydatetime())
+                  for e in events.itertuples(index=False)]  # fmt: skip
+        row = cold_start_row(
+            age=None if pd.isna(p.age) else int(p.age),
+            gender=None if pd.isna(p.gender) else str(p.gender),
+            occupation=None if pd.isna(p.occupation) else str(p.occupation),
+            zip_code=None if pd.isna(p.zip_code) else str(p.zip_code),
+            recent=recent, item_genres=genres, recent_items=recent_items,
+        )  # fmt: skip
+        arrays.append(rows.arrays(None, row))  # None: the unknown-user slot, as a POST
+    return {k: torch.from_numpy(np.concatenate([a[k] for a in arrays])) for k in arrays[0]}
+
+
+def _tower_fn(
+    model: Any, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
+) -> ScoreFn:
+    from towers.model import logits
+    from towers.train import embed
+
+    u, v = embed(model.user_tower, users), embed(model.item_tower, items)  # (U, d), (N, d+1)
+    return lambda rows: logits(u[torch.from_numpy(rows)], v, model.cfg).numpy()  # (B, N)
+
+
+def _baseline_models(
+    choices: dict[str, Any], interactions: pd.DataFrame, users: pd.DataFrame, test: EvalSplit
+) -> dict[str, Any]:
+    """Every baseline ``towers.compare.baselines`` scored, fitted again with its choices on
+    the events before the test window (the per-user metrics need the models)."""
+    from towers.baselines import Popularity
+    from towers.ease import EASE, default_memory_budget
+    from towers.itemknn import ItemKNN
+    from towers.segments import SEGMENTATIONS, SegmentPopularity
+
+    item_ids = test.item_ids
+    before = interactions[interactions.event_timestamp < test.start]
+    models: dict[str, Any] = {"popularity": Popularity().fit(before, item_ids)}
+    days = choices["popularity (recent)"]["window_days"]
+    models["popularity (recent)"] = Popularity(days).fit(before, item_ids, before=test.start)
+    ease = choices["EASE"]
+    if "l2" in ease:
+        top = ease["items_modelled"] if ease["items_modelled"] < len(item_ids) else None
+        models["EASE"] = EASE(ease["l2"], default_memory_budget(), top).fit(before, item_ids)
+    knn = choices["ItemKNN"]
+    models["ItemKNN"] = ItemKNN(knn["neighbours"], knn["shrink"]).fit(before, item_ids)
+    if "segmentation" in choices["segment popularity"]:
+        by = SEGMENTATIONS[choices["segment popularity"]["segmentation"]]
+        models["segment popularity"] = SegmentPopularity(by).fit(before, users, item_ids)
+    return models
+
+
+def _split_groups(
+    metrics: dict[str, np.ndarray], warm: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for group, mask in ((WARM, warm), (COLD, ~warm)):
+        if mask.any():
+            out[group] = {name: values[mask] for name, values in metrics.items()}
+    return out
+
+
+def _two_tower(source: Any, cfg: BacktestConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """``towers.compare``'s protocol: temperature and epochs chosen on validation, then the
+    refit on train + validation for those epochs. Returns (refit, its data, its choices)."""
+    from towers.compare import tune
+    from towers.config import TowerConfig
+    from towers.data import tower_data
+    from towers.train import train
+
+    tcfg = replace(TowerConfig(), epochs=cfg.max_epochs, seed=cfg.seed)
+    best, tried = tune(tcfg, tower_data(source, ("train",), tcfg.history), cfg.temperatures,
+                       progress=False)  # fmt: skip
+    data = tower_data(source, ("train", "val"), tcfg.history)
+    final = train(best.config, data, progress=False, epochs=best.best_epoch)
+    choice = {"temperature": best.config.temperature, "best_epoch": best.best_epoch,
+              f"val_recall@{tcfg.select_k}": {f"{t:g}": v for t, v in tried.items()},
+              "training_rows": len(data.train_items["item"])}  # fmt: skip
+    return final, data, choice
+
+
+def _score(
+    fns: dict[str, tuple[ScoreFn, ScoreFn | None]], test: EvalSplit, new: EvalSplit,
+    cfg: BacktestConfig,
+) -> dict[str, dict[str, dict[str, np.ndarray]]]:  # fmt: skip
+    """model -> group -> metric -> (users,) from (test split scores, new-user scores)."""
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for name, (on_test, on_new) in fns.items():
+        out[name] = _split_groups(per_user_metrics(on_test, test, cfg.ks), test.warm)
+        if on_new is not None:
+            out[name][cfg.new_group] = per_user_metrics(on_new, new, cfg.ks)
+    return out
+
+
+def run_cut(
+    window: Window, dataset: Path, folder: Path, cfg: BacktestConfig,
+    truth: Any = None, step: Progress | None = None,
+) -> CutResult:  # fmt: skip
+    """The pipeline as of ``window.cut`` in ``folder`` (emptied first), then every model
+    scored on every group of the window's test users."""
+    from recsys.pipeline import build
+    from recsys.settings import settings_from
+    from towers.compare import baselines
+    from towers.data import load_source
+
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def done(name: str, what: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
+        if step is not None:
+            step(f"  {name:<10} {seconds[name]:7.1f} s  {what}")
+
+    shutil.rmtree(folder, ignore_errors=True)
+    settings = settings_from(data_dir=folder, dataset=str(dataset), val_start=window.val_start,
+                             test_start=window.cut, as_of=window.end)  # fmt: skip
+    rows = build(settings, materialize_online=False).training_set.rows
+    done("build", "training set " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+    source = load_source(settings, with_test=True)
+    final, data, choice = _two_tower(source, cfg)
+    done("two-tower", f"temperature {choice['temperature']:g}, {choice['best_epoch']} "
+                      "epoch(s), refitted on train + validation")  # fmt: skip
+
+    val, test = source.windows["val"][0], source.windows["test"][0]
+    users = pd.read_parquet(settings.paths.dataset / "users.parquet")
+    _, choices = baselines(val, test, source.interactions, users)
+    choices[TWO_TOWER] = choice
+    models = _baseline_models(choices, source.interactions, users, test)
+    done("baselines", ", ".join(models))
+
+    new, given = new_user_split(source.interactions, source.item_ids, test, cfg.new_user_history)
+    has_new = len(new.user_ids) > 0
+    assert data.test is not None
+    items = data.test.items  # the catalogue's features as of the cut
+    fns: dict[str, tuple[ScoreFn, ScoreFn | None]] = {}
+    profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
+    batch = cold_start_batch(final.encoder, profiles, given, settings.paths.dataset
+                             / "items.parquet", settings.recent_items) if has_new else None  # fmt: skip
+    fns[TWO_TOWER] = (_tower_fn(final.model, data.test.users, items),
+                      _tower_fn(final.model, batch, items) if batch is not None else None)  # fmt: skip
+    for name, model in models.items():
+        fold = getattr(model, "fold_in_fn", model.score_fn)  # history models read `seen`
+        fns[name] = (model.score_fn(test), fold(new) if has_new else None)
+    if truth is not None:
+        from recsys.datasets.synthetic import planted_affinity
+
+        def oracle(split: EvalSplit) -> ScoreFn:
+            return lambda rows: planted_affinity(truth, split.user_ids[rows], split.item_ids)
+
+        fns[ORACLE] = (oracle(test), oracle(new) if has_new else None)
+    per_user = _score(fns, test, new, cfg)
+    counts = {g: len(next(iter(m.values()))) for g, m in per_user[TWO_TOWER].items()}
+    done("score", ", ".join(f"{g} {n}" for g, n in counts.items()))
+    return CutResult(window, per_user, choices, seconds)
