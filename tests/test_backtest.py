@@ -179,7 +179,9 @@ def test_dagster_asset_materializes_with_metadata_and_same_seed_same_numbers(
     config = {"dataset": str(synthetic), "data_dir": str(tmp_path / "data"),
               "out": str(tmp_path / "out"), "cuts": "0.6,0.8", "seed": CFG.seed,
               "max_epochs": 1, "temperatures": "0.05", "resamples": CFG.resamples}  # fmt: skip
-    result = materialize([backtest], run_config={"ops": {"backtest": {"config": config}}})
+    result = materialize(
+        [backtest], run_config={"ops": {"evaluation__backtest": {"config": config}}}
+    )
     assert result.success
     (event,) = result.get_asset_materialization_events()
     metadata = event.materialization.metadata
@@ -196,3 +198,14 @@ def test_dagster_asset_materializes_with_metadata_and_same_seed_same_numbers(
             k: v for k, v in b.items() if k != "seconds"
         }
     assert first["mean"] == again["mean"]
+
+
+def test_backtest_job_loads_beside_the_pipeline_and_stays_out_of_full_pipeline():
+    from orchestration.definitions import defs
+
+    job = defs.resolve_job_def("backtest")
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
+        "evaluation/backtest"
+    }
+    full = defs.resolve_job_def("full_pipeline").asset_layer.selected_asset_keys
+    assert "evaluation/backtest" not in {k.to_user_string() for k in full} and len(full) == 10

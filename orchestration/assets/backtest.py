@@ -38,7 +38,10 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v.strip())
 
 
+# Key evaluation/backtest: its op is then ``evaluation__backtest``, so the job can be named
+# ``backtest`` (Dagster refuses a job and an op of one name).
 @asset(
+    key_prefix="evaluation",
     group_name="evaluation",
     description="Rolling-origin backtest: features, training set, two-tower and baselines "
     "rebuilt as of each cut from the events before it; recall and NDCG per window and over "

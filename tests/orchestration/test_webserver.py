@@ -31,9 +31,10 @@ def test_graphql_serves_assets_checks_schedules_and_sensor(webserver):
     assert set(nodes) == {
         "incoming_batch", "dataset", "features", "feast_registry", "training_set",
         "two_tower_model", "item_embeddings", "user_candidates", "online_features",
-        "promoted_model",
+        "promoted_model", "evaluation/backtest",
     }  # fmt: skip
     groups = {name: n["groupName"] for name, n in nodes.items()}
+    assert groups["evaluation/backtest"] == "evaluation"
     assert groups["incoming_batch"] == "ingest" and groups["two_tower_model"] == "training"
     assert groups["item_embeddings"] == "embeddings" and groups["promoted_model"] == "serving"
     checks = {
@@ -47,7 +48,9 @@ def test_graphql_serves_assets_checks_schedules_and_sensor(webserver):
     }  # fmt: skip
     assert all(all(c.values()) for c in checks.values())  # every check is blocking
     (repo,) = data["repositoriesOrError"]["nodes"]
-    assert {"full_pipeline", "retrain", "feature_refresh"} <= {j["name"] for j in repo["jobs"]}
+    assert {"full_pipeline", "retrain", "feature_refresh", "backtest"} <= {
+        j["name"] for j in repo["jobs"]
+    }
     schedules = {s["name"]: s["cronSchedule"] for s in repo["schedules"]}
     assert schedules == {"nightly_retrain": "0 3 * * *", "hourly_feature_refresh": "0 * * * *"}
     assert [s["name"] for s in repo["sensors"]] == ["incoming_batches"]
