@@ -209,3 +209,17 @@ def test_backtest_job_loads_beside_the_pipeline_and_stays_out_of_full_pipeline()
     }
     full = defs.resolve_job_def("full_pipeline").asset_layer.selected_asset_keys
     assert "evaluation/backtest" not in {k.to_user_string() for k in full} and len(full) == 10
+
+
+def test_planted_truth_is_the_generators_and_the_affinity_its_log_probability(synthetic):
+    from recsys.datasets.synthetic import planted_affinity, planted_truth
+
+    saved = np.load(synthetic / "synthetic_truth.npz")
+    rebuilt = planted_truth(8000, seed=1)
+    for name, values in rebuilt.items():
+        assert np.array_equal(values, saved[name]), name
+    users, items = np.array([3, 1]), np.array([5, 2, 9])
+    expected = saved["item_log_pop"][items - 1] + (
+        saved["user_factors"][users - 1] @ saved["item_factors"][items - 1].T
+    ) / float(saved["temperature"])
+    assert np.allclose(planted_affinity(rebuilt, users, items), expected)
