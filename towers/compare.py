@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from towers.baselines import Popularity, best_of, sample_users, tune_popularity_window
 from towers.config import TowerConfig
@@ -236,9 +237,9 @@ def curves_png(runs: dict[str, TrainResult], k: int) -> bytes:
 def fit_span(source: TowerSource, fit_on: tuple[str, ...]) -> dict[str, Any]:
     """What a model trained on the splits ``fit_on`` saw: its rows and their time range."""
     table = source.table
-    rows = table.filter(pa.compute.is_in(table.column("split"), pa.array(list(fit_on))))
+    rows = table.filter(pc.is_in(table.column("split"), pa.array(list(fit_on))))
     when = rows.column("event_timestamp")
-    first, last = pa.compute.min(when).as_py(), pa.compute.max(when).as_py()
+    first, last = pc.min(when).as_py(), pc.max(when).as_py()
     return {"splits": list(fit_on), "rows": rows.num_rows,
             "first_event": str(first), "last_event": str(last)}  # fmt: skip
 
