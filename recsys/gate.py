@@ -89,10 +89,9 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     # Resampled in blocks: R x U indices at once would be 400 MB for 50K test users.
     block = max(1, 2_000_000 // len(diff))
-    means = np.concatenate([
-        diff[rng.integers(0, len(diff), size=(min(block, resamples - lo), len(diff)))].mean(axis=1)
-        for lo in range(0, resamples, block)
-    ])  # (R,)
+    sizes = [(min(block, resamples - lo), len(diff)) for lo in range(0, resamples, block)]
+    # (R,) resampled means
+    means = np.concatenate([diff[rng.integers(0, len(diff), size=n)].mean(axis=1) for n in sizes])
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return Interval(float(diff.mean()), float(low), float(high), len(diff), level, resamples)
