@@ -110,8 +110,9 @@ def user_candidates(
     interactions = pd.read_parquet(settings.paths.dataset / "interactions.parquet")
     store = feast.store()
     if fallback.is_fallback(reg.info(version)):
+        users = pd.read_parquet(settings.paths.dataset / "users.parquet")
         table = fallback.candidates(reg.path(version), interactions, index.item_ids, as_of,
-                                    version, k=pipeline.candidates_k)  # fmt: skip
+                                    version, k=pipeline.candidates_k, users=users)  # fmt: skip
     else:
         model, encoder = _model(reg, version)
         table = candidates.user_candidates(
