@@ -101,22 +101,25 @@ def ranking(
     window_days: float | None = None,
     users: pd.DataFrame | None = None,
     segment_fields: Sequence[str] | None = None,
+    min_segment_users: int | None = None,
 ) -> pa.Table:
     """Every catalogue item and its count of events before ``as_of`` (``score``; within
     ``window_days`` of it if given), best first, ties by item id; with ``segment_fields``,
     one more column per segment of ``users`` large enough to be counted apart (its
-    ``towers.segments.SegmentPopularity`` scores, named by segment label)."""
+    ``towers.segments.SegmentPopularity`` scores, named by segment label; at least
+    ``min_segment_users`` users, by default the baseline's own threshold)."""
     counts = _counts(interactions, item_ids, as_of, window_days)
     frame = pd.DataFrame({"item_id": counts.index.to_numpy(np.int64),
                           GLOBAL: counts.to_numpy(np.float32)})  # fmt: skip
     if segment_fields:
-        from towers.segments import SegmentPopularity
+        from towers.segments import MIN_SEGMENT_USERS, SegmentPopularity
 
         if users is None:
             raise ValueError("segment popularity needs the users profile (users=...)")
         before = interactions[pd.to_datetime(interactions.event_timestamp, utc=True)
                               < pd.Timestamp(as_of)]  # fmt: skip
-        model = SegmentPopularity(segment_fields).fit(before, users, frame.item_id.to_numpy())
+        least = MIN_SEGMENT_USERS if min_segment_users is None else min_segment_users
+        model = SegmentPopularity(segment_fields, least).fit(before, users, frame.item_id.to_numpy())
         for label, scores in sorted(model.segments_.items()):
             frame[label] = scores  # (N,) counts in the segment + a global tie-break below 1
     frame = frame.sort_values([GLOBAL, "item_id"], ascending=[False, True], kind="stable")
