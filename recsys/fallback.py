@@ -119,7 +119,9 @@ def ranking(
         before = interactions[pd.to_datetime(interactions.event_timestamp, utc=True)
                               < pd.Timestamp(as_of)]  # fmt: skip
         least = MIN_SEGMENT_USERS if min_segment_users is None else min_segment_users
-        model = SegmentPopularity(segment_fields, least).fit(before, users, frame.item_id.to_numpy())
+        model = SegmentPopularity(segment_fields, least).fit(
+            before, users, frame.item_id.to_numpy()
+        )
         for label, scores in sorted(model.segments_.items()):
             frame[label] = scores  # (N,) counts in the segment + a global tie-break below 1
     frame = frame.sort_values([GLOBAL, "item_id"], ascending=[False, True], kind="stable")

@@ -94,7 +94,9 @@ def test_only_a_significantly_worse_candidate_is_rejected():
     tie = np.where(flip, 1 - current, current)
     decision = quality_gate(metrics, tie, current, "v1")
     assert decision.passed and decision.outcome.startswith("promoted: not significantly")
-    assert decision.vs_current is not None and decision.vs_current.low <= 0 <= decision.vs_current.high
+    assert (
+        decision.vs_current is not None and decision.vs_current.low <= 0 <= decision.vs_current.high
+    )
     assert "v1's on the same window" in decision.verdict and "95% interval" in decision.verdict
     better = np.maximum(current, rng.random(200) < 0.3)
     decision = quality_gate(metrics, better, current, "v1")
