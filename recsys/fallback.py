@@ -168,13 +168,15 @@ def queries(labels: Sequence[str | None], segment_names: Sequence[str]) -> np.nd
 
 def build(reg: Any, version: str, run_id: str, info: dict[str, Any], candidate: Path,
           interactions: pd.DataFrame, item_ids: np.ndarray, as_of: Any,
-          users: pd.DataFrame | None = None) -> str:  # fmt: skip
+          users: pd.DataFrame | None = None,
+          choice: tuple[str, dict[str, Any], str] | None = None) -> str:  # fmt: skip
     """Write fallback ``version`` into ``reg`` (staged): its ranking, and the metrics of the
-    rejected ``candidate`` folder. Returns the baseline's reason (``choose``)."""
+    rejected ``candidate`` folder. ``choice``: (baseline, settings, why) as :func:`choose`
+    returns them, by default ``choose`` of those metrics. Returns why."""
     import pyarrow.parquet as pq
 
     metrics = json.loads((candidate / "metrics.json").read_text())
-    baseline, settings, why = choose(metrics)
+    baseline, settings, why = choice or choose(metrics)
     table = ranking(interactions, item_ids, as_of, settings.get("window_days"), users,
                     settings.get("segment_fields"))  # fmt: skip
     with reg.build(version, run_id, {**info, "kind": KIND, "baseline": baseline, **settings,

@@ -203,7 +203,7 @@ def two_tower_model(
     outcome, built = decision.outcome, None
     if not ok and (current is None or fallback.is_fallback(reg.info(current))):
         # Nothing a two-tower could keep serving: a baseline is promoted instead, explicitly.
-        built, why = _build_fallback(settings, reg, run_id, print_, version)
+        built, why = build_fallback(settings, reg, run_id, print_, version)
         context.log.warning(f"fallback version {built} built: {why}")
         check = _fallback_check(decision, built, why, judged)
         outcome = f"{outcome}; fallback {built} built"
@@ -235,8 +235,11 @@ def two_tower_model(
     )
 
 
-def _build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected: str) -> Any:
-    """A fallback version (recsys.fallback) built and gated by this run: (version, why)."""
+def build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected: str,
+                   choice: Any = None) -> Any:  # fmt: skip
+    """A fallback version (recsys.fallback) built and gated by run ``run_id``: (version,
+    why). ``choice``: the baseline, as ``fallback.build`` takes it (default: chosen on the
+    rejected version's validation scores)."""
     import pandas as pd
 
     from recsys.registry import GATED
@@ -248,7 +251,7 @@ def _build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected:
         reg, version, run_id, {"fingerprint": print_, "rejected_two_tower": rejected},
         reg.path(rejected), pd.read_parquet(paths.dataset / "interactions.parquet"),
         pd.read_parquet(paths.dataset / "items.parquet").item_id.to_numpy(), as_of,
-        pd.read_parquet(paths.dataset / "users.parquet"),
+        pd.read_parquet(paths.dataset / "users.parquet"), choice,
     )  # fmt: skip
     reg.transition(version, GATED, run_id, f"fallback: two-tower {rejected} failed the "
                    f"quality gate and no two-tower is current; {why}")  # fmt: skip
