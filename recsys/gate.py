@@ -180,4 +180,5 @@ def quality_gate(
         outcome = "promoted: significantly better than the current version"
     else:
         outcome = "promoted: not significantly different from the current version (newer data)"
-    return GateDecision(True, outcome, f"passed: {base}; {against}", interval, name, vs)
+    return GateDecision(True, outcome, f"passed: {base}; {against}; {outcome}", interval, name,
+                        vs)  # fmt: skip
