@@ -29,6 +29,12 @@ The rules, in order:
    significantly different and the candidate is **promoted**: it is trained on newer
    data, so the newest users and items get embeddings; the verdict says so.
 
+A candidate that fails rule 1 while a two-tower is current is still compared with it: if it
+is not significantly worse, the current version is **kept** (``keeps_current``): nothing
+regressed, only the new model did not clear the baseline, so the check fails with WARN and
+the run goes on (a scheduled retrain on 30 new events must not turn red on noise); if it is
+significantly worse, it is a regression (ERROR), as above.
+
 The tolerance is thus the bootstrap interval, not a fixed number. Failing the gate moves
 the version to ``rejected`` (recsys.registry); passing it to ``gated``.
 """
@@ -107,9 +113,13 @@ class GateDecision:
     vs_current: Interval | None = None
     baseline: str | None = None  # the best baseline of rule 1
     vs_baseline: Interval | None = None
+    # Rule 1 failed but the candidate is not significantly worse than the current version:
+    # the current one is kept and nothing regressed (the check fails with WARN, not ERROR).
+    keeps_current: bool = False
 
     def metadata(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"verdict": self.verdict, "outcome": self.outcome}
+        out: dict[str, Any] = {"verdict": self.verdict, "outcome": self.outcome,
+                               "keeps_current": self.keeps_current}  # fmt: skip
         if self.baseline is not None:
             out["best_baseline"] = self.baseline
         if self.vs_baseline is not None:
@@ -154,28 +164,29 @@ def quality_gate(
     name, theirs = best_baseline(metrics)
     base = f"{METRIC} {ours:.4f} vs best baseline {name} {theirs:.4f}"
     per_user = per_user or {}
+    vs, below = None, None  # rule 1's interval, and how the candidate failed it
     if MODEL in per_user and name in per_user:
         vs = paired_bootstrap(per_user[MODEL], per_user[name], resamples, seed)
         base = f"{base} (difference {vs})"
-        if vs.high < 0:
-            return GateDecision(False, f"rejected: significantly below {name}",
-                                f"failed: {base}", baseline=name, vs_baseline=vs)  # fmt: skip
+        below = f"significantly below {name}" if vs.high < 0 else None
     elif not ours > theirs:
-        why = f"{METRIC} {ours:.4f} is not above {name}'s {theirs:.4f}"
-        return GateDecision(False, f"rejected: not above {name}", f"failed: {why}",
-                            baseline=name)  # fmt: skip
-    else:
-        vs = None
+        base, below = f"{METRIC} {ours:.4f} is not above {name}'s {theirs:.4f}", f"not above {name}"
     if candidate is None or current is None:
-        return GateDecision(True, f"promoted: not below {name}", f"passed: {base}",
-                            baseline=name, vs_baseline=vs)  # fmt: skip
+        if below is not None:
+            return GateDecision(False, f"rejected: {below}", f"failed: {base}", None, name, vs)
+        return GateDecision(True, f"promoted: not below {name}", f"passed: {base}", None, name,
+                            vs)  # fmt: skip
     interval = paired_bootstrap(candidate, current, resamples, seed)
     who = current_version or "the current version"
     against = f"{METRIC} minus {who}'s on the same window: {interval}"
     if interval.high < 0:
         return GateDecision(False, "rejected: significantly worse than the current version",
-                            f"failed: {against}; the current version stays", interval,
+                            f"failed: {base}; {against}; the current version stays", interval,
                             name, vs)  # fmt: skip
+    if below is not None:  # no regression: what is served stays, and the run goes on
+        outcome = f"rejected: {below}; {who} kept, not significantly different from it"
+        return GateDecision(False, outcome, f"failed: {base}; {against}; {outcome}", interval,
+                            name, vs, keeps_current=True)  # fmt: skip
     if interval.low > 0:
         outcome = "promoted: significantly better than the current version"
     else:

@@ -105,3 +105,23 @@ def test_only_a_significantly_worse_candidate_is_rejected():
     decision = quality_gate(metrics, worse, current, "v1")
     assert not decision.passed and decision.outcome.startswith("rejected: significantly worse")
     assert decision.metadata()["interval_high"] < 0
+
+
+def test_below_the_best_baseline_but_not_worse_than_the_current_keeps_the_current():
+    rng = np.random.default_rng(4)
+    current = (rng.random(200) < 0.3).astype(float)
+    flip = rng.random(200) < 0.05
+    tie = np.where(flip, 1 - current, current)
+    metrics = _metrics(tie.mean(), 0.2, recent=tie.mean() + 0.05)
+    decision = quality_gate(metrics, tie, current, "v1")
+    assert not decision.passed and decision.keeps_current
+    assert decision.outcome == ("rejected: not above popularity (recent); v1 kept, not "
+                                "significantly different from it")  # fmt: skip
+    assert decision.metadata()["keeps_current"] is True
+    # Significantly worse than the current version as well: a regression, not kept quietly.
+    worse = current * (rng.random(200) < 0.5)
+    decision = quality_gate(_metrics(worse.mean(), 0.2, recent=0.5), worse, current, "v1")
+    assert not decision.passed and not decision.keeps_current
+    assert decision.outcome == "rejected: significantly worse than the current version"
+    # Nothing current: rejected, and nothing kept (a fallback is built instead).
+    assert not quality_gate(metrics).keeps_current

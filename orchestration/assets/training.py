@@ -198,7 +198,9 @@ def two_tower_model(
     reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {decision.verdict}")
     folder = reg.path(version)
     table = (folder / "metrics.md").read_text()
-    check = AssetCheckResult(check_name=QUALITY_GATE, passed=ok,
+    # A candidate rejected while the current version is kept (no regression) warns only.
+    severity = AssetCheckSeverity.WARN if decision.keeps_current else AssetCheckSeverity.ERROR
+    check = AssetCheckResult(check_name=QUALITY_GATE, passed=ok, severity=severity,
                              metadata={**decision.metadata(), **judged})  # fmt: skip
     outcome, built = decision.outcome, None
     if not ok and (current is None or fallback.is_fallback(reg.info(current))):
