@@ -237,8 +237,11 @@ def test_recent_and_segment_popularity_fallbacks_answer_get_and_post(
         counts = recent.item_id.value_counts().reindex(ranking.item_id, fill_value=0)
         assert ranking.score.tolist() == counts.astype(float).tolist()
         assert len(events[events.event_timestamp < as_of]) > len(recent)
-    else:
+    else:  # the users asked about below are ranked by their own segment's counts
         assert len(fallback.segments(reg.path(version))) > 1
+        users = pd.read_parquet(fallback_dir / "dataset" / "users.parquet")
+        for user in (int(events.user_id.iloc[0]), int(users.user_id.iloc[-1])):
+            assert score_column(reg, version, profile_of(fallback_dir, user)) != fallback.GLOBAL
     server = start_server(fallback_dir, fallback_dir.parent / f"server-{baseline[:7]}.log")
     try:
         status, ready = server.get("/readyz")
