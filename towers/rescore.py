@@ -92,19 +92,20 @@ def read_per_user(folder: Path) -> dict[str, np.ndarray] | None:
     return {name: frame[name].to_numpy(np.float64) for name in frame.columns if name != "user_id"}
 
 
-def _not_rescored(reg: Any, current: str | None, window_start: Any) -> str | None:
-    """Why the current version cannot be re-scored on a window starting at
-    ``window_start`` (None: it can)."""
+def _not_rescored(reg: Any, current: str | None, source: Any) -> str | None:
+    """Why the current version cannot be re-scored on ``source``'s test window (None: it
+    can); ``source`` is read only when the current version is a two-tower."""
     import pandas as pd
 
     if current is None:
         return "nothing is current"
     if not evaluated_checkpoint(reg.path(current)).exists():
         return f"{current} is a fallback (a baseline, rule 1)"
+    start = source().windows["test"][0].start
     last = reg.info(current).get("evaluated", {}).get("last_event")
-    if last is not None and pd.Timestamp(last) >= pd.Timestamp(window_start):
+    if last is not None and pd.Timestamp(last) >= pd.Timestamp(start):
         return (f"{current}'s evaluated model was trained on events up to {last}, inside "
-                f"this window (from {window_start}): a comparison would leak")  # fmt: skip
+                f"this window (from {start}): a comparison would leak")  # fmt: skip
     return None
 
 
@@ -122,15 +123,19 @@ def gate_on_one_window(
     from towers.data import load_source
 
     per_user = read_per_user(reg.path(candidate))
-    source = load_source(settings, with_test=True) if current is not None else None
-    start = source.windows["test"][0].start if source is not None else None
-    why = _not_rescored(reg, current, start)
-    if why is not None or source is None:
+    loaded: list[Any] = []  # the test window's source, read once if needed
+
+    def source() -> Any:
+        if not loaded:
+            loaded.append(load_source(settings, with_test=True))
+        return loaded[0]
+
+    why = _not_rescored(reg, current, source)
+    if why is not None or current is None:
         return quality_gate(metrics, per_user=per_user), {
-            "current": current or "none", "current_not_rescored": why or ""}  # fmt: skip
-    assert current is not None
-    ours = per_user_scores(evaluated_checkpoint(reg.path(candidate)), source)[METRIC]
-    theirs = per_user_scores(evaluated_checkpoint(reg.path(current)), source)[METRIC]
+            "current": current or "none", "current_not_rescored": why}  # fmt: skip
+    ours = per_user_scores(evaluated_checkpoint(reg.path(candidate)), source())[METRIC]
+    theirs = per_user_scores(evaluated_checkpoint(reg.path(current)), source())[METRIC]
     stored = reg.metrics(current).get("models", {}).get(MODEL, {})
     judged = {
         "current": current,
