@@ -125,6 +125,7 @@ def assert_answers(server, reg: ModelRegistry, version: str, data: Path, events:
     user = int(events.user_id.iloc[0])
     status, body = server.get(f"/recommendations/{user}?k=10")
     assert status == 200 and body["fallback"] is True and body["model_version"] == version
+    assert body["model_kind"] == reg.info(version)["baseline"]
     seen = set(events.loc[events.user_id == user, "item_id"])
     column = score_column(reg, version, profile_of(data, user))
     assert [item["score"] for item in body["items"]] == expected_scores(ranking, column, seen, 10)
@@ -137,6 +138,7 @@ def assert_answers(server, reg: ModelRegistry, version: str, data: Path, events:
                                 "occupation": profile.occupation, "k": 10,
                                 "recent": [{"item_id": i} for i in recent]})  # fmt: skip
     assert status == 200 and body["fallback"] is True
+    assert body["model_kind"] == reg.info(version)["baseline"]
     column = score_column(reg, version, profile_of(data, int(profile.user_id)))
     expected = expected_scores(ranking, column, set(recent), 10)
     assert [item["score"] for item in body["items"]] == expected
@@ -248,5 +250,7 @@ def test_recent_and_segment_popularity_fallbacks_answer_get_and_post(
         assert status == 200 and ready["fallback"] is True
         assert (ready["model_version"], ready["model_kind"]) == (version, baseline)
         assert_answers(server, reg, version, fallback_dir, events, ranking)
+        status, text = server.get("/metrics")
+        assert status == 200 and f'recsys_serving_model_kind{{kind="{baseline}"}} 1.0' in text
     finally:
         stop_server(server)
