@@ -256,12 +256,13 @@ def compare(
     refit: bool = False,
     temperatures: tuple[float, ...] = TEMPERATURES,
     serve: bool = False,
+    files: tuple[str, str] = ("two_tower_{loss}.pt", "two_tower_{loss}_served.pt"),
 ) -> dict[str, Any]:
     """Train one two-tower per loss, score everything on test, write the report.
 
-    Each loss's evaluated model is saved as ``two_tower_<loss>.pt`` (its scores are the
-    report's). With ``serve``, the model to serve is trained too, as ``two_tower_<loss>_
-    served.pt``: the same temperature and epoch count, refit on every row before ``as_of``
+    Each loss's evaluated model is saved as ``files[0]`` (its scores are the report's). With
+    ``serve``, the model to serve is trained too, as ``files[1]`` (``{loss}`` in either is
+    the loss): the same temperature and epoch count, refit on every row before ``as_of``
     (train + val + test), so the newest users and items have embeddings. It is not scored:
     no window is left that it has not seen. An epoch is one pass over the rows, so the refit
     runs as many passes as were chosen on validation (more steps on more rows), the
@@ -293,14 +294,15 @@ def compare(
         name = f"two-tower ({loss})"
         scores = per_user_of(final.model, final_data.test)
         results[name], per_user[name] = aggregate(scores, final_data.test.split), scores[METRIC]
-        save_checkpoint(final, out_dir / f"two_tower_{loss}.pt")
+        evaluated_file, served_file = (file.format(loss=loss) for file in files)
+        save_checkpoint(final, out_dir / evaluated_file)
         choices[name] = {"temperature": chosen.temperature, "best_epoch": epochs,
-                         "evaluated": {"checkpoint": f"two_tower_{loss}.pt",
+                         "evaluated": {"checkpoint": evaluated_file,
                                        **fit_span(source, fit_on)}}  # fmt: skip
         if all_data is not None:
             served = train(chosen, all_data, progress=progress, epochs=epochs)
-            save_checkpoint(served, out_dir / f"two_tower_{loss}_served.pt")
-            choices[name]["served"] = {"checkpoint": f"two_tower_{loss}_served.pt",
+            save_checkpoint(served, out_dir / served_file)
+            choices[name]["served"] = {"checkpoint": served_file,
                                        **fit_span(source, ("train", "val", "test"))}  # fmt: skip
     notes = BASELINE_NOTES + (
         " The two-tower's scores are those of its evaluated checkpoint (trained without the "

@@ -180,16 +180,13 @@ def two_tower_model(
     start = time.perf_counter()
     info: dict[str, Any] = {"fingerprint": print_}  # version.json, written when complete
     with reg.build(version, run_id, info) as folder:
-        summary = compare(settings, ("softmax",), base, folder, progress=False,
-                          temperatures=grid, serve=True)  # fmt: skip
-        (folder / "two_tower_softmax.pt").rename(folder / EVALUATED)
-        (folder / "two_tower_softmax_served.pt").rename(folder / "checkpoint.pt")
+        summary = compare(settings, ("softmax",), base, folder, progress=False, temperatures=grid,
+                          serve=True, files=(EVALUATED, "checkpoint.pt"))  # fmt: skip
         export_version(folder)  # the user tower as the server runs it (towers.export)
         run = summary["runs"]["softmax"]
         chosen = summary["choices"]["two-tower (softmax)"]
         info.update(temperature=run["temperature"], best_epoch=run["best_epoch"],
-                    evaluated={**chosen["evaluated"], "checkpoint": EVALUATED},
-                    served={**chosen["served"], "checkpoint": "checkpoint.pt"})  # fmt: skip
+                    evaluated=chosen["evaluated"], served=chosen["served"])  # fmt: skip
         metrics = json.loads((folder / "metrics.json").read_text())
     decision, judged = gate_on_one_window(settings, reg, version, current, metrics,
                                           pipeline.gate_resamples)  # fmt: skip
