@@ -18,9 +18,10 @@ States (``TRANSITIONS``)::
     staged ──▶ gated ──▶ embedded ──▶ promoted ──▶ retired ──(rollback)──▶ promoted
        └──────────┴──────────┴──▶ rejected   (failed gate, or abandoned: its run died)
 
-A version is a two-tower model, or (``"kind": "fallback"`` in version.json) the popularity
-list promoted when no two-tower passed the quality gate (``recsys.fallback``): same states,
-same rules; its folder holds ranking.parquet instead of checkpoint.pt and user_tower.onnx.
+A version is a two-tower model (checkpoint.pt served, checkpoint_eval.pt evaluated), or
+(``"kind": "fallback"`` in version.json) the best servable baseline promoted when no
+two-tower passed the quality gate (``recsys.fallback``): same states, same rules; its folder
+holds ranking.parquet instead of the checkpoints and user_tower.onnx.
 
 Only the run that built a version moves it forward and promotes it, so a version left by a
 killed run is never promoted by a later one: the next training run rejects it as abandoned.

@@ -245,7 +245,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             )
         result = for_user(loaded, user_id, row, k)
         return {"user_id": user_id, "model_version": loaded.version,
-                "fallback": loaded.fallback, "k": k, **result}  # fmt: skip
+                "fallback": loaded.fallback, "model_kind": loaded.model_kind, "k": k,
+                **result}  # fmt: skip
 
     def fast_answer(user_id: int, k: int) -> dict[str, Any] | None:
         """The route's 200 answer, or None when the route must answer (503, 404...)."""
@@ -281,6 +282,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             "user_id": None,
             "model_version": loaded.version,
             "fallback": loaded.fallback,
+            "model_kind": loaded.model_kind,
             "k": body.k,
             "excluded": int(exclude.size),
             "items": items,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -128,6 +128,9 @@ class Loaded:
     load_seconds: float = 0.0
     loaded_at: float = field(default_factory=time.time)
     model_kind: str = "two-tower"  # or a fallback's baseline ("popularity")
+    # A fallback's query from the feature row (segment popularity: the segment's one-hot);
+    # None: [1] (serving.fallback).
+    fallback_query: Callable[[dict[str, Any]], np.ndarray] | None = None
 
     @property
     def fallback(self) -> bool:
@@ -141,6 +144,8 @@ class Loaded:
         request (training taught that slot by id dropout).
         """
         if self.tower is None or self.rows is None:  # a fallback: [1] · [item score]
+            if self.fallback_query is not None:
+                return self.fallback_query(row)
             return np.ones(1, dtype=np.float32)
         user = self.tower(self.rows.arrays(user_id, row))  # (1, d)
         return np.append(user[0], np.float32(1.0))  # towers.model.query_vectors of one row
@@ -304,4 +309,3 @@ def open_index(paths: Paths, version: str, search_mode: SearchMode, hnsw_ef: int
         return ItemIndex.open(paths.lancedb, version, mode=search_mode, hnsw_ef=hnsw_ef)
     except (FileNotFoundError, LookupError) as exc:
         raise VersionLoadError(f"item table of version {version}: {exc}") from exc
-

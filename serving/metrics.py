@@ -73,13 +73,26 @@ class Metrics:
             "passed the quality gate), 0 for a two-tower.",
             registry=self.registry,
         )
+        self.model_kind = Gauge(
+            "recsys_serving_model_kind",
+            "1 for the kind of the served version (label kind): two-tower, or the fallback's "
+            "baseline (popularity, popularity (recent), segment popularity).",
+            ["kind"],
+            registry=self.registry,
+        )
         self._version: str | None = None
+        self._kind: str | None = None
 
     def served(
-        self, version: str, load_seconds: float, loaded_at: float, fallback: bool = False
-    ) -> None:
-        """A new version is being served: move the info gauge's 1 to its label."""
+        self, version: str, load_seconds: float, loaded_at: float, fallback: bool = False,
+        kind: str = "two-tower",
+    ) -> None:  # fmt: skip
+        """A new version is being served: move the info gauges' 1 to its labels."""
         self.fallback.set(1 if fallback else 0)
+        if self._kind is not None and self._kind != kind:
+            self.model_kind.remove(self._kind)
+        self.model_kind.labels(kind=kind).set(1)
+        self._kind = kind
         if self._version is not None and self._version != version:
             self.model_info.remove(self._version)
         self.model_info.labels(version=version).set(1)

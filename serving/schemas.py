@@ -164,6 +164,8 @@ class Recommendations(BaseModel):
     fallback: bool = Field(False, description="True when the served version is a fallback "
                            "baseline (no two-tower passed the quality gate): the most "
                            "popular items the user has not seen.")  # fmt: skip
+    model_kind: str = Field("two-tower", description="two-tower, or the fallback's baseline "
+                            "(popularity, popularity (recent), segment popularity).")  # fmt: skip
     k: int
     excluded: int = Field(description="Already-seen items removed from the results.")
     items: list[Item]

@@ -142,7 +142,7 @@ class ServingState:
             self._readers = {}  # re-resolved on the next lookup (a new `feast apply`)
             self.metrics.model_loads.labels("success").inc()
             self.metrics.served(loaded.version, loaded.load_seconds, loaded.loaded_at,
-                                loaded.fallback)  # fmt: skip
+                                loaded.fallback, loaded.model_kind)  # fmt: skip
             if served is not None and served.version != loaded.version:
                 log.info("switched from model version %s to %s", served.version, loaded.version)
             return loaded

@@ -25,11 +25,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from towers.baselines import Popularity, best_of, sample_users, tune_popularity_window
 from towers.config import TowerConfig
-from towers.data import TowerData, load_source, tower_data
+from towers.data import TowerData, TowerSource, load_source, tower_data
 from towers.ease import (
     EASE,
     MIN_SAMPLED_ITEMS,
@@ -39,7 +42,7 @@ from towers.ease import (
     ease_lambda_search,
     ease_max_items,
 )
-from towers.evaluate import EvalSplit, rank_metrics, report
+from towers.evaluate import EvalSplit, aggregate, per_user_metrics, report
 from towers.itemknn import ItemKNN, itemknn_search
 from towers.segments import (
     SEGMENTATIONS,
@@ -47,7 +50,7 @@ from towers.segments import (
     best_segmentation,
     segmentation_search,
 )
-from towers.train import TrainResult, evaluate_window, save_checkpoint, train
+from towers.train import TrainResult, save_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 # strongly personal data (the planted synthetic factors: 0.05), flat ones data where the
 # item prior carries most of the signal (MovieLens-100K's temporal split: 1.0).
 TEMPERATURES = (0.05, 0.2, 1.0)
+METRIC = "recall@20"  # the per-user score kept for the quality gate (PER_USER)
 
 
 def tune(
@@ -102,8 +106,9 @@ def _ease(
     memory_budget: int | None,
     min_items: int,
     k: int,
-) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """EASE's test metrics (None if skipped) and its choices: λ, and the items it models."""
+) -> tuple[EASE | None, dict[str, Any]]:
+    """EASE fitted for the test window (None if skipped) and its choices: λ, and the items
+    it models."""
     budget = default_memory_budget() if memory_budget is None else memory_budget
     n_items, top = len(test.item_ids), None
     choice: dict[str, Any] = {}
@@ -123,7 +128,8 @@ def _ease(
     l2 = float(best_of(lambdas))
     model = EASE(l2, budget, top).fit(before_test, test.item_ids)
     choice.update(l2=l2, items_modelled=top or n_items, **{f"val_recall@{k}": _keyed(lambdas)})
-    return rank_metrics(model.score_fn(test), test), choice
+    choice["val_chosen"] = lambdas[l2]
+    return model, choice
 
 
 def baselines(
@@ -135,6 +141,7 @@ def baselines(
     k: int = 20,
     min_ease_items: int = MIN_SAMPLED_ITEMS,
     max_val_users: int | None = MAX_VAL_USERS,
+    per_user: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every baseline scored on ``test``, each choice made on ``val`` (recall@``k``).
 
@@ -146,7 +153,10 @@ def baselines(
     the reason, if that is under ``min_ease_items``. Segment popularity is left out when
     ``users`` is None or lacks every field. Choices are made on at most ``max_val_users``
     validation users drawn at random (None: all), which bounds their cost on large windows;
-    ``choices["validation users"]`` says how many.
+    ``choices["validation users"]`` says how many, and ``choices[f"validation recall@{k}"]``
+    each baseline's validation recall@``k`` (all users) at its chosen setting: what a
+    fallback is chosen on (``recsys.fallback``). ``per_user``, when given, receives each
+    baseline's per-user test recall@``k`` (rows in ``test.user_ids`` order).
     """
     item_ids = test.item_ids
     val = sample_users(val, max_val_users)
@@ -154,26 +164,35 @@ def baselines(
     before_test = interactions[interactions.event_timestamp < test.start]
     results: dict[str, Any] = {}
     choices: dict[str, Any] = {"validation users": len(val.user_ids)}
-    score = lambda model: rank_metrics(model.score_fn(test), test)  # noqa: E731
+    on_val: dict[str, float] = {}
 
-    results["popularity"] = score(Popularity().fit(before_test, item_ids))
+    def score(name: str, model: Any) -> None:
+        users = per_user_metrics(model.score_fn(test), test)
+        results[name] = aggregate(users, test)
+        if per_user is not None:
+            per_user[name] = users[f"recall@{k}"]
+
     windows = tune_popularity_window(before_val, val, item_ids, k=k)
     days = best_of(windows)
-    results["popularity (recent)"] = score(
-        Popularity(days).fit(before_test, item_ids, before=test.start)
-    )
+    score("popularity", Popularity().fit(before_test, item_ids))
+    if None in windows:
+        on_val["popularity"] = windows[None]
+    score("popularity (recent)", Popularity(days).fit(before_test, item_ids, before=test.start))
     choices["popularity (recent)"] = {"window_days": days, f"val_recall@{k}": _keyed(windows)}
+    on_val["popularity (recent)"] = windows[days]
 
     ease, choices["EASE"] = _ease(before_val, val, before_test, test, memory_budget,
                                   min_ease_items, k)  # fmt: skip
     if ease is not None:
-        results["EASE"] = ease
+        score("EASE", ease)
+        on_val["EASE"] = choices["EASE"].pop("val_chosen")
 
     knn = itemknn_search(before_val, val, item_ids, k=k)
     neighbours, shrink = best_of(knn)
-    results["ItemKNN"] = score(ItemKNN(neighbours, shrink).fit(before_test, item_ids))
+    score("ItemKNN", ItemKNN(neighbours, shrink).fit(before_test, item_ids))
     choices["ItemKNN"] = {"neighbours": neighbours, "shrink": shrink,
                           f"val_recall@{k}": _keyed(knn)}  # fmt: skip
+    on_val["ItemKNN"] = knn[(neighbours, shrink)]
 
     try:
         if users is None:
@@ -185,8 +204,10 @@ def baselines(
     else:
         name = best_segmentation(segmentations)
         model = SegmentPopularity(SEGMENTATIONS[name]).fit(before_test, users, item_ids)
-        results["segment popularity"] = score(model)
+        score("segment popularity", model)
         choices["segment popularity"] = {"segmentation": name, f"val_recall@{k}": segmentations}
+        on_val["segment popularity"] = segmentations[name]["all"]
+    choices[f"validation recall@{k}"] = on_val
     return results, choices
 
 
@@ -213,6 +234,19 @@ def curves_png(runs: dict[str, TrainResult], k: int) -> bytes:
     return buffer.getvalue()
 
 
+def fit_span(source: TowerSource, fit_on: tuple[str, ...]) -> dict[str, Any]:
+    """What a model trained on the splits ``fit_on`` saw: its rows and their time range."""
+    table = source.table
+    rows = table.filter(pc.is_in(table.column("split"), pa.array(list(fit_on))))
+    when = rows.column("event_timestamp")
+    first, last = pc.min(when).as_py(), pc.max(when).as_py()
+    return {"splits": list(fit_on), "rows": rows.num_rows,
+            "first_event": str(first), "last_event": str(last)}  # fmt: skip
+
+
+PER_USER = "per_user_test.parquet"  # each model's test recall@20 per user (recsys.gate)
+
+
 def compare(
     settings: Any,
     losses: tuple[str, ...] = ("softmax", "bce", "triplet"),
@@ -221,36 +255,63 @@ def compare(
     progress: bool = True,
     refit: bool = False,
     temperatures: tuple[float, ...] = TEMPERATURES,
+    serve: bool = False,
+    files: tuple[str, str] = ("two_tower_{loss}.pt", "two_tower_{loss}_served.pt"),
 ) -> dict[str, Any]:
-    """Train one two-tower per loss, score everything on test, write the report."""
+    """Train one two-tower per loss, score everything on test, write the report.
+
+    Each loss's evaluated model is saved as ``files[0]`` (its scores are the report's). With
+    ``serve``, the model to serve is trained too, as ``files[1]`` (``{loss}`` in either is
+    the loss): the same temperature and epoch count, refit on every row before ``as_of``
+    (train + val + test), so the newest users and items have embeddings. It is not scored:
+    no window is left that it has not seen. An epoch is one pass over the rows, so the refit
+    runs as many passes as were chosen on validation (more steps on more rows), the
+    convention when a model is retrained on all data after early stopping.
+    """
     from recsys.io import atomic_write_bytes
+    from towers.rescore import per_user_of
 
     base = base or TowerConfig()
     out_dir = Path(out_dir or settings.paths.data_dir / "evaluation")
-    source = load_source(settings, with_test=True)
+    source = load_source(settings, with_test=True, with_as_of=serve)
     data = tower_data(source, ("train",), base.history)
-    final_data = tower_data(source, ("train", "val"), base.history) if refit else data
+    fit_on = ("train", "val") if refit else ("train",)
+    final_data = tower_data(source, fit_on, base.history) if refit else data
+    all_data = tower_data(source, ("train", "val", "test"), base.history) if serve else None
     assert data.val is not None and data.test is not None
     users = pd.read_parquet(settings.paths.dataset / "users.parquet")
-    results, choices = baselines(data.val.split, data.test.split, source.interactions, users)
+    per_user: dict[str, np.ndarray] = {}
+    results, choices = baselines(data.val.split, data.test.split, source.interactions, users,
+                                 per_user=per_user)  # fmt: skip
     runs: dict[str, TrainResult] = {}
     tuning: dict[str, dict[float, float]] = {}
     for loss in losses:
         cfg = replace(base, loss=loss)  # type: ignore[arg-type]
         runs[loss], tuning[loss] = tune(cfg, data, temperatures, progress)
-        chosen = runs[loss].config
-        final = (
-            train(chosen, final_data, progress=progress, epochs=runs[loss].best_epoch)
-            if refit
-            else runs[loss]
-        )
+        chosen, epochs = runs[loss].config, runs[loss].best_epoch
+        final = train(chosen, final_data, progress=progress, epochs=epochs) if refit else runs[loss]
         assert final_data.test is not None
-        results[f"two-tower ({loss})"] = evaluate_window(final.model, final_data.test)
-        save_checkpoint(final, out_dir / f"two_tower_{loss}.pt")
-    for loss, run in runs.items():
-        choices[f"two-tower ({loss})"] = {"temperature": run.config.temperature,
-                                          "best_epoch": run.best_epoch}  # fmt: skip
-    paths = report(results, out_dir, f"test window, {settings.dataset}", choices, BASELINE_NOTES)
+        name = f"two-tower ({loss})"
+        scores = per_user_of(final.model, final_data.test)
+        results[name], per_user[name] = aggregate(scores, final_data.test.split), scores[METRIC]
+        evaluated_file, served_file = (file.format(loss=loss) for file in files)
+        save_checkpoint(final, out_dir / evaluated_file)
+        choices[name] = {"temperature": chosen.temperature, "best_epoch": epochs,
+                         "evaluated": {"checkpoint": evaluated_file,
+                                       **fit_span(source, fit_on)}}  # fmt: skip
+        if all_data is not None:
+            served = train(chosen, all_data, progress=progress, epochs=epochs)
+            save_checkpoint(served, out_dir / served_file)
+            choices[name]["served"] = {"checkpoint": served_file,
+                                       **fit_span(source, ("train", "val", "test"))}  # fmt: skip
+    notes = BASELINE_NOTES + (
+        " The two-tower's scores are those of its evaluated checkpoint (trained without the "
+        "test window; see its choices); the served checkpoint, refit on all data up to "
+        "as_of, is not scored." if serve else ""
+    )  # fmt: skip
+    paths = report(results, out_dir, f"test window, {settings.dataset}", choices, notes)
+    frame = pd.DataFrame({"user_id": data.test.split.user_ids, **per_user})
+    atomic_write_bytes(out_dir / PER_USER, frame.to_parquet(index=False))
     atomic_write_bytes(out_dir / "training_curves.png", curves_png(runs, base.select_k))
     summary = {
         "results": results,

@@ -212,6 +212,9 @@ class TowerSource:
     interactions: pd.DataFrame
     item_ids: np.ndarray
     windows: dict[str, tuple[Any, pd.DataFrame, pd.DataFrame]]  # name -> (split, users, items)
+    # Every item's features as of `as_of`: the catalogue of the all-data refit (None unless
+    # load_source was asked for it).
+    items_as_of: pd.DataFrame | None = None
 
 
 def features_as_of(store: Any, service: str, key: str, ids: np.ndarray, when: Any) -> pd.DataFrame:
@@ -223,8 +226,11 @@ def features_as_of(store: Any, service: str, key: str, ids: np.ndarray, when: An
     return table.set_index(key).loc[rows[key]].reset_index()
 
 
-def load_source(settings: Any, store: Any | None = None, with_test: bool = True) -> TowerSource:
-    """Read the training set and the features of the validation (and test) window."""
+def load_source(
+    settings: Any, store: Any | None = None, with_test: bool = True, with_as_of: bool = False
+) -> TowerSource:
+    """Read the training set and the features of the validation (and test) window; with
+    ``with_as_of``, also the catalogue's features as of ``as_of`` (for the all-data refit)."""
     import pyarrow.parquet as pq
 
     from recsys.io import read_json
@@ -246,12 +252,15 @@ def load_source(settings: Any, store: Any | None = None, with_test: bool = True)
         users = features_as_of(store, "user_tower_serving_v1", "user_id", split.user_ids, start)
         items = features_as_of(store, "item_tower_v1", "item_id", item_ids, start)
         windows[name] = (split, users, items)
+    items_as_of = (features_as_of(store, "item_tower_v1", "item_id", item_ids, cuts["as_of"])
+                   if with_as_of else None)  # fmt: skip
     return TowerSource(
         table=pq.read_table(paths.training / "training_set.parquet"),
         genres=read_json(paths.features / "manifest.json")["genres"],
         interactions=interactions,
         item_ids=item_ids,
         windows=windows,
+        items_as_of=items_as_of,
     )
 
 
@@ -263,6 +272,9 @@ def tower_data(
     ``("train",)``: the model whose epochs are chosen on the validation window.
     ``("train", "val")``: the refit for the test window (no validation window: it trains
     for the epochs chosen before); users first seen in validation are then known users.
+    ``("train", "val", "test")``: the served model, refit on every row before ``as_of``; no
+    window is held out, and its sampled negatives come from the catalogue as of ``as_of``
+    (``source.items_as_of``, from ``load_source(with_as_of=True)``).
     """
     table = source.table
     rows = table.filter(pa.compute.is_in(table.column("split"), pa.array(list(fit_on))))
@@ -277,17 +289,25 @@ def tower_data(
         split, users, items = source.windows[name]
         return EvalWindow(split, encoder.encode_users(users), encoder.encode_items(items))
 
-    refit = "val" in fit_on
-    val, test = (None if refit else window("val")), window("test")
-    first = val or test
-    if first is None:
-        raise ValueError("a refit on train + val needs the test window (with_test=True)")
+    if "test" in fit_on:  # the all-data refit: nothing is held out
+        if source.items_as_of is None:
+            raise ValueError("the all-data refit needs the catalogue as of as_of: "
+                             "load_source(..., with_as_of=True)")  # fmt: skip
+        val = test = None
+        catalogue = encoder.encode_items(source.items_as_of)
+    else:
+        refit = "val" in fit_on
+        val, test = (None if refit else window("val")), window("test")
+        first = val or test
+        if first is None:
+            raise ValueError("a refit on train + val needs the test window (with_test=True)")
+        catalogue = first.items
     return TowerData(
         encoder=encoder,
         train_users=encoder.encode_users(rows),
         train_items=train_items,
         log_q=log_q,
-        catalogue=first.items,
+        catalogue=catalogue,
         val=val,
         test=test,
     )

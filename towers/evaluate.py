@@ -221,7 +221,12 @@ def rank_metrics(
     ``split.user_ids``; it is called on blocks of ``block_size`` users, so U x N never has to
     be in memory. A segment without users gets NaN metrics and ``users = 0``.
     """
-    per_user = per_user_metrics(scores, split, ks, block_size, seed)
+    return aggregate(per_user_metrics(scores, split, ks, block_size, seed), split)
+
+
+def aggregate(per_user: dict[str, np.ndarray], split: EvalSplit) -> dict[str, dict[str, float]]:
+    """:func:`per_user_metrics` of ``split`` as :func:`rank_metrics` reports them: means over
+    all, warm and cold users (kept apart when the per-user rows are needed too)."""
     masks = {"all": np.ones(len(split.user_ids), bool), "warm": split.warm, "cold": ~split.warm}
     result: dict[str, dict[str, float]] = {}
     for segment in SEGMENTS:

@@ -5,6 +5,19 @@ The window is one of ``towers.data.load_source``'s (its ``EvalSplit`` and the us
 items' Feast features as of its start); each checkpoint encodes those features with its own
 encoder (users or items it never saw get its unknown index, as online), and is scored
 through ``towers.evaluate.per_user_metrics``, the code every model and baseline goes through.
+
+Which checkpoint is re-scored. A version serves ``checkpoint.pt``, refit on every event
+before its own ``as_of``; the next version's test window starts before that ``as_of``
+whenever few events arrived in between (30 new events move the cuts by minutes), so the
+served checkpoint has already seen the window's events it would be scored on: a leak that
+favours the current version. The gate re-scores the version's *evaluated* checkpoint
+instead, ``checkpoint_eval.pt``, trained without its own test window (version.json's
+``evaluated`` says on which rows and up to which event), and only when that model's last
+training event is before the window's start; otherwise the current version is not compared
+and the verdict says why (rule 1 still applies). A version from before the refit has no
+``checkpoint_eval.pt``: its ``checkpoint.pt`` is the model it evaluated, trained on the
+train split, and is re-scored. The candidate is scored through its evaluated checkpoint
+too, so both are models that never saw the window.
 No Dagster here: ``python -c`` or a notebook can call it on any data folder.
 """
 
@@ -32,12 +45,11 @@ def window_for(checkpoint: Path, source: TowerSource, name: str = "test") -> tup
     return model, EvalWindow(split, encoder.encode_users(users), encoder.encode_items(items))
 
 
-def per_user_scores(
-    checkpoint: Path, source: TowerSource, name: str = "test", ks: tuple[int, ...] = (10, 20, 50)
+def per_user_of(
+    model: Any, window: EvalWindow, ks: tuple[int, ...] = (10, 20, 50)
 ) -> dict[str, np.ndarray]:
-    """``{"recall@K": (U,), "ndcg@K": (U,)}`` of the checkpoint on window ``name``, rows
-    aligned with that window's ``split.user_ids``."""
-    model, window = window_for(checkpoint, source, name)
+    """``{"recall@K": (U,), "ndcg@K": (U,)}`` of a two-tower on an encoded window, rows
+    aligned with ``window.split.user_ids``."""
     with torch.no_grad():
         users = embed(model.user_tower, window.users)  # (U, d)
         items = embed(model.item_tower, window.items)  # (N, d)
@@ -49,30 +61,87 @@ def per_user_scores(
     return per_user_metrics(scores, window.split, ks)
 
 
+def per_user_scores(
+    checkpoint: Path, source: TowerSource, name: str = "test", ks: tuple[int, ...] = (10, 20, 50)
+) -> dict[str, np.ndarray]:
+    """:func:`per_user_of` the checkpoint on window ``name`` of ``source``."""
+    return per_user_of(*window_for(checkpoint, source, name), ks)
+
+
+EVALUATED = "checkpoint_eval.pt"  # the model a version was scored with (module docstring)
+
+
+def evaluated_checkpoint(folder: Path) -> Path:
+    """The checkpoint a version folder was scored with: ``checkpoint_eval.pt``, or, in a
+    version from before the all-data refit, ``checkpoint.pt``."""
+    path = Path(folder) / EVALUATED
+    return path if path.exists() else Path(folder) / "checkpoint.pt"
+
+
+def read_per_user(folder: Path) -> dict[str, np.ndarray] | None:
+    """Per-user test recall@20 of every model of a version (``towers.compare.PER_USER``),
+    by model name; None for a version that has none."""
+    import pandas as pd
+
+    from towers.compare import PER_USER
+
+    path = Path(folder) / PER_USER
+    if not path.exists():
+        return None
+    frame = pd.read_parquet(path)
+    return {name: frame[name].to_numpy(np.float64) for name in frame.columns if name != "user_id"}
+
+
+def _not_rescored(reg: Any, current: str | None, source: Any) -> str | None:
+    """Why the current version cannot be re-scored on ``source``'s test window (None: it
+    can); ``source`` is read only when the current version is a two-tower."""
+    import pandas as pd
+
+    if current is None:
+        return "nothing is current"
+    if not evaluated_checkpoint(reg.path(current)).exists():
+        return f"{current} is a fallback (a baseline, rule 1)"
+    start = source().windows["test"][0].start
+    last = reg.info(current).get("evaluated", {}).get("last_event")
+    if last is not None and pd.Timestamp(last) >= pd.Timestamp(start):
+        return (f"{current}'s evaluated model was trained on events up to {last}, inside "
+                f"this window (from {start}): a comparison would leak")  # fmt: skip
+    return None
+
+
 def gate_on_one_window(
     settings: Any, reg: Any, candidate: str, current: str | None, metrics: dict[str, Any],
     resamples: int = 1000,
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """The quality gate of ``candidate`` (a version of ``reg``, a ``recsys.registry.
-    ModelRegistry``) on its test window, the latest: when a two-tower version is current,
-    its checkpoint is scored again on that window and both are compared user by user
+    ModelRegistry``) on its test window, the latest: against the best baseline (per-user
+    scores from the candidate's folder), and, when a two-tower version is current, against
+    that version's evaluated checkpoint scored again on the window, user by user
     (``recsys.gate.quality_gate``). Returns (the decision, metadata: both versions'
     recall@20 on the window, and the current one's as stored when it was built)."""
-    from recsys.gate import METRIC, quality_gate
+    from recsys.gate import METRIC, MODEL, quality_gate
     from towers.data import load_source
 
-    current_checkpoint = reg.path(current) / "checkpoint.pt" if current else None
-    if current_checkpoint is None or not current_checkpoint.exists():
-        # Nothing current, or a fallback (a baseline): the popularity rule is the whole gate.
-        return quality_gate(metrics), {"current": current or "none"}
-    source = load_source(settings, with_test=True)
-    ours = per_user_scores(reg.path(candidate) / "checkpoint.pt", source)[METRIC]
-    theirs = per_user_scores(current_checkpoint, source)[METRIC]
-    stored = reg.metrics(current).get("models", {}).get("two-tower (softmax)", {})
+    per_user = read_per_user(reg.path(candidate))
+    loaded: list[Any] = []  # the test window's source, read once if needed
+
+    def source() -> Any:
+        if not loaded:
+            loaded.append(load_source(settings, with_test=True))
+        return loaded[0]
+
+    why = _not_rescored(reg, current, source)
+    if why is not None or current is None:
+        return quality_gate(metrics, per_user=per_user), {
+            "current": current or "none", "current_not_rescored": why}  # fmt: skip
+    ours = per_user_scores(evaluated_checkpoint(reg.path(candidate)), source())[METRIC]
+    theirs = per_user_scores(evaluated_checkpoint(reg.path(current)), source())[METRIC]
+    stored = reg.metrics(current).get("models", {}).get(MODEL, {})
     judged = {
         "current": current,
         f"candidate_{METRIC}_on_window": round(float(ours.mean()), 4),
         f"current_{METRIC}_on_window": round(float(theirs.mean()), 4),
         f"current_{METRIC}_as_stored": stored.get("all", {}).get(METRIC),
     }
-    return quality_gate(metrics, ours, theirs, current, resamples), judged
+    decision = quality_gate(metrics, ours, theirs, current, resamples, per_user=per_user)
+    return decision, judged

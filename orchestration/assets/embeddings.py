@@ -5,9 +5,9 @@ run), so a version's artifacts are written once, by its own run. A run that buil
 version (data unchanged, or the ``feature_refresh`` job) writes no vectors;
 ``user_candidates`` then recomputes the current version's candidates with the new
 features and publishes them to ``data/candidates/`` and the online store only. A fallback
-version (``recsys.fallback``) goes the same way: one-dimensional vectors (each item's score)
-and the top-K unseen items by score as its candidates.
-"""
+version (``recsys.fallback``) goes the same way: each item's scores as its vectors (one
+dimension, or one per profile segment) and the top-K unseen items by score as its
+candidates."""
 
 from typing import Any
 
@@ -110,8 +110,9 @@ def user_candidates(
     interactions = pd.read_parquet(settings.paths.dataset / "interactions.parquet")
     store = feast.store()
     if fallback.is_fallback(reg.info(version)):
+        users = pd.read_parquet(settings.paths.dataset / "users.parquet")
         table = fallback.candidates(reg.path(version), interactions, index.item_ids, as_of,
-                                    version, k=pipeline.candidates_k)  # fmt: skip
+                                    version, k=pipeline.candidates_k, users=users)  # fmt: skip
     else:
         model, encoder = _model(reg, version)
         table = candidates.user_candidates(

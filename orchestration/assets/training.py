@@ -1,6 +1,12 @@
 """Training assets: the point-in-time training set and a new model version behind
 its quality gate (recsys.gate, on one window); when the two-tower fails it and no
-two-tower is current, a fallback version (recsys.fallback) instead."""
+two-tower is current, a fallback version (recsys.fallback) instead.
+
+A two-tower version holds two checkpoints (towers.compare): ``checkpoint_eval.pt``, trained
+on the train split, whose test scores are in metrics.json and which the gate judges, and
+``checkpoint.pt``, the one served, refit on every row before ``as_of`` with the same
+temperature and epochs; version.json's ``evaluated`` and ``served`` give each one's rows
+and time range."""
 
 import json
 import time
@@ -92,6 +98,11 @@ def training_set(
     )
 
 
+# What a version serves, in its fingerprint: a version whose checkpoint.pt was the evaluated
+# model is not reused for the same data.
+SERVED = "served: refit on train + val + test"
+
+
 def _fingerprint(settings: Any, config: dict[str, Any], temperatures: Any) -> str:
     from recsys.io import read_json
     from recsys.registry import fingerprint
@@ -105,6 +116,7 @@ def _fingerprint(settings: Any, config: dict[str, Any], temperatures: Any) -> st
         read_json(paths.features / "manifest.json").get("rows"),
         config,
         list(temperatures),
+        SERVED,
     )
 
 
@@ -116,13 +128,14 @@ def _fingerprint(settings: Any, config: dict[str, Any], temperatures: Any) -> st
             QUALITY_GATE,
             asset="two_tower_model",
             blocking=True,
-            description="Test recall@20 above popularity, and not significantly below "
-            "the current version re-scored on the same test window (paired bootstrap over "
-            "users, 95% interval; recsys.gate).",
+            description="Test recall@20 not significantly below the best baseline, and "
+            "not significantly below the current version re-scored on the same test window "
+            "(paired bootstrap over users, 95% interval; recsys.gate).",
         )
     ],  # fmt: skip
-    description="A new model version: temperatures tried and epochs chosen on validation, "
-    "refit on train + validation, scored on the test window against popularity and EASE.",
+    description="A new model version: temperature and epochs chosen on validation, scored "
+    "on the test window against every baseline (trained on the train split), and the model "
+    "served refit on all data up to as_of with those choices.",
 )
 def two_tower_model(
     context: AssetExecutionContext, pipeline: PipelineSettings, registry: ModelRegistryResource
@@ -134,7 +147,7 @@ def two_tower_model(
     from towers.compare import compare
     from towers.config import TowerConfig
     from towers.export import export_version
-    from towers.rescore import gate_on_one_window
+    from towers.rescore import EVALUATED, gate_on_one_window, read_per_user
 
     settings = pipeline.settings()
     reg = registry.registry()
@@ -152,27 +165,28 @@ def two_tower_model(
     existing = None if pipeline.force_retrain else reg.find(print_)
     current = reg.current()
     if existing is not None:  # the current version, trained from these data and config
-        decision = quality_gate(reg.metrics(existing))
+        decision = quality_gate(reg.metrics(existing),
+                                per_user=read_per_user(reg.path(existing)))  # fmt: skip
         context.log.info(f"data and config unchanged: reusing version {existing}")
         check = AssetCheckResult(check_name=QUALITY_GATE, passed=decision.passed,
                                  metadata=decision.metadata())  # fmt: skip
         if fallback.is_fallback(reg.info(existing)):  # its two-tower failed: it still does
             check = _fallback_check(decision, existing, reg.info(existing)["reason"])
-        return MaterializeResult(
-            metadata={"version": existing, "reused": True, "fingerprint": print_,
-                      "abandoned": MetadataValue.json(abandoned),
-                      **recall_metadata(reg.metrics(existing))},  # fmt: skip
-            check_results=[check],
-        )
+        reused = {"version": existing, "reused": True, "fingerprint": print_,
+                  "abandoned": MetadataValue.json(abandoned),
+                  **recall_metadata(reg.metrics(existing))}  # fmt: skip
+        return MaterializeResult(metadata=reused, check_results=[check])
     version = reg.new_version(print_)
     start = time.perf_counter()
     info: dict[str, Any] = {"fingerprint": print_}  # version.json, written when complete
     with reg.build(version, run_id, info) as folder:
-        summary = compare(settings, ("softmax",), base, folder, progress=False, temperatures=grid)
-        (folder / "two_tower_softmax.pt").rename(folder / "checkpoint.pt")
+        summary = compare(settings, ("softmax",), base, folder, progress=False, temperatures=grid,
+                          serve=True, files=(EVALUATED, "checkpoint.pt"))  # fmt: skip
         export_version(folder)  # the user tower as the server runs it (towers.export)
         run = summary["runs"]["softmax"]
-        info.update(temperature=run["temperature"], best_epoch=run["best_epoch"])
+        chosen = summary["choices"]["two-tower (softmax)"]
+        info.update(temperature=run["temperature"], best_epoch=run["best_epoch"],
+                    evaluated=chosen["evaluated"], served=chosen["served"])  # fmt: skip
         metrics = json.loads((folder / "metrics.json").read_text())
     decision, judged = gate_on_one_window(settings, reg, version, current, metrics,
                                           pipeline.gate_resamples)  # fmt: skip
@@ -181,12 +195,14 @@ def two_tower_model(
     reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {decision.verdict}")
     folder = reg.path(version)
     table = (folder / "metrics.md").read_text()
-    check = AssetCheckResult(check_name=QUALITY_GATE, passed=ok,
+    # A candidate rejected while the current version is kept (no regression) warns only.
+    severity = AssetCheckSeverity.WARN if decision.keeps_current else AssetCheckSeverity.ERROR
+    check = AssetCheckResult(check_name=QUALITY_GATE, passed=ok, severity=severity,
                              metadata={**decision.metadata(), **judged})  # fmt: skip
     outcome, built = decision.outcome, None
     if not ok and (current is None or fallback.is_fallback(reg.info(current))):
         # Nothing a two-tower could keep serving: a baseline is promoted instead, explicitly.
-        built, why = _build_fallback(settings, reg, run_id, print_, version)
+        built, why = build_fallback(settings, reg, run_id, print_, version)
         context.log.warning(f"fallback version {built} built: {why}")
         check = _fallback_check(decision, built, why, judged)
         outcome = f"{outcome}; fallback {built} built"
@@ -203,6 +219,8 @@ def two_tower_model(
             "fingerprint": print_,
             "temperature": run["temperature"],
             "best_epoch": run["best_epoch"],
+            "evaluated": MetadataValue.json(info["evaluated"]),
+            "served": MetadataValue.json(info["served"]),
             "val_recall@20_by_temperature": MetadataValue.json(
                 {str(k): v for k, v in run["val_recall_by_temperature"].items()}
             ),
@@ -216,8 +234,11 @@ def two_tower_model(
     )
 
 
-def _build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected: str) -> Any:
-    """A fallback version (recsys.fallback) built and gated by this run: (version, why)."""
+def build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected: str,
+                   choice: Any = None) -> Any:  # fmt: skip
+    """A fallback version (recsys.fallback) built and gated by run ``run_id``: (version,
+    why). ``choice``: the baseline, as ``fallback.build`` takes it (default: chosen on the
+    rejected version's validation scores)."""
     import pandas as pd
 
     from recsys.registry import GATED
@@ -229,6 +250,7 @@ def _build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected:
         reg, version, run_id, {"fingerprint": print_, "rejected_two_tower": rejected},
         reg.path(rejected), pd.read_parquet(paths.dataset / "interactions.parquet"),
         pd.read_parquet(paths.dataset / "items.parquet").item_id.to_numpy(), as_of,
+        pd.read_parquet(paths.dataset / "users.parquet"), choice,
     )  # fmt: skip
     reg.transition(version, GATED, run_id, f"fallback: two-tower {rejected} failed the "
                    f"quality gate and no two-tower is current; {why}")  # fmt: skip

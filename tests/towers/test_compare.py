@@ -36,9 +36,25 @@ def test_compare_baselines_share_the_evaluation_and_record_choices(tmp_path):
     val = build_eval_split(events, np.arange(40), day(14), day(40))
     test = build_eval_split(events, np.arange(40), day(40), day(60))
     assert (~test.warm).sum() == 20 and test.warm.sum() > 40
-    results, choices = baselines(val, test, events, users, memory_budget=None, k=10)
+    per_user: dict[str, np.ndarray] = {}
+    results, choices = baselines(val, test, events, users, memory_budget=None, k=10,
+                                 per_user=per_user)  # fmt: skip
     names = ["popularity", "popularity (recent)", "EASE", "ItemKNN", "segment popularity"]
     assert list(results) == names
+    # Per-user test recall (for the gate's paired bootstrap) and each baseline's validation
+    # recall at its chosen setting (what a fallback is chosen on).
+    assert list(per_user) == names
+    for name in names:
+        assert per_user[name].shape == (len(test.user_ids),)
+        assert per_user[name].mean() == results[name]["all"]["recall@10"]
+    on_val = choices["validation recall@10"]
+    assert list(on_val) == names
+    recent = choices["popularity (recent)"]
+    assert on_val["popularity"] == recent["val_recall@10"]["all"]
+    assert on_val["popularity (recent)"] == max(recent["val_recall@10"].values())
+    assert on_val["EASE"] == choices["EASE"]["val_recall@10"][f"{choices['EASE']['l2']:g}"]
+    segment = choices["segment popularity"]
+    assert on_val["segment popularity"] == segment["val_recall@10"][segment["segmentation"]]["all"]
     assert choices["validation users"] == len(val.user_ids)
     before_test = events[events.event_timestamp < test.start]
     # Each entry is that model, fitted before the test window, through towers.evaluate.
