@@ -48,6 +48,15 @@ class TowerConfig:
     # Extra negatives per batch drawn uniformly from the catalogue (Yang et al., WWW 2020);
     # also the negatives of the bce and triplet losses.
     mixed_negatives: int = 256
+    # Where those uniform negatives take their features from. "rows": a uniformly drawn
+    # item's features at the time of one of its own training rows, so negatives and
+    # positives carry features of the same kind. "catalogue": every item's features at one
+    # time (the first evaluation window's start), which trains a shortcut: a negative is told
+    # apart from a positive by its snapshot features (counts from after the row's time), and
+    # at evaluation, where every item carries snapshot features, all items look like
+    # negatives. On MovieLens-100K's window after the 90th percentile, the refit on train +
+    # validation scored warm test recall@20 0.176 with catalogue negatives, 0.236 without any.
+    negatives_from: Literal["rows", "catalogue"] = "rows"
     # Margin of the triplet loss, in cosine units.
     margin: float = 0.2
     batch_size: int = 1024

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,20 +119,47 @@ def evaluate_window(
     return rank_metrics(scores, window.split, ks)
 
 
+Sampler = Callable[[int, torch.Generator], tuple[dict[str, torch.Tensor], int]]
+
+
+def negative_sampler(data: TowerData, cfg: TowerConfig) -> Sampler:
+    """``sample(m, gen) -> (item-tower inputs of m negatives, items drawn from)``: items
+    drawn uniformly (mixed negatives, Yang et al. 2020), with their features taken as
+    ``cfg.negatives_from`` says (see TowerConfig)."""
+    if cfg.negatives_from == "catalogue":
+        n = len(data.catalogue["item"])
+        return lambda m, gen: (take(data.catalogue, torch.randint(0, n, (m,), generator=gen)), n)
+    # Training rows grouped by item: an item drawn uniformly, then one of its rows.
+    ids = data.train_items["item"]
+    order = torch.argsort(ids, stable=True)  # (R,) rows sorted by item
+    items, counts = torch.unique_consecutive(ids[order], return_counts=True)  # (I,), (I,)
+    starts = torch.cumsum(counts, 0) - counts  # (I,)
+
+    def sample(m: int, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], int]:
+        which = torch.randint(0, len(items), (m,), generator=gen)  # (m,)
+        offset = (torch.rand(m, generator=gen) * counts[which]).long()  # (m,) < count
+        return take(data.train_items, order[starts[which] + offset]), len(items)
+
+    return sample
+
+
 def _loss(
-    model: TwoTower, data: TowerData, rows: torch.Tensor, cfg: TowerConfig, gen: torch.Generator
+    model: TwoTower,
+    data: TowerData,
+    rows: torch.Tensor,
+    cfg: TowerConfig,
+    gen: torch.Generator,
+    negative_sampler: Sampler,
 ) -> torch.Tensor:
     users = model.user_tower(take(data.train_users, rows))  # (B, d)
     item_batch = take(data.train_items, rows)
     items = model.item_tower(item_batch)  # (B, d)
-    n_catalogue = len(data.catalogue["item"])
     extra = extra_ids = extra_lq = None
     if cfg.mixed_negatives > 0:
-        pick = torch.randint(0, n_catalogue, (cfg.mixed_negatives,), generator=gen)
-        negatives = take(data.catalogue, pick)
+        negatives, n_items = negative_sampler(cfg.mixed_negatives, gen)
         extra, extra_ids = model.item_tower(negatives), negatives["item"]
         # Expected copies in the candidate pool: uniform draws M/N each.
-        extra_lq = torch.full((len(pick),), math.log(cfg.mixed_negatives / n_catalogue))
+        extra_lq = torch.full((cfg.mixed_negatives,), math.log(cfg.mixed_negatives / n_items))
     if cfg.loss == "softmax":
         # In-batch items appear about B * p(item) times per batch.
         log_q = data.log_q[item_batch["item"]] + math.log(len(rows))
@@ -182,6 +210,7 @@ def train(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg, data.encoder)
+    sampler = negative_sampler(data, cfg)
     optimizer = _optimizer(model, cfg)
     n = len(data.train_items["item"])
     best, best_epoch, best_state, stale = -1.0, 0, None, 0
@@ -195,7 +224,7 @@ def train(
         # disable=None: no bar when stderr is not a terminal (logs, CI), a bar otherwise.
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=None if progress else True, leave=False)
         for rows in bar:
-            loss = _loss(model, data, rows, cfg, gen)
+            loss = _loss(model, data, rows, cfg, gen, sampler)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -117,7 +117,7 @@ def test_short_run_matches_the_previous_implementation(synthetic_build):
     settings, _ = synthetic_build
     data = load_tower_data(settings, with_test=False, history=20)
     cfg = TowerConfig(dim=32, hidden=64, id_dim=32, epochs=3, patience=3, batch_size=256,
-                      lr=1e-3)  # fmt: skip
+                      lr=1e-3, negatives_from="catalogue")  # fmt: skip
     history = train(cfg, data, progress=False).history
     assert len(history) == len(PREVIOUS)
     for entry, (loss, recall, ndcg) in zip(history, PREVIOUS, strict=True):

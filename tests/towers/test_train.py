@@ -102,3 +102,23 @@ def test_refit_runs_the_given_epochs_without_validation(synthetic_build):
     result = train(CFG, refit, progress=False, epochs=2)
     assert [h["epoch"] for h in result.history] == [1, 2] and "val" not in result.history[0]
     assert evaluate_window(result.model, refit.test)["all"]["recall@20"] > 0
+
+
+def test_row_negatives_are_uniform_items_with_their_own_training_features(data):
+    """negatives_from="rows": items uniformly over those with training rows (not by
+    frequency), each with the features of one of its own training rows."""
+    from towers.train import negative_sampler
+
+    sample = negative_sampler(data, replace(CFG, negatives_from="rows"))
+    gen = torch.Generator().manual_seed(0)
+    negatives, n_items = sample(20_000, gen)
+    ids = data.train_items["item"]
+    assert n_items == len(torch.unique(ids))
+    counts = torch.bincount(negatives["item"], minlength=len(data.encoder.item_ids) + 2)
+    drawn = counts[torch.unique(ids)].float()
+    assert drawn.min() > 0 and drawn.std() / drawn.mean() < 0.5  # uniform, not Zipf
+    # Each negative's numeric features are one of that item's training rows' features.
+    for k in range(0, 20_000, 2_000):
+        item = negatives["item"][k]
+        rows = data.train_items["nums"][ids == item]  # (r, F)
+        assert (rows == negatives["nums"][k]).all(dim=1).any()
