@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Loss = Literal["softmax", "bce", "triplet"]
+HistoryEncoder = Literal["mean", "gru", "attention"]
 
 
 @dataclass
@@ -33,6 +34,17 @@ class TowerConfig:
     dropout: float = 0.1
     # How many recent items the user tower pools (the feature keeps up to this many).
     history: int = 20
+    # How the user tower reads those items (towers.model.HistoryBlock). "mean": the average
+    # of their id embeddings (order, times and ratings unused). "gru": item + position +
+    # rating/time features through a 1-layer GRU, oldest to newest; the final state.
+    # "attention": the same inputs through one self-attention layer; the newest position's
+    # output.
+    history_encoder: HistoryEncoder = "gru"
+    # Whether the sequence encoders see each item's rating, and its time before the row.
+    history_ratings: bool = True
+    history_times: bool = True
+    # Heads of the attention encoder (must divide id_dim).
+    attention_heads: int = 2
     # Scores are dot products of L2-normalised vectors divided by this temperature ...
     temperature: float = 0.05
     # ... plus, when on, a scalar bias per item from the item tower (its "prior": how likely

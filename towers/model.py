@@ -2,8 +2,9 @@
 
 UserTower: user-id embedding (slot 0 = unknown user, also used for id-dropout so a
 features-only embedding is learned), profile category embeddings, normalised activity
-numerics, genre affinity, and mean pooling over the embeddings of the user's recent items
-(shared with the item tower's id table) → MLP → L2-normalised vector (B, d).
+numerics, genre affinity, and a summary of the user's recent items (`HistoryBlock`: their
+embeddings from the item tower's id table, mean-pooled, or with their order, rating and
+time through a GRU or a self-attention layer) → MLP → L2-normalised vector (B, d).
 ItemTower: item-id embedding (slot 0 = unknown item), genre bag, release year and
 popularity numerics → MLP → L2-normalised vector (B, d), followed (with ``item_bias``) by
 one more column, the item's scalar bias: (B, d + 1).
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from towers.config import TowerConfig
-from towers.data import PAD
+from towers.data import HISTORY_FEATURES, PAD
 
 
 def _mlp(inputs: int, cfg: TowerConfig, outputs: int | None = None) -> nn.Sequential:
@@ -100,6 +101,61 @@ class ItemTower(nn.Module):
         return torch.cat([F.normalize(out[:, :d], dim=-1), out[:, d:]], dim=-1)  # (B, d [+ 1])
 
 
+class HistoryBlock(nn.Module):
+    """The user's recent items (B, L), newest first, PAD-padded at the end, with their
+    per-position features (B, L, HISTORY_FEATURES) → one vector (B, id_dim); zeros for a
+    user with no history.
+
+    Sequence encoders (the two-tower literature's RNN and transformer query towers; Covington
+    et al. 2016, Yi et al. 2019) see item embedding + position embedding + a projection of
+    the rating and time features. "gru" reads the items oldest to newest (the padding,
+    zeroed, first) and keeps the final state; "attention" runs one pre-norm self-attention
+    layer with the padding masked and keeps the newest position's output.
+    """
+
+    def __init__(self, cfg: TowerConfig, item_embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.kind = cfg.history_encoder
+        self.item = item_embedding
+        if self.kind == "mean":
+            return
+        dim = cfg.id_dim
+        self.position = _embedding(cfg.history, dim, cfg)
+        self.features = nn.Linear(HISTORY_FEATURES, dim)
+        # Which feature columns are used (rating z + missing flag, time z + missing flag).
+        keep = [cfg.history_ratings] * 2 + [cfg.history_times] * 2
+        self.register_buffer("keep", torch.tensor(keep, dtype=torch.float32), persistent=False)
+        self.block: nn.Module
+        if self.kind == "gru":
+            self.block = nn.GRU(dim, dim, batch_first=True)
+        elif self.kind == "attention":
+            self.block = nn.TransformerEncoderLayer(
+                dim, cfg.attention_heads, dim_feedforward=2 * dim, dropout=cfg.dropout,
+                batch_first=True, norm_first=True,
+            )  # fmt: skip
+        else:
+            raise ValueError(f"history_encoder {self.kind!r}: expected mean, gru or attention")
+
+    def forward(self, history: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mean":
+            # Padding excluded (no history pools to zeros). One bag kernel: no (B, L, id_dim)
+            # intermediate to build, mask and differentiate through.
+            return F.embedding_bag(history, self.item.weight, mode="mean", padding_idx=PAD)
+        present = history != PAD  # (B, L)
+        x = self.item(history) + self.position.weight[: history.shape[1]]  # (B, L, e)
+        x = (x + self.features(feats * self.keep)) * present.unsqueeze(-1)
+        has = present.any(dim=1, keepdim=True)  # (B, 1)
+        if self.kind == "gru":
+            out, _ = self.block(x.flip(1))  # (B, L, e), oldest first
+            pooled = out[:, -1]  # (B, e): the state after the newest item
+        else:
+            # A row with every key masked would give NaN: its newest slot stays visible (its
+            # output is zeroed below).
+            ignore = torch.cat([~present[:, :1] & has, ~present[:, 1:]], dim=1)  # (B, L)
+            pooled = self.block(x, src_key_padding_mask=ignore)[:, 0]  # (B, e)
+        return pooled * has
+
+
 class UserTower(nn.Module):
     def __init__(
         self,
@@ -114,18 +170,13 @@ class UserTower(nn.Module):
         self.cfg = cfg
         self.user = _embedding(n_users, cfg.id_dim, cfg)
         self.cats = nn.ModuleList(_embedding(n, cfg.cat_dim, cfg) for n in cat_sizes)
-        self.item = item_embedding  # shared: history pooling lives in the item-id space
+        self.history = HistoryBlock(cfg, item_embedding)  # in the item-id space, shared
         inputs = cfg.id_dim * 2 + cfg.cat_dim * len(cat_sizes) + n_genres + n_nums
         self.mlp = _mlp(inputs, cfg)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = _drop_ids(batch["user"], self.cfg.user_id_dropout, self.training)
-        # Mean of the recent items' embeddings, padding excluded (a user with no history
-        # pools to zeros). One bag kernel: no (B, L, id_dim) intermediate to build, mask and
-        # differentiate through.
-        pooled = F.embedding_bag(
-            batch["history"], self.item.weight, mode="mean", padding_idx=PAD
-        )  # (B, id_dim)
+        pooled = self.history(batch["history"], batch["history_feats"])  # (B, id_dim)
         cats = [emb(batch["cats"][:, k]) for k, emb in enumerate(self.cats)]
         x = torch.cat(
             [self.user(ids), pooled, *cats, batch["affinity"], batch["nums"]], dim=-1

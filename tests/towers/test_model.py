@@ -17,6 +17,7 @@ from towers.model import index_vectors, query_vectors, softmax_loss
 from towers.train import TrainResult, build_model, load_checkpoint, save_checkpoint
 
 GENRES = ["Action", "Comedy", "Drama"]
+T0 = 1_700_000_000  # epoch seconds of the first event
 
 
 def rows(n: int = 6) -> pd.DataFrame:
@@ -29,6 +30,10 @@ def rows(n: int = 6) -> pd.DataFrame:
         "user_interaction_count": [None, 1, 2, 3, 4, 5][:n], "user_mean_rating": [None, 4.0, 3.5, 3, 2, 5][:n],
         "user_genre_affinity": [None] + [[0.5, 0.5, 0.0]] * (n - 1),
         "recent_item_ids": [None, [10], [11, 10], [12, 11, 10], [99, 12], [13]][:n],
+        "recent_item_ratings": [None, [4.0], [3.0, 4.0], [1.0, 3.0, 4.0], [np.nan, 1.0], [5.0]][:n],
+        "recent_item_timestamps": [None, [T0], [T0 + 60, T0], [T0 + 7200, T0 + 60, T0],
+                                   [T0 + 9000, T0 + 7200], [T0 + 86400]][:n],
+        "event_timestamp": pd.to_datetime(T0 + 86400 * np.arange(1, n + 1), unit="s", utc=True),
         "item_genres": [["Drama"], ["Comedy", "Drama"], [], ["Action"], ["Drama"], ["Horror"]][:n],
         "item_release_year": [1995, None, 2000, 1980, 1999, 2001][:n],
         "item_interaction_count": [None, 1, 5, 2, 9, 3][:n], "item_mean_rating": [None, 4.0, 3, 2, 5, 1][:n],
