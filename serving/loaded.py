@@ -188,7 +188,8 @@ class Loaded:
         zip_code: str | None,
         recent: Sequence[Interaction] = (),
     ) -> dict[str, Any]:
-        """The feature row of a user the store does not know (``serving.features``)."""
+        """The feature row of a user the store does not know (``serving.features``); an
+        interaction without a time happened now."""
         return cold_start_row(
             age=age,
             gender=gender,
@@ -202,11 +203,15 @@ class Loaded:
 
 def _tower_examples(rows: RowEncoder, item_ids: np.ndarray) -> list[dict[str, np.ndarray]]:
     """A few different rows the fast user towers are checked on before serving."""
+    now = int(time.time())
     return [
         rows.arrays(None, {}),
         rows.arrays(None, {"age_bucket": "25-34", "gender": "F", "user_interaction_count": 3,
                            "user_mean_rating": 4.0, "user_genre_affinity": [0.5, 0.25],
-                           "recent_item_ids": item_ids[:3].tolist()}),
+                           "recent_item_ids": item_ids[:3].tolist(),
+                           "recent_item_ratings": [5.0, float("nan"), 2.0],
+                           "recent_item_timestamps": [now - 60, now - 86_400, now - 10**7]},
+                    now),
         rows.arrays(next(iter(rows.users), None), {"recent_item_ids": item_ids[-40:].tolist()}),
     ]  # fmt: skip
 

@@ -43,8 +43,12 @@ class TowerConfig:
     # Whether the sequence encoders see each item's rating, and its time before the row.
     history_ratings: bool = True
     history_times: bool = True
-    # Heads of the attention encoder (must divide id_dim).
+    # Width of the sequence encoders (their inputs are projected to it). The block runs on
+    # every position of every row (20K per 1,024-row batch), so this sets its cost.
+    history_dim: int = 32
+    # Heads of the attention encoder (must divide history_dim), and its dropout.
     attention_heads: int = 2
+    history_dropout: float = 0.0
     # Scores are dot products of L2-normalised vectors divided by this temperature ...
     temperature: float = 0.05
     # ... plus, when on, a scalar bias per item from the item tower (its "prior": how likely

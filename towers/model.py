@@ -103,12 +103,12 @@ class ItemTower(nn.Module):
 
 class HistoryBlock(nn.Module):
     """The user's recent items (B, L), newest first, PAD-padded at the end, with their
-    per-position features (B, L, HISTORY_FEATURES) → one vector (B, id_dim); zeros for a
-    user with no history.
+    per-position features (B, L, HISTORY_FEATURES) → one vector (B, id_dim for "mean", else
+    history_dim); zeros for a user with no history.
 
     Sequence encoders (the two-tower literature's RNN and transformer query towers; Covington
-    et al. 2016, Yi et al. 2019) see item embedding + position embedding + a projection of
-    the rating and time features. "gru" reads the items oldest to newest (the padding,
+    et al. 2016, Yi et al. 2019) see a projection of [item embedding, rating and time
+    features] plus a position embedding. "gru" reads the items oldest to newest (the padding,
     zeroed, first) and keeps the final state; "attention" runs one pre-norm self-attention
     layer with the padding masked and keeps the newest position's output.
     """
@@ -119,9 +119,11 @@ class HistoryBlock(nn.Module):
         self.item = item_embedding
         if self.kind == "mean":
             return
-        dim = cfg.id_dim
+        dim = cfg.history_dim
+        # One projection of [item embedding, features] per position to the block's width:
+        # the block runs on B x L positions, so its width sets most of the step's cost.
+        self.inputs = nn.Linear(cfg.id_dim + HISTORY_FEATURES, dim)
         self.position = _embedding(cfg.history, dim, cfg)
-        self.features = nn.Linear(HISTORY_FEATURES, dim)
         # Which feature columns are used (rating z + missing flag, time z + missing flag).
         keep = [cfg.history_ratings] * 2 + [cfg.history_times] * 2
         self.register_buffer("keep", torch.tensor(keep, dtype=torch.float32), persistent=False)
@@ -130,7 +132,7 @@ class HistoryBlock(nn.Module):
             self.block = nn.GRU(dim, dim, batch_first=True)
         elif self.kind == "attention":
             self.block = nn.TransformerEncoderLayer(
-                dim, cfg.attention_heads, dim_feedforward=2 * dim, dropout=cfg.dropout,
+                dim, cfg.attention_heads, dim_feedforward=2 * dim, dropout=cfg.history_dropout,
                 batch_first=True, norm_first=True,
             )  # fmt: skip
         else:
@@ -142,17 +144,17 @@ class HistoryBlock(nn.Module):
             # intermediate to build, mask and differentiate through.
             return F.embedding_bag(history, self.item.weight, mode="mean", padding_idx=PAD)
         present = history != PAD  # (B, L)
-        x = self.item(history) + self.position.weight[: history.shape[1]]  # (B, L, e)
-        x = (x + self.features(feats * self.keep)) * present.unsqueeze(-1)
+        x = self.inputs(torch.cat([self.item(history), feats * self.keep], dim=-1))  # (B, L, h)
+        x = (x + self.position.weight[: history.shape[1]]) * present.unsqueeze(-1)
         has = present.any(dim=1, keepdim=True)  # (B, 1)
         if self.kind == "gru":
-            out, _ = self.block(x.flip(1))  # (B, L, e), oldest first
-            pooled = out[:, -1]  # (B, e): the state after the newest item
+            out, _ = self.block(x.flip(1))  # (B, L, h), oldest first
+            pooled = out[:, -1]  # (B, h): the state after the newest item
         else:
             # A row with every key masked would give NaN: its newest slot stays visible (its
             # output is zeroed below).
             ignore = torch.cat([~present[:, :1] & has, ~present[:, 1:]], dim=1)  # (B, L)
-            pooled = self.block(x, src_key_padding_mask=ignore)[:, 0]  # (B, e)
+            pooled = self.block(x, src_key_padding_mask=ignore)[:, 0]  # (B, h)
         return pooled * has
 
 
@@ -171,12 +173,13 @@ class UserTower(nn.Module):
         self.user = _embedding(n_users, cfg.id_dim, cfg)
         self.cats = nn.ModuleList(_embedding(n, cfg.cat_dim, cfg) for n in cat_sizes)
         self.history = HistoryBlock(cfg, item_embedding)  # in the item-id space, shared
-        inputs = cfg.id_dim * 2 + cfg.cat_dim * len(cat_sizes) + n_genres + n_nums
+        pooled = cfg.id_dim if cfg.history_encoder == "mean" else cfg.history_dim
+        inputs = cfg.id_dim + pooled + cfg.cat_dim * len(cat_sizes) + n_genres + n_nums
         self.mlp = _mlp(inputs, cfg)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = _drop_ids(batch["user"], self.cfg.user_id_dropout, self.training)
-        pooled = self.history(batch["history"], batch["history_feats"])  # (B, id_dim)
+        pooled = self.history(batch["history"], batch["history_feats"])  # (B, id_dim | h)
         cats = [emb(batch["cats"][:, k]) for k, emb in enumerate(self.cats)]
         x = torch.cat(
             [self.user(ids), pooled, *cats, batch["affinity"], batch["nums"]], dim=-1
