@@ -309,4 +309,3 @@ def open_index(paths: Paths, version: str, search_mode: SearchMode, hnsw_ef: int
         return ItemIndex.open(paths.lancedb, version, mode=search_mode, hnsw_ef=hnsw_ef)
     except (FileNotFoundError, LookupError) as exc:
         raise VersionLoadError(f"item table of version {version}: {exc}") from exc
-

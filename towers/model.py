@@ -113,6 +113,8 @@ class HistoryBlock(nn.Module):
     layer with the padding masked and keeps the newest position's output.
     """
 
+    keep: torch.Tensor  # (HISTORY_FEATURES,) 1 for the feature columns in use
+
     def __init__(self, cfg: TowerConfig, item_embedding: nn.Embedding) -> None:
         super().__init__()
         self.kind = cfg.history_encoder

@@ -220,8 +220,12 @@ def test_row_encoder_equals_encode_users_on_every_online_row(
     assert version is not None
     _, encoder, _ = load_checkpoint(pipeline.data / "models" / "versions" / version /
                                     "checkpoint.pt")  # fmt: skip
-    now = pd.Timestamp(json.loads((pipeline.data / "features" / "manifest.json").read_text())
-                       ["as_of"]).timestamp() + 86_400.5  # a request a day after as_of
+    now = (
+        pd.Timestamp(
+            json.loads((pipeline.data / "features" / "manifest.json").read_text())["as_of"]
+        ).timestamp()
+        + 86_400.5
+    )  # a request a day after as_of
     batch = encoder.encode_users(frame, now)  # the pandas frame Feast returns, as in training
     assert batch["history_feats"][..., 0].abs().sum() > 0  # ratings and times are encoded
     assert batch["history_feats"][..., 2].abs().sum() > 0
