@@ -10,6 +10,9 @@ validation scoring, as ``bench_training.py`` measures it). The test window is ne
 
     python benchmarks/ablation_history.py --data-dir /tmp/ml /tmp/ml70 --epochs 10 \
         --variants mean gru attention gru-no-ratings gru-no-times --seeds 0 1
+
+``--speed N``: instead, training throughput alone: one epoch per variant without validation,
+the variants interleaved, N rounds (the cores may be shared: compare within a round).
 """
 
 from __future__ import annotations
@@ -61,6 +64,22 @@ def run(data_dir: Path, variant: str, temperature: float, seed: int, epochs: int
     }  # fmt: skip
 
 
+def speed(data_dir: Path, variants: list[str], rounds: int, data) -> None:
+    from towers.config import TowerConfig
+    from towers.train import train
+
+    data = replace(data, val=None)
+    n = len(data.train_items["item"])
+    for k in range(rounds):
+        for variant in variants:
+            cfg = replace(TowerConfig(), **VARIANTS[variant], threads=1)
+            result = train(cfg, data, progress=False, epochs=1)
+            row = {"data": data_dir.name, "round": k, "variant": variant, "rows": n,
+                   "examples_per_second": round(n / result.seconds)}  # fmt: skip
+            sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.flush()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, nargs="+", required=True)
@@ -69,6 +88,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=10, help="at most (early stopping)")
     parser.add_argument("--out", type=Path, help="JSON lines of every run, appended")
+    parser.add_argument("--speed", type=int, metavar="ROUNDS", help="throughput only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -80,6 +100,9 @@ def main() -> int:
     table = []
     for data_dir in args.data_dir:
         data = tower_data(load_source(Settings(data_dir=data_dir), with_test=False))
+        if args.speed:
+            speed(data_dir, args.variants, args.speed, data)
+            continue
         assert data.val is not None
         split = data.val.split
         users, warm = len(split.user_ids), int(np.sum(split.warm))
