@@ -106,8 +106,8 @@ class HistoryBlock(nn.Module):
     per-position features (B, L, HISTORY_FEATURES) → one vector (B, id_dim for "mean", else
     history_dim); zeros for a user with no history.
 
-    Sequence encoders (the two-tower literature's RNN and transformer query towers; Covington
-    et al. 2016, Yi et al. 2019) see a projection of [item embedding, rating and time
+    Sequence encoders (a GRU as in GRU4Rec, Hidasi et al., ICLR 2016; self-attention as in
+    SASRec, Kang and McAuley, ICDM 2018) see a projection of [item embedding, rating and time
     features] plus a position embedding. "gru" reads the items oldest to newest (the padding,
     zeroed, first) and keeps the final state; "attention" runs one pre-norm self-attention
     layer with the padding masked and keeps the newest position's output.
