@@ -89,15 +89,15 @@ def test_ratings_and_times_change_the_user_vector(encoder, kind):
     rerated, retimed = feats.clone(), feats.clone()
     rerated[3, :3, 0] = -rerated[3, :3, 0] + 0.5
     retimed[3, :3, 2] = retimed[3, :3, 2] + 1.0
-    user_tower = tower(encoder, kind)
+    user_tower = tower(encoder, kind, history_ratings=True, history_times=True)
     base = vectors(user_tower, batch)
     for changed in (rerated, retimed):
         got = vectors(user_tower, edited(batch, history_feats=changed))
         assert not torch.allclose(got[3], base[3], atol=1e-4)
     # Switched off, the rating (or the time) has no effect.
-    blind = tower(encoder, kind, history_ratings=False)
+    blind = tower(encoder, kind, history_ratings=False, history_times=True)
     assert torch.equal(vectors(blind, batch), vectors(blind, edited(batch, history_feats=rerated)))
-    timeless = tower(encoder, kind, history_times=False)
+    timeless = tower(encoder, kind, history_ratings=True, history_times=False)
     assert torch.equal(
         vectors(timeless, batch), vectors(timeless, edited(batch, history_feats=retimed))
     )
@@ -123,7 +123,7 @@ def test_an_empty_history_gives_a_finite_vector(encoder, kind):
 def test_onnx_graph_equals_the_module_on_histories_of_every_length(encoder, kind):
     import onnxruntime as ort
 
-    user_tower = tower(encoder, kind)
+    user_tower = tower(encoder, kind, history_ratings=True)  # every input in use
     graph = ort.InferenceSession(user_tower_onnx(user_tower, encoder))
     rng = np.random.default_rng(1)
     n = 9
