@@ -28,17 +28,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# name -> TowerConfig overrides
+# name -> TowerConfig overrides; every flag explicit, so a name means the same whatever the
+# defaults.
+ALL = {"history_ratings": True, "history_times": True}
 VARIANTS = {
-    "mean": {"history_encoder": "mean"},
-    "gru": {"history_encoder": "gru"},
-    "attention": {"history_encoder": "attention"},
-    "gru-no-ratings": {"history_encoder": "gru", "history_ratings": False},
-    "gru-no-times": {"history_encoder": "gru", "history_times": False},
+    "mean": {"history_encoder": "mean", **ALL},
+    "gru": {"history_encoder": "gru", **ALL},
+    "attention": {"history_encoder": "attention", **ALL},
+    "gru-no-ratings": {"history_encoder": "gru", **ALL, "history_ratings": False},
+    "gru-no-times": {"history_encoder": "gru", **ALL, "history_times": False},
     "gru-order-only": {"history_encoder": "gru", "history_ratings": False,
                        "history_times": False},
-    "attention-no-ratings": {"history_encoder": "attention", "history_ratings": False},
-    "attention-no-times": {"history_encoder": "attention", "history_times": False},
+    "attention-no-ratings": {"history_encoder": "attention", **ALL, "history_ratings": False},
+    "attention-no-times": {"history_encoder": "attention", **ALL, "history_times": False},
 }  # fmt: skip
 
 

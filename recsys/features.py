@@ -121,7 +121,8 @@ def user_activity_sql(
         WITH grp AS (
             SELECT e.user_id, e.event_timestamp AS ts, count(*) AS n,
                    sum(e.rating) AS rating_sum, count(e.rating) AS rating_n,
-                   -- Three aligned lists (one order), so each item keeps its rating and time.
+                   -- Aligned lists (one order): each item keeps its rating; every event
+                   -- of the group has the group's time.
                    list(e.item_id ORDER BY e.item_id, e.rating) AS items,
                    list(coalesce(e.rating, 'NaN'::DOUBLE) ORDER BY e.item_id, e.rating)
                        AS ratings,
