@@ -41,6 +41,11 @@ VARIANTS = {
                        "history_times": False},
     "attention-no-ratings": {"history_encoder": "attention", **ALL, "history_ratings": False},
     "attention-no-times": {"history_encoder": "attention", **ALL, "history_times": False},
+    # The default encoder (gru without ratings) with a recency-weighted loss.
+    "gru-no-ratings-recency30": {"history_encoder": "gru", **ALL, "history_ratings": False,
+                                 "recency_half_life_days": 30.0},
+    "gru-no-ratings-recency90": {"history_encoder": "gru", **ALL, "history_ratings": False,
+                                 "recency_half_life_days": 90.0},
 }  # fmt: skip
 
 

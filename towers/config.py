@@ -70,6 +70,10 @@ class TowerConfig:
     # Extra negatives per batch drawn uniformly from the catalogue (Yang et al., WWW 2020);
     # also the negatives of the bce and triplet losses.
     mixed_negatives: int = 256
+    # Recency weight of each training row in the softmax loss: halved every this many days
+    # before the newest training row (the weeks just before the evaluated window resemble it
+    # most); 0 weighs every row alike.
+    recency_half_life_days: float = 0.0
     # Margin of the triplet loss, in cosine units.
     margin: float = 0.2
     batch_size: int = 1024

@@ -276,6 +276,8 @@ class TowerData:
     catalogue: dict[str, torch.Tensor]  # every item, features as of the first window's start
     val: EvalWindow | None  # scored after each epoch (early stopping); None for a refit
     test: EvalWindow | None = None
+    # (rows,) days from each training row to the newest one (recency-weighted loss)
+    train_age_days: torch.Tensor | None = None
 
 
 @dataclass
@@ -358,8 +360,11 @@ def tower_data(
     first = val or test
     if first is None:
         raise ValueError("a refit on train + val needs the test window (with_test=True)")
+    times = epoch_seconds(rows.column("event_timestamp"))
+    age_days = torch.from_numpy((times.max(initial=0.0) - times) / 86400.0).float()
     return TowerData(
         encoder=encoder,
+        train_age_days=age_days,
         train_users=encoder.encode_users(rows),
         train_items=train_items,
         log_q=log_q,

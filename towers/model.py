@@ -220,9 +220,11 @@ def softmax_loss(
     extra: torch.Tensor | None = None,
     extra_ids: torch.Tensor | None = None,
     extra_log_q: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In-batch sampled softmax: row i's positive is item i; the other items of the batch
-    (and the `extra` uniform negatives) are its negatives.
+    (and the `extra` uniform negatives) are its negatives. ``weights`` (B,): a weighted mean
+    over the rows instead of the plain mean.
 
     users, items: (B, d); item_ids: (B,) catalogue indices, so that another row with the
     same item is not counted as a negative; log_q: (B,) log sampling probability of each
@@ -249,7 +251,9 @@ def softmax_loss(
     same = ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (B, B + M): accidental hits
     same[rows, rows] = False
     scores.masked_fill_(same, float("-inf"))  # in place: addmm keeps its inputs, not this
-    return F.cross_entropy(scores, rows)
+    if weights is None:
+        return F.cross_entropy(scores, rows)
+    return (F.cross_entropy(scores, rows, reduction="none") * weights).sum() / weights.sum()
 
 
 def bce_loss(

@@ -96,6 +96,12 @@ def test_logq_correction_worked_example():
     # The same item twice in a batch is not its own negative.
     dup = softmax_loss(users, items[[0, 0]], torch.tensor([2, 2]), None, cfg)
     assert dup.item() == pytest.approx(0.0, abs=1e-6)
+    # Row weights (recency): a weighted mean of the rows' losses.
+    ids = torch.tensor([2, 3])
+    equal = softmax_loss(users, items, ids, log_q, cfg, weights=torch.tensor([0.3, 0.3]))
+    assert equal.item() == pytest.approx(got.item(), rel=1e-6)
+    only0 = softmax_loss(users, items, ids, log_q, cfg, weights=torch.tensor([1.0, 0.0]))
+    assert only0.item() == pytest.approx(-(row0[0] - math.log(sum(map(math.exp, row0)))))
 
 
 def test_unseen_user_gets_finite_deterministic_embedding(encoder):
