@@ -72,8 +72,10 @@ class TowerConfig:
     mixed_negatives: int = 256
     # Recency weight of each training row in the softmax loss: halved every this many days
     # before the newest training row (the weeks just before the evaluated window resemble it
-    # most); 0 weighs every row alike.
-    recency_half_life_days: float = 0.0
+    # most); 0 weighs every row alike. On MovieLens-100K's three validation cuts (README,
+    # "User tower history encoder") 30 days raised validation recall@20 on every cut, all
+    # and warm users (mean over cuts 0.311 against 0.298); 90 days less (0.303).
+    recency_half_life_days: float = 30.0
     # Margin of the triplet loss, in cosine units.
     margin: float = 0.2
     batch_size: int = 1024
