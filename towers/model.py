@@ -253,26 +253,41 @@ def softmax_loss(
     scores.masked_fill_(same, float("-inf"))  # in place: addmm keeps its inputs, not this
     if weights is None:
         return F.cross_entropy(scores, rows)
-    return (F.cross_entropy(scores, rows, reduction="none") * weights).sum() / weights.sum()
+    return _weighted_mean(F.cross_entropy(scores, rows, reduction="none"), weights)
+
+
+def _weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-row losses (B,), weighted by ``weights`` (B,) when given."""
+    return losses.mean() if weights is None else (losses * weights).sum() / weights.sum()
 
 
 def bce_loss(
-    users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, cfg: TowerConfig
+    users: torch.Tensor,
+    items: torch.Tensor,
+    negatives: torch.Tensor,
+    cfg: TowerConfig,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each positive (user_i, item_i) against every sampled negative, as binary labels."""
     pos = paired_logits(users, items, cfg)  # (B,)
     neg = logits(users, negatives, cfg)  # (B, M)
-    return F.binary_cross_entropy_with_logits(
+    losses = F.binary_cross_entropy_with_logits(
         torch.cat([pos.unsqueeze(1), neg], 1),
         torch.cat([torch.ones_like(pos).unsqueeze(1), torch.zeros_like(neg)], 1),
-    )
+        reduction="none",
+    )  # (B, 1 + M)
+    return _weighted_mean(losses.mean(dim=1), weights)
 
 
 def triplet_loss(
-    users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, cfg: TowerConfig
+    users: torch.Tensor,
+    items: torch.Tensor,
+    negatives: torch.Tensor,
+    cfg: TowerConfig,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Margin between the positive's score and the hardest sampled negative's; the margin is
     in cosine units, so in scores it is margin / temperature."""
     pos = paired_logits(users, items, cfg)  # (B,)
     hardest = logits(users, negatives, cfg).max(dim=1).values  # (B,)
-    return F.relu(cfg.margin / cfg.temperature - pos + hardest).mean()
+    return _weighted_mean(F.relu(cfg.margin / cfg.temperature - pos + hardest), weights)

@@ -134,8 +134,8 @@ def _loss(
         extra_lq = torch.full((len(pick),), math.log(cfg.mixed_negatives / n_catalogue))
     weights = None
     if cfg.recency_half_life_days > 0:
-        if cfg.loss != "softmax" or data.train_age_days is None:
-            raise ValueError("recency_half_life_days needs the softmax loss and row ages")
+        if data.train_age_days is None:
+            raise ValueError("recency_half_life_days needs TowerData.train_age_days")
         weights = 0.5 ** (data.train_age_days[rows] / cfg.recency_half_life_days)  # (B,)
     if cfg.loss == "softmax":
         # In-batch items appear about B * p(item) times per batch.
@@ -146,8 +146,8 @@ def _loss(
     if extra is None:
         raise ValueError(f"loss {cfg.loss!r} needs mixed_negatives > 0 (its sampled negatives)")
     if cfg.loss == "bce":
-        return bce_loss(users, items, extra, cfg)
-    return triplet_loss(users, items, extra, cfg)
+        return bce_loss(users, items, extra, cfg, weights)
+    return triplet_loss(users, items, extra, cfg, weights)
 
 
 def _optimizer(model: TwoTower, cfg: TowerConfig) -> torch.optim.Optimizer:

@@ -119,7 +119,7 @@ def test_short_run_matches_the_previous_implementation(synthetic_build):
     settings, _ = synthetic_build
     data = load_tower_data(settings, with_test=False, history=20)
     cfg = TowerConfig(dim=32, hidden=64, id_dim=32, epochs=3, patience=3, batch_size=256,
-                      lr=1e-3, history_encoder="mean", recency_half_life_days=0.0)  # fmt: skip
+                      lr=1e-3, history_encoder="mean")  # fmt: skip
     history = train(cfg, data, progress=False).history
     assert len(history) == len(PREVIOUS)
     for entry, (loss, recall, ndcg) in zip(history, PREVIOUS, strict=True):

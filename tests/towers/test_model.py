@@ -13,7 +13,7 @@ import torch
 
 from towers.config import TowerConfig
 from towers.data import PAD, FeatureEncoder
-from towers.model import index_vectors, query_vectors, softmax_loss
+from towers.model import bce_loss, index_vectors, query_vectors, softmax_loss, triplet_loss
 from towers.train import TrainResult, build_model, load_checkpoint, save_checkpoint
 
 GENRES = ["Action", "Comedy", "Drama"]
@@ -102,6 +102,15 @@ def test_logq_correction_worked_example():
     assert equal.item() == pytest.approx(got.item(), rel=1e-6)
     only0 = softmax_loss(users, items, ids, log_q, cfg, weights=torch.tensor([1.0, 0.0]))
     assert only0.item() == pytest.approx(-(row0[0] - math.log(sum(map(math.exp, row0)))))
+    negatives = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    for loss in (bce_loss, triplet_loss):
+        plain = loss(users, items, negatives, cfg)
+        same = loss(users, items, negatives, cfg, torch.tensor([2.0, 2.0]))
+        first = loss(users[:1], items[:1], negatives, cfg)
+        assert same.item() == pytest.approx(plain.item(), rel=1e-6)
+        assert loss(users, items, negatives, cfg, torch.tensor([1.0, 0.0])).item() == (
+            pytest.approx(first.item(), rel=1e-6)
+        )
 
 
 def test_unseen_user_gets_finite_deterministic_embedding(encoder):
