@@ -64,6 +64,10 @@ user_activity = FeatureView(
         Field(name="user_genre_affinity", dtype=Array(Float32)),
         # Most recent first; for history pooling and for removing already-seen items.
         Field(name="recent_item_ids", dtype=Array(Int64)),
+        # Aligned with recent_item_ids: the rating given (NaN when unrated: the online store
+        # would turn a null element into 0.0) and the event time in whole epoch seconds.
+        Field(name="recent_item_ratings", dtype=Array(Float64)),
+        Field(name="recent_item_timestamps", dtype=Array(Int64)),
     ],
     source=user_activity_source,
 )

@@ -13,7 +13,9 @@ Views (names match ``feature_repo/definitions.py``):
   at the Unix epoch: known from the start, never derived from events.
 - ``user_activity``: one row per (user, distinct event time): interaction count, mean
   rating, genre affinity (share of the user's interactions per genre, in the vocabulary
-  order of the manifest), the most recent item ids (most recent first).
+  order of the manifest), the most recent item ids (most recent first), and aligned with
+  them the ratings given (NaN when unrated: Feast's online store turns a null inside a list
+  into 0.0, NaN survives) and the event times (whole epoch seconds).
 - ``item_content``: genres, release year. Static, stamped at the epoch.
 - ``item_popularity``: total count, mean rating, and counts over trailing windows. A
   trailing count changes when an event enters the window and again when it leaves, so each
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
+# A timestamp as whole seconds since the epoch (floored): the type of recent_item_timestamps.
+EPOCH_SECONDS = "CAST(floor(epoch_us({ts}) / 1000000.0) AS BIGINT)"
 # Trailing windows of item popularity; the Feast view declares item_count_<d>d for each.
 POPULARITY_WINDOWS_DAYS = (7, 30)
 VIEWS = ("user_profile", "user_activity", "item_content", "item_popularity")
@@ -117,7 +121,12 @@ def user_activity_sql(
         WITH grp AS (
             SELECT e.user_id, e.event_timestamp AS ts, count(*) AS n,
                    sum(e.rating) AS rating_sum, count(e.rating) AS rating_n,
-                   list(e.item_id ORDER BY e.item_id) AS items
+                   -- Aligned lists (one order): each item keeps its rating; every event
+                   -- of the group has the group's time.
+                   list(e.item_id ORDER BY e.item_id, e.rating) AS items,
+                   list(coalesce(e.rating, 'NaN'::DOUBLE) ORDER BY e.item_id, e.rating)
+                       AS ratings,
+                   list({EPOCH_SECONDS.format(ts="e.event_timestamp")}) AS times
                    {", " + genre_sums if genres else ""}
             FROM {parquet(dataset, "interactions")} e
             LEFT JOIN {parquet(dataset, "items")} i USING (item_id)
@@ -131,6 +140,10 @@ def user_activity_sql(
                [{affinity}]::FLOAT[] AS user_genre_affinity,
                -- The last `recent_items` groups hold at least that many items; newest first.
                list_reverse(flatten(list(items) OVER recent))[1:{recent_items}] AS recent_item_ids,
+               list_reverse(flatten(list(ratings) OVER recent))[1:{recent_items}]
+                   AS recent_item_ratings,
+               list_reverse(flatten(list(times) OVER recent))[1:{recent_items}]
+                   AS recent_item_timestamps,
                {timestamp(built_at)} AS created_timestamp
         FROM grp
         WINDOW w AS (PARTITION BY user_id ORDER BY ts ROWS UNBOUNDED PRECEDING),

@@ -11,13 +11,14 @@ close: ``tests/serving/test_features.py`` compares them with ``torch.equal`` aga
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from towers.data import OOV, PAD, USER_CATS, USER_NUMS, FeatureEncoder
+from towers.data import OOV, PAD, USER_CATS, USER_NUMS, FeatureEncoder, history_features
 
 
 class RowEncoder:
@@ -33,15 +34,23 @@ class RowEncoder:
         self.logged = np.array([log for _, log in USER_NUMS])
         self.means = np.array([encoder.stats[name][0] for name, _ in USER_NUMS], np.float64)
         self.stds = np.array([encoder.stats[name][1] for name, _ in USER_NUMS], np.float64)
+        self.stats = encoder.stats
 
     def knows(self, user_id: int) -> bool:
         return user_id in self.users
 
-    def encode(self, user_id: int | None, row: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Tensors of one user (batch of 1); ``user_id`` None means the unknown-user slot."""
-        return {name: torch.from_numpy(value) for name, value in self.arrays(user_id, row).items()}
+    def encode(
+        self, user_id: int | None, row: dict[str, Any], now: float | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Tensors of one user (batch of 1); ``user_id`` None means the unknown-user slot;
+        history times are measured back from ``now`` (epoch seconds; default: the current
+        time, the request's)."""
+        arrays = self.arrays(user_id, row, now)
+        return {name: torch.from_numpy(value) for name, value in arrays.items()}
 
-    def arrays(self, user_id: int | None, row: dict[str, Any]) -> dict[str, np.ndarray]:
+    def arrays(
+        self, user_id: int | None, row: dict[str, Any], now: float | None = None
+    ) -> dict[str, np.ndarray]:
         """:meth:`encode` as numpy arrays (what ONNX Runtime takes: ``serving.tower``)."""
         user = self.users.get(user_id, 0) if user_id is not None else 0
         cats = [
@@ -54,6 +63,10 @@ class RowEncoder:
             items = self.items
             slots = [items.get(int(item), OOV) for item in recent[: self.history]]
             history[0, : len(slots)] = slots
+        ratings = self._cells(row.get("recent_item_ratings"))
+        times = self._cells(row.get("recent_item_timestamps"))
+        reference = np.array([time.time() if now is None else float(now)])
+        feats = history_features(ratings, times, history != PAD, reference, self.stats)
         affinity = np.zeros((1, self.n_genres), dtype=np.float64)
         given = row.get("user_genre_affinity") or ()
         width = min(len(given), self.n_genres)
@@ -73,4 +86,12 @@ class RowEncoder:
             "nums": nums[None, :].astype(np.float32),
             "affinity": affinity.astype(np.float32),
             "history": history,
+            "history_feats": feats,
         }
+
+    def _cells(self, values: Sequence[float] | None) -> np.ndarray:
+        """(1, history) float64 of a list feature's first elements, NaN elsewhere."""
+        out = np.full((1, self.history), np.nan)
+        given = values[: self.history] if values is not None else ()
+        out[0, : len(given)] = [np.nan if v is None else float(v) for v in given]
+        return out

@@ -22,6 +22,10 @@ exactly as it would see a stored one with that profile and history:
   ratings);
 * ``recent_item_ids``: the first ``recent_items`` ids, newest first (:func:`newest_first`:
   the interactions with a time, newest first, then those without one, as given);
+* ``recent_item_ratings``, ``recent_item_timestamps``: aligned with those ids, the rating
+  (NaN when none was given, as the SQL stores an unrated event) and the time in whole epoch
+  seconds, floored (:func:`epoch_seconds`; an interaction without a time gets the request
+  time ``now``: it is happening now, as far as the model can tell);
 * no interactions at all: every activity column is missing (the SQL has no activity row
   for such a user, and Feast returns nulls).
 
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recsys.features import AGE_BUCKETS
+from recsys.features import AGE_BUCKETS, EPOCH
 
 # The columns (and exact types) of the Feast service user_tower_serving_v1, plus the key.
 # The row dicts of this module and of Feast's to_dict() have these keys.
@@ -57,6 +61,8 @@ USER_SCHEMA = pa.schema(
         ("user_mean_rating", pa.float64()),
         ("user_genre_affinity", pa.list_(pa.float32())),
         ("recent_item_ids", pa.list_(pa.int64())),
+        ("recent_item_ratings", pa.list_(pa.float64())),
+        ("recent_item_timestamps", pa.list_(pa.int64())),
     ]
 )
 FEATURE_COLUMNS = [name for name in USER_SCHEMA.names if name != "user_id"]
@@ -70,6 +76,12 @@ def age_bucket(age: int | None) -> str | None:
         if age < upper:
             return name
     return "56+"
+
+
+def epoch_seconds(when: datetime) -> int:
+    """Whole seconds since the epoch, floored: the SQL's ``EPOCH_SECONDS`` (exact, in
+    integers; ``when`` timezone-aware)."""
+    return (when - EPOCH) // timedelta(seconds=1)
 
 
 def zip_prefix(zip_code: str | None) -> str | None:
@@ -139,11 +151,13 @@ def cold_start_row(
     recent: Sequence[Interaction],
     item_genres: ItemGenres,
     recent_items: int,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """The feature columns of a user with this profile and these interactions (ordered by
     :func:`newest_first`), as Feast would return them; ``user_id`` is left out (the user
-    has none)."""
+    has none). ``now`` (default: the current time) stands for missing interaction times."""
     ordered = newest_first(recent)
+    request_time = epoch_seconds(now or datetime.now(UTC))
     ids = np.fromiter((i.item_id for i in ordered), dtype=np.int64, count=len(ordered))
     rated = [float(i.rating) for i in ordered if i.rating is not None]
     row: dict[str, Any] = {
@@ -155,6 +169,8 @@ def cold_start_row(
         "user_mean_rating": None,
         "user_genre_affinity": None,
         "recent_item_ids": None,
+        "recent_item_ratings": None,
+        "recent_item_timestamps": None,
     }
     if ids.size:
         # DuckDB divides the two integer sums in double precision, then casts to FLOAT.
@@ -165,5 +181,13 @@ def cold_start_row(
             user_mean_rating=sum(rated) / len(rated) if rated else None,
             user_genre_affinity=affinity.tolist(),
             recent_item_ids=ids[:recent_items].tolist(),
+            recent_item_ratings=[
+                float("nan") if i.rating is None else float(i.rating)
+                for i in ordered[:recent_items]
+            ],
+            recent_item_timestamps=[
+                request_time if i.timestamp is None else epoch_seconds(i.timestamp)
+                for i in ordered[:recent_items]
+            ],
         )
     return row

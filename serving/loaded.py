@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +142,19 @@ class Loaded:
 
         ``user_id`` None: the unknown-user slot (0) of the id embedding, as for a cold-start
         request (training taught that slot by id dropout).
+
+        History times are measured back from the time the row describes: a stored user's
+        row is the online store's, a snapshot as of ``as_of`` (so the answer equals the
+        candidates step's, which embeds users as of ``as_of``, and does not drift with the
+        clock between feature refreshes); a cold-start row (``user_id`` None) is the
+        request's: from its ``request_time`` (:meth:`cold_row`), else from now.
         """
         if self.tower is None or self.rows is None:  # a fallback: [1] · [item score]
             if self.fallback_query is not None:
                 return self.fallback_query(row)
             return np.ones(1, dtype=np.float32)
-        user = self.tower(self.rows.arrays(user_id, row))  # (1, d)
+        now = row.get("request_time") if user_id is None else self.as_of.timestamp()
+        user = self.tower(self.rows.arrays(user_id, row, now))  # (1, d)
         return np.append(user[0], np.float32(1.0))  # towers.model.query_vectors of one row
 
     def knows_user(self, user_id: int) -> bool:
@@ -193,8 +200,12 @@ class Loaded:
         zip_code: str | None,
         recent: Sequence[Interaction] = (),
     ) -> dict[str, Any]:
-        """The feature row of a user the store does not know (``serving.features``)."""
-        return cold_start_row(
+        """The feature row of a user the store does not know (``serving.features``), plus
+        ``request_time``: the request's time in whole epoch seconds, which stands for the
+        missing interaction times and is what :meth:`query` measures the history back from
+        (one clock reading for both: the same request gives the same answer)."""
+        now = datetime.now(UTC).replace(microsecond=0)
+        row = cold_start_row(
             age=age,
             gender=gender,
             occupation=occupation,
@@ -202,16 +213,22 @@ class Loaded:
             recent=recent,
             item_genres=self.item_genres,
             recent_items=self.recent_items,
+            now=now,
         )
+        return {**row, "request_time": now.timestamp()}
 
 
 def _tower_examples(rows: RowEncoder, item_ids: np.ndarray) -> list[dict[str, np.ndarray]]:
     """A few different rows the fast user towers are checked on before serving."""
+    now = int(time.time())
     return [
         rows.arrays(None, {}),
         rows.arrays(None, {"age_bucket": "25-34", "gender": "F", "user_interaction_count": 3,
                            "user_mean_rating": 4.0, "user_genre_affinity": [0.5, 0.25],
-                           "recent_item_ids": item_ids[:3].tolist()}),
+                           "recent_item_ids": item_ids[:3].tolist(),
+                           "recent_item_ratings": [5.0, float("nan"), 2.0],
+                           "recent_item_timestamps": [now - 60, now - 86_400, now - 10**7]},
+                    now),
         rows.arrays(next(iter(rows.users), None), {"recent_item_ids": item_ids[-40:].tolist()}),
     ]  # fmt: skip
 

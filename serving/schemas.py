@@ -98,7 +98,9 @@ class RecentInteraction(BaseModel):
         None, description="The user's rating (1 to 5); null or absent for an unrated item."
     )
     timestamp: Timestamp | None = Field(
-        None, description="When it happened (RFC 3339 with an offset); orders the list."
+        None,
+        description="When it happened (RFC 3339 with an offset); orders the list, and the "
+        "user tower weighs it by how long ago it was. Absent: the time of the request.",
     )
 
     def interaction(self) -> Interaction:
@@ -140,7 +142,8 @@ class ColdStartRequest(BaseModel):
         description="What the user interacted with (repeats count), never recommended back. "
         "Order: the interactions with a timestamp, newest first (equal times keep the order "
         "given), then those without one in the order given; so a list without timestamps "
-        "is taken as newest first. The ratings' mean is the user's mean-rating feature.",
+        "is taken as newest first. The ratings' mean is the user's mean-rating feature; the "
+        "most recent ones are read in order, each with its rating and time, by the user tower.",
     )
     k: K = DEFAULT_K
 

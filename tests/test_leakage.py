@@ -33,6 +33,10 @@ T8D = "2024-01-09 10:00:00"  # item 10's first events are 8 days old: out of 7d,
 T401D = "2025-02-05 10:00:00"  # user 2's only event is 401 days old: past the 365 d TTL
 
 
+def seconds(text: str) -> int:
+    return int(ts(text).timestamp())
+
+
 @pytest.fixture
 def leakage_dataset(tmp_path):
     return write_dataset(
@@ -80,10 +84,15 @@ def test_training_rows_see_only_strictly_earlier_events(built):
     assert r.user_interaction_count == 2
     assert r.user_mean_rating == pytest.approx(3.0)
     assert list(r.recent_item_ids) == [11, 10]
+    # The same list's ratings and times (whole epoch seconds): only the T0 events.
+    assert list(r.recent_item_ratings) == [1.0, 5.0]
+    assert list(r.recent_item_timestamps) == [seconds(T0)] * 2
     assert list(r.user_genre_affinity) == pytest.approx([0.0, 0.5, 0.5])
     r = rows.loc[(1, 13)]
     assert r.user_interaction_count == 3
     assert list(r.recent_item_ids) == [12, 11, 10]
+    assert list(r.recent_item_ratings) == [3.0, 1.0, 5.0]
+    assert list(r.recent_item_timestamps) == [seconds(T1), seconds(T0), seconds(T0)]
     assert list(r.user_genre_affinity) == pytest.approx([0.0, 2 / 3, 2 / 3])
     # Item 10 eight days later: both T0 events in the 30-day window, none in the 7-day one.
     r = rows.loc[(3, 10)]
@@ -114,6 +123,8 @@ def test_online_store_holds_latest_values_as_of(built):
     ).to_dict()
     assert online["user_interaction_count"] == [4, None]
     assert online["recent_item_ids"][0] == [13, 12, 11]
+    assert online["recent_item_ratings"][0] == [4.0, 3.0, 1.0]
+    assert online["recent_item_timestamps"][0] == [seconds(T2), seconds(T1), seconds(T0)]
     assert online["age_bucket"] == ["25-34", None]
 
 
@@ -142,6 +153,8 @@ def _activity(user_id, when, created, count):
         "user_mean_rating": 1.0,
         "user_genre_affinity": [1.0],
         "recent_item_ids": [1],
+        "recent_item_ratings": [1.0],
+        "recent_item_timestamps": [0],
     }
 
 

@@ -29,7 +29,7 @@ EVENTS = [event(1, 10, T0, 5.0), event(1, 11, T2, 3.0), event(2, 12, T1, 4.0),
 # Arrives after the first materialization, stamped before its end (between user 1's events).
 LATE = event(1, 12, T1, 1.0)
 ACTIVITY = ["user_interaction_count", "user_mean_rating", "user_genre_affinity",
-            "recent_item_ids"]  # fmt: skip
+            "recent_item_ids", "recent_item_ratings", "recent_item_timestamps"]  # fmt: skip
 
 
 def _write(folder: Path, events: list[dict]) -> None:
@@ -116,6 +116,8 @@ def test_late_event_reaches_the_online_store(built, tmp_path):
     online = _activity(store, [1, 2, 3])
     assert online["user_interaction_count"] == [3, 1, 1]
     assert online["recent_item_ids"][0] == [11, 12, 10]
+    assert online["recent_item_ratings"][0] == [3.0, 1.0, 5.0]  # the late event's in place
+    assert online["recent_item_timestamps"][0] == [int(ts(t).timestamp()) for t in (T2, T1, T0)]
     assert online["user_mean_rating"][0] == pytest.approx(3.0)
     # Users 2 and 3 kept the rows of the first write (their created time), user 1 has new ones.
     assert len(_created(online_db, "user_activity") - first_created) == 1
@@ -140,7 +142,7 @@ def test_late_event_reaches_the_online_store(built, tmp_path):
     fresh.materialize(start_date=EPOCH, end_date=END, feature_views=feast_store.SERVING_VIEWS)
     ours, theirs = _online_rows(online_db), _online_rows(fresh_paths.feast / "online_store.db")
     assert {v: len(r) for v, r in ours.items()} == {
-        "user_profile": 12, "user_activity": 12, "item_content": 8, "item_popularity": 16}  # fmt: skip
+        "user_profile": 12, "user_activity": 18, "item_content": 8, "item_popularity": 16}  # fmt: skip
     assert ours == theirs
     for service in ("user_tower_serving_v1", "item_tower_v1"):
         rows = [{"user_id": u} for u in USERS] if service.startswith("user") else \
@@ -253,4 +255,4 @@ def test_a_snapshot_unlike_the_view_is_ignored(built):
     again = feast_store.materialize(paths, end=END, store=store)
     assert _counts(again)["user_activity"] == (3, 0, True)
     assert _counts(again)["user_profile"] == (0, 3, False)
-    assert pq.read_schema(snapshot).names[-2:] == ["recent_item_ids", "event_timestamp"]
+    assert pq.read_schema(snapshot).names[-2:] == ["recent_item_timestamps", "event_timestamp"]

@@ -5,6 +5,12 @@ mean and standard deviation of each numeric feature) and is saved in the checkpo
 serving encodes a Feast online lookup exactly as training encoded the offline rows.
 Index 0 of every id and category vocabulary is the out-of-vocabulary slot; item index 1 is
 padding for short histories (kept apart from "unknown item").
+
+Each history position also gets `HISTORY_FEATURES` numbers (:func:`history_features`): the
+rating given (standardised, with a missing flag) and how long before the row's reference
+time the event happened (log1p of hours, standardised, with a missing flag). The reference
+time is the row's ``event_timestamp``: a training row's interaction time, an evaluation
+window's start (``features_as_of``), or, at serving, the request time (``now``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ ITEM_NUMS = (
     ("item_count_30d", True),
 )
 OOV, PAD = 0, 1  # item vocabulary: 0 unknown item, 1 padding, 2.. known items
+# Per history position: rating z-score, rating missing, log1p(hours ago) z-score, time missing.
+HISTORY_FEATURES = 4
+# Standardised times are clipped to this many deviations: serving a stale dataset months
+# after its last event must not feed the tower values far outside what it was trained on.
+TIME_CLIP = 4.0
 
 
 def _column(frame: pd.DataFrame | pa.Table, name: str) -> pa.ChunkedArray:
@@ -60,6 +71,56 @@ def _padded(
     return out, mask
 
 
+def epoch_seconds(column: pa.ChunkedArray) -> np.ndarray:
+    """A timestamp column as float64 seconds since the epoch."""
+    array = column.combine_chunks()
+    array = array.cast(pa.timestamp("us", tz=array.type.tz), safe=False)
+    return array.cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6
+
+
+def history_cells(frame: Any, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, width) ratings and event times (epoch seconds) of the recent items, NaN where
+    unknown, and the mask of the positions holding an item."""
+    _, present = _padded(_column(frame, "recent_item_ids"), width, 0, np.int64)
+    ratings, _ = _padded(_column(frame, "recent_item_ratings"), width, np.nan)
+    times, _ = _padded(_column(frame, "recent_item_timestamps"), width, np.nan)
+    return ratings, times, present
+
+
+def log_hours(reference: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """log1p of the hours from each event (R, L) to its row's reference time (R,); an event
+    after the reference (a client's clock ahead) counts as now."""
+    return np.log1p(np.clip(reference[:, None] - times, 0, None) / 3600.0)
+
+
+def history_features(
+    ratings: np.ndarray,
+    times: np.ndarray,
+    present: np.ndarray,
+    reference: np.ndarray,
+    stats: dict[str, tuple[float, float]],
+) -> np.ndarray:
+    """(R, L, HISTORY_FEATURES) float32 per-position inputs; padding positions are zeros.
+    ``serving.encoding`` calls this too, so one row encodes exactly as a batch does."""
+    rated, timed = present & ~np.isnan(ratings), present & ~np.isnan(times)
+    (r_mean, r_std), (t_mean, t_std) = stats["history_rating"], stats["history_log_hours"]
+    hours = np.clip((log_hours(reference, times) - t_mean) / t_std, -TIME_CLIP, TIME_CLIP)
+    return np.stack(
+        [
+            np.where(rated, (ratings - r_mean) / r_std, 0.0),
+            (present & ~rated).astype(np.float64),
+            np.where(timed, hours, 0.0),
+            (present & ~timed).astype(np.float64),
+        ],
+        axis=-1,
+    ).astype(np.float32)
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    std = float(values.std()) if values.size > 1 else 1.0
+    return (float(values.mean()) if values.size else 0.0, std if std > 0 else 1.0)
+
+
 @dataclass
 class FeatureEncoder:
     """Vocabularies and normalisation statistics, fitted on training rows."""
@@ -81,6 +142,11 @@ class FeatureEncoder:
             values = np.log1p(values) if log else values
             std = float(values.std()) if len(values) > 1 else 1.0
             stats[name] = (float(values.mean()) if len(values) else 0.0, std if std > 0 else 1.0)
+        ratings, times, present = history_cells(rows, history)
+        reference = epoch_seconds(_column(rows, "event_timestamp"))
+        hours = log_hours(reference, times)
+        stats["history_rating"] = _mean_std(ratings[present & ~np.isnan(ratings)])
+        stats["history_log_hours"] = _mean_std(hours[present & ~np.isnan(hours)])
         return cls(
             user_ids=sorted(rows.user_id.unique().tolist()),
             item_ids=sorted(rows.item_id.unique().tolist()),
@@ -139,8 +205,10 @@ class FeatureEncoder:
             missing.append(nan.astype("float64"))
         return np.stack(columns + missing, axis=1)  # (R, 2 * len(specs))
 
-    def encode_users(self, frame: Any) -> dict[str, torch.Tensor]:
-        """User-tower inputs from rows with user_id and the user feature columns."""
+    def encode_users(self, frame: Any, now: float | None = None) -> dict[str, torch.Tensor]:
+        """User-tower inputs from rows with user_id and the user feature columns. History
+        times are measured back from ``now`` (epoch seconds) if given, else from each row's
+        ``event_timestamp``."""
         cats = []
         for name in USER_CATS:
             found = self._index(name, self.cats[name]).get_indexer(
@@ -151,12 +219,20 @@ class FeatureEncoder:
         history = np.full(ids.shape, PAD, dtype=np.int64)
         history[present] = self.item_index(ids[present])
         affinity, _ = _padded(_column(frame, "user_genre_affinity"), len(self.genres), 0.0)
+        ratings, times, _ = history_cells(frame, self.history)
+        reference = (
+            np.full(len(history), float(now))
+            if now is not None
+            else epoch_seconds(_column(frame, "event_timestamp"))
+        )
+        feats = history_features(ratings, times, present, reference, self.stats)
         return {
             "user": torch.from_numpy(self.user_index(_column(frame, "user_id").to_numpy())),
             "cats": torch.from_numpy(np.stack(cats, axis=1)),  # (R, 4)
             "nums": torch.from_numpy(self._numeric(frame, USER_NUMS)).float(),  # (R, 4)
             "affinity": torch.from_numpy(affinity).float(),  # (R, G)
             "history": torch.from_numpy(history),  # (R, L)
+            "history_feats": torch.from_numpy(feats),  # (R, L, HISTORY_FEATURES)
         }
 
     def encode_items(self, frame: Any) -> dict[str, torch.Tensor]:
@@ -200,6 +276,8 @@ class TowerData:
     catalogue: dict[str, torch.Tensor]  # every item, features as of the first window's start
     val: EvalWindow | None  # scored after each epoch (early stopping); None for a refit
     test: EvalWindow | None = None
+    # (rows,) days from each training row to the newest one (recency-weighted loss)
+    train_age_days: torch.Tensor | None = None
 
 
 @dataclass
@@ -302,8 +380,11 @@ def tower_data(
         if first is None:
             raise ValueError("a refit on train + val needs the test window (with_test=True)")
         catalogue = first.items
+    times = epoch_seconds(rows.column("event_timestamp"))
+    age_days = torch.from_numpy((times.max(initial=0.0) - times) / 86400.0).float()
     return TowerData(
         encoder=encoder,
+        train_age_days=age_days,
         train_users=encoder.encode_users(rows),
         train_items=train_items,
         log_q=log_q,

@@ -25,14 +25,14 @@ import torch
 from torch import nn
 
 from recsys.io import atomic_write_bytes
-from towers.data import PAD, USER_CATS, USER_NUMS, FeatureEncoder
+from towers.data import HISTORY_FEATURES, PAD, USER_CATS, USER_NUMS, FeatureEncoder
 from towers.model import UserTower
 
 log = logging.getLogger(__name__)
 
 USER_TOWER_FILE = "user_tower.onnx"
 # The graph's inputs, in order: the keys of FeatureEncoder.encode_users' batches.
-INPUTS = ("user", "cats", "nums", "affinity", "history")
+INPUTS = ("user", "cats", "nums", "affinity", "history", "history_feats")
 OUTPUT = "user_vector"
 
 
@@ -50,20 +50,25 @@ class _Positional(nn.Module):
         nums: torch.Tensor,
         affinity: torch.Tensor,
         history: torch.Tensor,
+        history_feats: torch.Tensor,
     ) -> torch.Tensor:
         batch = {"user": user, "cats": cats, "nums": nums, "affinity": affinity,
-                 "history": history}  # fmt: skip
+                 "history": history, "history_feats": history_feats}  # fmt: skip
         return self.tower(batch)
 
 
 def example_batch(encoder: FeatureEncoder, rows: int = 2) -> dict[str, torch.Tensor]:
-    """Inputs of the right shapes and types (unknown users, empty histories)."""
+    """Inputs of the right shapes and types (unknown users; row 0 with no history, the
+    others with an unknown item first)."""
+    history = torch.full((rows, encoder.history), PAD, dtype=torch.int64)
+    history[1:, 0] = 0
     return {
         "user": torch.zeros(rows, dtype=torch.int64),
         "cats": torch.zeros(rows, len(USER_CATS), dtype=torch.int64),
         "nums": torch.zeros(rows, 2 * len(USER_NUMS), dtype=torch.float32),
         "affinity": torch.zeros(rows, len(encoder.genres), dtype=torch.float32),
-        "history": torch.full((rows, encoder.history), PAD, dtype=torch.int64),
+        "history": history,
+        "history_feats": torch.zeros(rows, encoder.history, HISTORY_FEATURES),
     }
 
 

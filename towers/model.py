@@ -2,8 +2,9 @@
 
 UserTower: user-id embedding (slot 0 = unknown user, also used for id-dropout so a
 features-only embedding is learned), profile category embeddings, normalised activity
-numerics, genre affinity, and mean pooling over the embeddings of the user's recent items
-(shared with the item tower's id table) → MLP → L2-normalised vector (B, d).
+numerics, genre affinity, and a summary of the user's recent items (`HistoryBlock`: their
+embeddings from the item tower's id table, mean-pooled, or with their order, rating and
+time through a GRU or a self-attention layer) → MLP → L2-normalised vector (B, d).
 ItemTower: item-id embedding (slot 0 = unknown item), genre bag, release year and
 popularity numerics → MLP → L2-normalised vector (B, d), followed (with ``item_bias``) by
 one more column, the item's scalar bias: (B, d + 1).
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from towers.config import TowerConfig
-from towers.data import PAD
+from towers.data import HISTORY_FEATURES, PAD
 
 
 def _mlp(inputs: int, cfg: TowerConfig, outputs: int | None = None) -> nn.Sequential:
@@ -100,6 +101,65 @@ class ItemTower(nn.Module):
         return torch.cat([F.normalize(out[:, :d], dim=-1), out[:, d:]], dim=-1)  # (B, d [+ 1])
 
 
+class HistoryBlock(nn.Module):
+    """The user's recent items (B, L), newest first, PAD-padded at the end, with their
+    per-position features (B, L, HISTORY_FEATURES) → one vector (B, id_dim for "mean", else
+    history_dim); zeros for a user with no history.
+
+    Sequence encoders (a GRU as in GRU4Rec, Hidasi et al., ICLR 2016; self-attention as in
+    SASRec, Kang and McAuley, ICDM 2018) see a projection of [item embedding, rating and time
+    features] plus a position embedding. "gru" reads the items oldest to newest (the padding,
+    zeroed, first) and keeps the final state; "attention" runs one pre-norm self-attention
+    layer with the padding masked and keeps the newest position's output.
+    """
+
+    keep: torch.Tensor  # (HISTORY_FEATURES,) 1 for the feature columns in use
+
+    def __init__(self, cfg: TowerConfig, item_embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.kind = cfg.history_encoder
+        self.item = item_embedding
+        if self.kind == "mean":
+            return
+        dim = cfg.history_dim
+        # One projection of [item embedding, features] per position to the block's width:
+        # the block runs on B x L positions, so its width sets most of the step's cost.
+        self.inputs = nn.Linear(cfg.id_dim + HISTORY_FEATURES, dim)
+        self.position = _embedding(cfg.history, dim, cfg)
+        # Which feature columns are used (rating z + missing flag, time z + missing flag).
+        keep = [cfg.history_ratings] * 2 + [cfg.history_times] * 2
+        self.register_buffer("keep", torch.tensor(keep, dtype=torch.float32), persistent=False)
+        self.block: nn.Module
+        if self.kind == "gru":
+            self.block = nn.GRU(dim, dim, batch_first=True)
+        elif self.kind == "attention":
+            self.block = nn.TransformerEncoderLayer(
+                dim, cfg.attention_heads, dim_feedforward=2 * dim, dropout=cfg.history_dropout,
+                batch_first=True, norm_first=True,
+            )  # fmt: skip
+        else:
+            raise ValueError(f"history_encoder {self.kind!r}: expected mean, gru or attention")
+
+    def forward(self, history: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mean":
+            # Padding excluded (no history pools to zeros). One bag kernel: no (B, L, id_dim)
+            # intermediate to build, mask and differentiate through.
+            return F.embedding_bag(history, self.item.weight, mode="mean", padding_idx=PAD)
+        present = history != PAD  # (B, L)
+        x = self.inputs(torch.cat([self.item(history), feats * self.keep], dim=-1))  # (B, L, h)
+        x = (x + self.position.weight[: history.shape[1]]) * present.unsqueeze(-1)
+        has = present.any(dim=1, keepdim=True)  # (B, 1)
+        if self.kind == "gru":
+            out, _ = self.block(x.flip(1))  # (B, L, h), oldest first
+            pooled = out[:, -1]  # (B, h): the state after the newest item
+        else:
+            # A row with every key masked would give NaN: its newest slot stays visible (its
+            # output is zeroed below).
+            ignore = torch.cat([~present[:, :1] & has, ~present[:, 1:]], dim=1)  # (B, L)
+            pooled = self.block(x, src_key_padding_mask=ignore)[:, 0]  # (B, h)
+        return pooled * has
+
+
 class UserTower(nn.Module):
     def __init__(
         self,
@@ -114,18 +174,14 @@ class UserTower(nn.Module):
         self.cfg = cfg
         self.user = _embedding(n_users, cfg.id_dim, cfg)
         self.cats = nn.ModuleList(_embedding(n, cfg.cat_dim, cfg) for n in cat_sizes)
-        self.item = item_embedding  # shared: history pooling lives in the item-id space
-        inputs = cfg.id_dim * 2 + cfg.cat_dim * len(cat_sizes) + n_genres + n_nums
+        self.history = HistoryBlock(cfg, item_embedding)  # in the item-id space, shared
+        pooled = cfg.id_dim if cfg.history_encoder == "mean" else cfg.history_dim
+        inputs = cfg.id_dim + pooled + cfg.cat_dim * len(cat_sizes) + n_genres + n_nums
         self.mlp = _mlp(inputs, cfg)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = _drop_ids(batch["user"], self.cfg.user_id_dropout, self.training)
-        # Mean of the recent items' embeddings, padding excluded (a user with no history
-        # pools to zeros). One bag kernel: no (B, L, id_dim) intermediate to build, mask and
-        # differentiate through.
-        pooled = F.embedding_bag(
-            batch["history"], self.item.weight, mode="mean", padding_idx=PAD
-        )  # (B, id_dim)
+        pooled = self.history(batch["history"], batch["history_feats"])  # (B, id_dim | h)
         cats = [emb(batch["cats"][:, k]) for k, emb in enumerate(self.cats)]
         x = torch.cat(
             [self.user(ids), pooled, *cats, batch["affinity"], batch["nums"]], dim=-1
@@ -164,9 +220,11 @@ def softmax_loss(
     extra: torch.Tensor | None = None,
     extra_ids: torch.Tensor | None = None,
     extra_log_q: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In-batch sampled softmax: row i's positive is item i; the other items of the batch
-    (and the `extra` uniform negatives) are its negatives.
+    (and the `extra` uniform negatives) are its negatives. ``weights`` (B,): a weighted mean
+    over the rows instead of the plain mean.
 
     users, items: (B, d); item_ids: (B,) catalogue indices, so that another row with the
     same item is not counted as a negative; log_q: (B,) log sampling probability of each
@@ -193,26 +251,43 @@ def softmax_loss(
     same = ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (B, B + M): accidental hits
     same[rows, rows] = False
     scores.masked_fill_(same, float("-inf"))  # in place: addmm keeps its inputs, not this
-    return F.cross_entropy(scores, rows)
+    if weights is None:
+        return F.cross_entropy(scores, rows)
+    return _weighted_mean(F.cross_entropy(scores, rows, reduction="none"), weights)
+
+
+def _weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-row losses (B,), weighted by ``weights`` (B,) when given."""
+    return losses.mean() if weights is None else (losses * weights).sum() / weights.sum()
 
 
 def bce_loss(
-    users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, cfg: TowerConfig
+    users: torch.Tensor,
+    items: torch.Tensor,
+    negatives: torch.Tensor,
+    cfg: TowerConfig,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each positive (user_i, item_i) against every sampled negative, as binary labels."""
     pos = paired_logits(users, items, cfg)  # (B,)
     neg = logits(users, negatives, cfg)  # (B, M)
-    return F.binary_cross_entropy_with_logits(
+    losses = F.binary_cross_entropy_with_logits(
         torch.cat([pos.unsqueeze(1), neg], 1),
         torch.cat([torch.ones_like(pos).unsqueeze(1), torch.zeros_like(neg)], 1),
-    )
+        reduction="none",
+    )  # (B, 1 + M)
+    return _weighted_mean(losses.mean(dim=1), weights)
 
 
 def triplet_loss(
-    users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, cfg: TowerConfig
+    users: torch.Tensor,
+    items: torch.Tensor,
+    negatives: torch.Tensor,
+    cfg: TowerConfig,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Margin between the positive's score and the hardest sampled negative's; the margin is
     in cosine units, so in scores it is margin / temperature."""
     pos = paired_logits(users, items, cfg)  # (B,)
     hardest = logits(users, negatives, cfg).max(dim=1).values  # (B,)
-    return F.relu(cfg.margin / cfg.temperature - pos + hardest).mean()
+    return _weighted_mean(F.relu(cfg.margin / cfg.temperature - pos + hardest), weights)

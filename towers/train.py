@@ -160,17 +160,22 @@ def _loss(
         extra, extra_ids = model.item_tower(negatives), negatives["item"]
         # Expected copies in the candidate pool: uniform draws M/N each.
         extra_lq = torch.full((cfg.mixed_negatives,), math.log(cfg.mixed_negatives / n_items))
+    weights = None
+    if cfg.recency_half_life_days > 0:
+        if data.train_age_days is None:
+            raise ValueError("recency_half_life_days needs TowerData.train_age_days")
+        weights = 0.5 ** (data.train_age_days[rows] / cfg.recency_half_life_days)  # (B,)
     if cfg.loss == "softmax":
         # In-batch items appear about B * p(item) times per batch.
         log_q = data.log_q[item_batch["item"]] + math.log(len(rows))
         return softmax_loss(
-            users, items, item_batch["item"], log_q, cfg, extra, extra_ids, extra_lq
+            users, items, item_batch["item"], log_q, cfg, extra, extra_ids, extra_lq, weights
         )
     if extra is None:
         raise ValueError(f"loss {cfg.loss!r} needs mixed_negatives > 0 (its sampled negatives)")
     if cfg.loss == "bce":
-        return bce_loss(users, items, extra, cfg)
-    return triplet_loss(users, items, extra, cfg)
+        return bce_loss(users, items, extra, cfg, weights)
+    return triplet_loss(users, items, extra, cfg, weights)
 
 
 def _optimizer(model: TwoTower, cfg: TowerConfig) -> torch.optim.Optimizer:

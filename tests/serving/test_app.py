@@ -258,8 +258,8 @@ def test_cold_start_interactions_are_ordered_by_their_times(
     server: Server, pipeline: Pipeline
 ) -> None:
     """Only the newest interactions (the feature build's history length) enter the user's
-    history: given with times, in any order, the times decide which; the ratings give the
-    mean-rating feature, and every item given is excluded."""
+    history: given with times, in any order, the times decide which (and how long ago each
+    was); the ratings give the mean-rating feature, and every item given is excluded."""
     items = pipeline.items().item_id.tolist()[:60]
     start = datetime(2024, 1, 1, tzinfo=UTC)
     # Newest first, as a client without times sends them.
@@ -268,15 +268,18 @@ def test_cold_start_interactions_are_ordered_by_their_times(
         {**given, "timestamp": (start - timedelta(hours=n)).isoformat()}
         for n, given in enumerate(newest_first)
     ]
-    want = server.post("/recommendations", {"age": 40, "recent": newest_first, "k": 30})
+    want = server.post("/recommendations", {"age": 40, "recent": with_times, "k": 30})
     assert want[0] == 200 and want[1]["excluded"] == 60
     shuffled = with_times[::-1][30:] + with_times[::-1][:30]
     assert server.post("/recommendations", {"age": 40, "recent": shuffled, "k": 30}) == want
     # The same list given oldest first without times is another history.
+    untimed = server.post("/recommendations", {"age": 40, "recent": newest_first, "k": 30})
     oldest_first = {"age": 40, "recent": newest_first[::-1], "k": 30}
-    assert server.post("/recommendations", oldest_first)[1]["items"] != want[1]["items"]
+    assert server.post("/recommendations", oldest_first)[1]["items"] != untimed[1]["items"]
+    # Without times every item is happening now: not the history of two years ago.
+    assert [i["score"] for i in untimed[1]["items"]] != [i["score"] for i in want[1]["items"]]
     unrated = [{"item_id": i["item_id"]} for i in newest_first]
-    assert server.post("/recommendations", {"age": 40, "recent": unrated, "k": 30}) != want
+    assert server.post("/recommendations", {"age": 40, "recent": unrated, "k": 30}) != untimed
 
 
 def test_candidates_come_from_the_online_store_of_the_served_version(

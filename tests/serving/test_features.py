@@ -30,6 +30,7 @@ from serving.features import (
     ItemGenres,
     age_bucket,
     cold_start_row,
+    epoch_seconds,
     newest_first,
     zip_prefix,
 )
@@ -115,6 +116,7 @@ def test_cold_start_features_equal_the_online_features_of_the_same_history(
         timed.setdefault(int(e.user_id), []).append(
             Interaction(int(e.item_id), rating, e.event_timestamp.to_pydatetime())
         )
+    now = datetime(2030, 1, 1, 12, 0, 0, 999_999, tzinfo=UTC)
     compared = mean_ratings = 0
     for position, user in enumerate(users[:-1]):
         stored = {name: column[position] for name, column in values.items()}
@@ -128,11 +130,19 @@ def test_cold_start_features_equal_the_online_features_of_the_same_history(
             row = cold_start_row(
                 age=int(profile.age), gender=profile.gender, occupation=profile.occupation,
                 zip_code=profile.zip_code, recent=recent, item_genres=genres,
-                recent_items=manifest["recent_items"],
+                recent_items=manifest["recent_items"], now=now,
             )  # fmt: skip
             for name in ("age_bucket", "gender", "occupation", "zip_prefix",
                          "user_interaction_count", "recent_item_ids"):  # fmt: skip
                 assert row[name] == stored[name], (user, name)
+            # NaN for unrated items on both sides (assert_array_equal: NaN equals NaN).
+            np.testing.assert_array_equal(row["recent_item_ratings"],
+                                          stored["recent_item_ratings"])  # fmt: skip
+            if recent is untimed:  # no times given: the request's, to the second
+                want_times = [epoch_seconds(now)] * len(stored["recent_item_ids"])
+                assert row["recent_item_timestamps"] == want_times, user
+            else:
+                assert row["recent_item_timestamps"] == stored["recent_item_timestamps"], user
             np.testing.assert_array_equal(
                 np.float32(row["user_genre_affinity"]), np.float32(stored["user_genre_affinity"])
             )
@@ -170,6 +180,16 @@ def test_interactions_are_ordered_by_time_then_as_given() -> None:
                          item_genres=genres, recent_items=4)  # fmt: skip
     assert row["recent_item_ids"] == [5, 2, 4, 6] and row["user_interaction_count"] == 6
     assert row["user_mean_rating"] == 3.0  # the two rated ones
+    np.testing.assert_array_equal(row["recent_item_ratings"], [2.0, 4.0, np.nan, np.nan])
+    second = int(noon.timestamp())
+    # Floored to the second (item 5 is 1 µs past noon; item 6 is in the year 1).
+    assert row["recent_item_timestamps"][:3] == [second, second, second]
+    assert row["recent_item_timestamps"][3] == -62135596800
+    late = cold_start_row(age=None, gender=None, occupation=None, zip_code=None,
+                          recent=[Interaction(1), Interaction(2, None, noon)],
+                          item_genres=genres, recent_items=4,
+                          now=noon + timedelta(hours=1))  # fmt: skip
+    assert late["recent_item_timestamps"] == [second, second + 3600]  # untimed: now
 
 
 def test_no_history_means_no_activity_features() -> None:
@@ -200,27 +220,39 @@ def test_row_encoder_equals_encode_users_on_every_online_row(
     assert version is not None
     _, encoder, _ = load_checkpoint(pipeline.data / "models" / "versions" / version /
                                     "checkpoint.pt")  # fmt: skip
-    batch = encoder.encode_users(frame)  # the pandas frame Feast returns, as in training
+    now = (
+        pd.Timestamp(
+            json.loads((pipeline.data / "features" / "manifest.json").read_text())["as_of"]
+        ).timestamp()
+        + 86_400.5
+    )  # a request a day after as_of
+    batch = encoder.encode_users(frame, now)  # the pandas frame Feast returns, as in training
+    assert batch["history_feats"][..., 0].abs().sum() > 0  # ratings and times are encoded
+    assert batch["history_feats"][..., 2].abs().sum() > 0
     rows = RowEncoder(encoder)
     loaded = load_version(Paths(pipeline.data), version)
     assert loaded.tower_kind == "onnx"  # the pipeline exported the version's user tower
     for i, user in enumerate(users):
         row = {name: column[i] for name, column in values.items()}
-        fast = rows.encode(user, row)
+        fast = rows.encode(user, row, now)
         assert_same_tensors(fast, batch, i)
         # The user tower serving runs (ONNX Runtime) gives the checkpoint's vectors.
         with torch.no_grad():
             want = loaded.model.user_tower(fast).numpy()
-        np.testing.assert_allclose(loaded.tower(rows.arrays(user, row)), want, rtol=0,
+        np.testing.assert_allclose(loaded.tower(rows.arrays(user, row, now)), want, rtol=0,
                                    atol=ONNX_ATOL)  # fmt: skip
     assert rows.knows(users[0]) and not rows.knows(users[-1])
 
     # Cold-start rows (no user id: the unknown slot), as an Arrow table of Feast's types.
     genres = ItemGenres.from_items(pipeline.data / "dataset" / "items.parquet", encoder.genres)
     items = pipeline.items().item_id.tolist()
+    when = datetime.fromtimestamp(now, UTC)
     cold = [
         cold_start_row(age=a, gender=g, occupation=o, zip_code=z,
-                       recent=[Interaction(i) for i in r], item_genres=genres, recent_items=20)
+                       recent=[Interaction(i, 1.0 + k % 5 if k % 3 else None,
+                                           when - timedelta(hours=k * k) if k % 4 else None)
+                               for k, i in enumerate(r)],
+                       item_genres=genres, recent_items=20, now=when)
         for a, g, o, z, r in [
             (None, None, None, None, []), (25, "F", "engineer", "94110", items[:3]),
             (70, "M", "no-such-job", "", items[::-1][:40] + [987_654_321]),
@@ -228,9 +260,9 @@ def test_row_encoder_equals_encode_users_on_every_online_row(
         ]
     ]  # fmt: skip
     table = pa.Table.from_pylist([{"user_id": -1, **row} for row in cold], schema=USER_SCHEMA)
-    batch = encoder.encode_users(table)
+    batch = encoder.encode_users(table, now)
     for i, row in enumerate(cold):
-        assert_same_tensors(rows.encode(None, row), batch, i)
+        assert_same_tensors(rows.encode(None, row, now), batch, i)
 
 
 def test_seen_items_group_every_interaction_before_as_of(pipeline: Pipeline) -> None:

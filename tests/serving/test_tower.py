@@ -14,7 +14,7 @@ import torch
 from recsys.registry import ModelRegistry
 from serving.tower import ONNX_ATOL, OnnxTower, load_user_tower
 from tests.serving.conftest import Pipeline
-from towers.data import FeatureEncoder
+from towers.data import HISTORY_FEATURES, FeatureEncoder
 from towers.export import USER_TOWER_FILE, export_user_tower
 from towers.model import TwoTower
 from towers.train import load_checkpoint
@@ -35,6 +35,9 @@ def random_batch(model: TwoTower, encoder: FeatureEncoder, rows: int, seed: int)
     history = rng.integers(0, encoder.n_items, (rows, encoder.history))
     lengths = rng.integers(0, encoder.history + 1, rows)
     history[np.arange(encoder.history)[None, :] >= lengths[:, None]] = 1  # PAD
+    feats = rng.normal(size=(rows, encoder.history, HISTORY_FEATURES))
+    feats[..., [1, 3]] = rng.integers(0, 2, (rows, encoder.history, 2))  # missing flags
+    feats[history == 1] = 0.0  # padding positions carry no features
     nums = rng.normal(size=(rows, 4))
     nums[:, 2:] = rng.integers(0, 2, (rows, 2))  # the missing-value flags
     return {
@@ -43,6 +46,7 @@ def random_batch(model: TwoTower, encoder: FeatureEncoder, rows: int, seed: int)
         "nums": nums.astype(np.float32),
         "affinity": rng.dirichlet(np.ones(len(encoder.genres)), rows).astype(np.float32),
         "history": history,
+        "history_feats": feats.astype(np.float32),
     }
 
 

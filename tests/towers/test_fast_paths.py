@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from towers.config import TowerConfig
-from towers.data import PAD, load_tower_data
+from towers.data import HISTORY_FEATURES, PAD, load_tower_data
 from towers.model import UserTower, logits, softmax_loss
 from towers.train import keep_large_blocks, set_threads, train
 
@@ -68,14 +68,15 @@ def test_softmax_loss_equals_the_plain_formula(logq, bias, negatives):
 def reference_pooling(tower: UserTower, history: torch.Tensor) -> torch.Tensor:
     """Mean of the history's embeddings over the non-padding slots (zeros if none)."""
     mask = (history != PAD).unsqueeze(-1).float()
-    return (tower.item(history) * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return (tower.history.item(history) * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 def test_history_pooling_equals_the_masked_mean():
     """The tower's pooled history (captured at the MLP's input) and the item table's
     gradient through it equal the masked mean's, for full, partial, empty histories, the
     unknown-item slot and repeated items."""
-    cfg = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=5, dropout=0.0)
+    cfg = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=5, dropout=0.0,
+                      history_encoder="mean")  # fmt: skip
     item = torch.nn.Embedding(30, 8, padding_idx=PAD)
     tower = UserTower(cfg, n_users=5, cat_sizes=[3, 3, 3, 3], n_genres=2, n_nums=4,
                       item_embedding=item).eval()  # fmt: skip
@@ -89,7 +90,8 @@ def test_history_pooling_equals_the_masked_mean():
         ]  # fmt: skip
     )
     batch = {"user": torch.arange(5), "cats": torch.zeros(5, 4, dtype=torch.int64),
-             "nums": torch.zeros(5, 4), "affinity": torch.zeros(5, 2), "history": history}  # fmt: skip
+             "nums": torch.zeros(5, 4), "affinity": torch.zeros(5, 2), "history": history,
+             "history_feats": torch.randn(5, 5, HISTORY_FEATURES)}  # fmt: skip
     seen: list[torch.Tensor] = []
     hook = tower.mlp[0].register_forward_hook(lambda m, args, out: seen.append(args[0]))
     tower(batch)
@@ -117,7 +119,7 @@ def test_short_run_matches_the_previous_implementation(synthetic_build):
     settings, _ = synthetic_build
     data = load_tower_data(settings, with_test=False, history=20)
     cfg = TowerConfig(dim=32, hidden=64, id_dim=32, epochs=3, patience=3, batch_size=256,
-                      lr=1e-3, negatives_from="catalogue")  # fmt: skip
+                      lr=1e-3, history_encoder="mean", negatives_from="catalogue")  # fmt: skip
     history = train(cfg, data, progress=False).history
     assert len(history) == len(PREVIOUS)
     for entry, (loss, recall, ndcg) in zip(history, PREVIOUS, strict=True):

@@ -13,10 +13,11 @@ import torch
 
 from towers.config import TowerConfig
 from towers.data import PAD, FeatureEncoder
-from towers.model import index_vectors, query_vectors, softmax_loss
+from towers.model import bce_loss, index_vectors, query_vectors, softmax_loss, triplet_loss
 from towers.train import TrainResult, build_model, load_checkpoint, save_checkpoint
 
 GENRES = ["Action", "Comedy", "Drama"]
+T0 = 1_700_000_000  # epoch seconds of the first event
 
 
 def rows(n: int = 6) -> pd.DataFrame:
@@ -29,6 +30,10 @@ def rows(n: int = 6) -> pd.DataFrame:
         "user_interaction_count": [None, 1, 2, 3, 4, 5][:n], "user_mean_rating": [None, 4.0, 3.5, 3, 2, 5][:n],
         "user_genre_affinity": [None] + [[0.5, 0.5, 0.0]] * (n - 1),
         "recent_item_ids": [None, [10], [11, 10], [12, 11, 10], [99, 12], [13]][:n],
+        "recent_item_ratings": [None, [4.0], [3.0, 4.0], [1.0, 3.0, 4.0], [np.nan, 1.0], [5.0]][:n],
+        "recent_item_timestamps": [None, [T0], [T0 + 60, T0], [T0 + 7200, T0 + 60, T0],
+                                   [T0 + 9000, T0 + 7200], [T0 + 86400]][:n],
+        "event_timestamp": pd.to_datetime(T0 + 86400 * np.arange(1, n + 1), unit="s", utc=True),
         "item_genres": [["Drama"], ["Comedy", "Drama"], [], ["Action"], ["Drama"], ["Horror"]][:n],
         "item_release_year": [1995, None, 2000, 1980, 1999, 2001][:n],
         "item_interaction_count": [None, 1, 5, 2, 9, 3][:n], "item_mean_rating": [None, 4.0, 3, 2, 5, 1][:n],
@@ -91,6 +96,21 @@ def test_logq_correction_worked_example():
     # The same item twice in a batch is not its own negative.
     dup = softmax_loss(users, items[[0, 0]], torch.tensor([2, 2]), None, cfg)
     assert dup.item() == pytest.approx(0.0, abs=1e-6)
+    # Row weights (recency): a weighted mean of the rows' losses.
+    ids = torch.tensor([2, 3])
+    equal = softmax_loss(users, items, ids, log_q, cfg, weights=torch.tensor([0.3, 0.3]))
+    assert equal.item() == pytest.approx(got.item(), rel=1e-6)
+    only0 = softmax_loss(users, items, ids, log_q, cfg, weights=torch.tensor([1.0, 0.0]))
+    assert only0.item() == pytest.approx(-(row0[0] - math.log(sum(map(math.exp, row0)))))
+    negatives = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    for loss in (bce_loss, triplet_loss):
+        plain = loss(users, items, negatives, cfg)
+        same = loss(users, items, negatives, cfg, torch.tensor([2.0, 2.0]))
+        first = loss(users[:1], items[:1], negatives, cfg)
+        assert same.item() == pytest.approx(plain.item(), rel=1e-6)
+        assert loss(users, items, negatives, cfg, torch.tensor([1.0, 0.0])).item() == (
+            pytest.approx(first.item(), rel=1e-6)
+        )
 
 
 def test_unseen_user_gets_finite_deterministic_embedding(encoder):
