@@ -87,7 +87,9 @@ def cold_start_batch(
     recent_items: int,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """User-tower inputs of each profile row with its ``given`` events, built as a cold-start
-    ``POST`` builds them (serving.features.cold_start_row, serving.encoding.RowEncoder)."""
+    ``POST`` builds them (serving.features.cold_start_row, serving.encoding.RowEncoder),
+    sent right after the user's last given event: that is the request time the history's
+    time-since features are measured from."""
     from serving.encoding import RowEncoder
     from serving.features import Interaction, ItemGenres, cold_start_row
 
@@ -100,14 +102,16 @@ def cold_start_batch(
         recent = [Interaction(int(e.item_id), None if pd.isna(e.rating) else float(e.rating),
                               pd.Timestamp(e.event_timestamp).to_pydatetime())
                   for e in events.itertuples(index=False)]  # fmt: skip
+        now = max((e.timestamp for e in recent if e.timestamp is not None), default=None)
         row = cold_start_row(
             age=None if pd.isna(p.age) else int(p.age),
             gender=None if pd.isna(p.gender) else str(p.gender),
             occupation=None if pd.isna(p.occupation) else str(p.occupation),
             zip_code=None if pd.isna(p.zip_code) else str(p.zip_code),
-            recent=recent, item_genres=genres, recent_items=recent_items,
+            recent=recent, item_genres=genres, recent_items=recent_items, now=now,
         )  # fmt: skip
-        arrays.append(rows.arrays(None, row))  # None: the unknown-user slot, as a POST
+        # None: the unknown-user slot, as a POST
+        arrays.append(rows.arrays(None, row, None if now is None else now.timestamp()))
     return {k: torch.from_numpy(np.concatenate([a[k] for a in arrays])) for k in arrays[0]}
 
 
@@ -159,8 +163,9 @@ def _split_groups(
 
 
 def _two_tower(source: Any, cfg: BacktestConfig) -> tuple[Any, Any, dict[str, Any]]:
-    """``towers.compare``'s protocol: temperature and epochs chosen on validation, then the
-    refit on train + validation for those epochs. Returns (refit, its data, its choices)."""
+    """``towers.compare``'s protocol: temperature, recency weight and epochs chosen on
+    validation, then the refit on train + validation for those epochs. Returns (refit, its
+    data, its choices)."""
     from towers.compare import tune
     from towers.config import TowerConfig
     from towers.data import tower_data
@@ -172,7 +177,8 @@ def _two_tower(source: Any, cfg: BacktestConfig) -> tuple[Any, Any, dict[str, An
     data = tower_data(source, ("train", "val"), tcfg.history)
     final = train(best.config, data, progress=False, epochs=best.best_epoch)
     choice = {"temperature": best.config.temperature, "best_epoch": best.best_epoch,
-              f"val_recall@{tcfg.select_k}": {f"{t:g}": v for t, v in tried.items()},
+              "recency_half_life_days": best.config.recency_half_life_days,
+              f"val_recall@{tcfg.select_k}": tried,
               "training_rows": len(data.train_items["item"])}  # fmt: skip
     return final, data, choice
 

@@ -186,6 +186,7 @@ def two_tower_model(
         run = summary["runs"]["softmax"]
         chosen = summary["choices"]["two-tower (softmax)"]
         info.update(temperature=run["temperature"], best_epoch=run["best_epoch"],
+                    recency_half_life_days=run["recency_half_life_days"],
                     evaluated=chosen["evaluated"], served=chosen["served"])  # fmt: skip
         metrics = json.loads((folder / "metrics.json").read_text())
     decision, judged = gate_on_one_window(settings, reg, version, current, metrics,
@@ -221,9 +222,8 @@ def two_tower_model(
             "best_epoch": run["best_epoch"],
             "evaluated": MetadataValue.json(info["evaluated"]),
             "served": MetadataValue.json(info["served"]),
-            "val_recall@20_by_temperature": MetadataValue.json(
-                {str(k): v for k, v in run["val_recall_by_temperature"].items()}
-            ),
+            "recency_half_life_days": run["recency_half_life_days"],
+            "val_recall@20_tried": MetadataValue.json(run["val_recall_tried"]),
             "test_metrics": MetadataValue.md(table),
             "recall_at_k": png((folder / "recall_at_k.png").read_bytes(), "recall@K"),
             "training_curve": png((folder / "training_curves.png").read_bytes(), "curves"),
