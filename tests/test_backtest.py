@@ -103,12 +103,17 @@ def test_cold_start_batch_is_the_post_path_with_the_given_history(synthetic):
     encoder = FeatureEncoder(user_ids=[1, 2], item_ids=[1, 2, 3], cats={"age_bucket": [],
                              "gender": ["F", "M"], "occupation": [], "zip_prefix": []},
                              genres=["Action"], stats={k: (0.0, 1.0) for k in (
-                                 "user_interaction_count", "user_mean_rating")}, history=4)  # fmt: skip
+                                 "user_interaction_count", "user_mean_rating", "history_rating",
+                                 "history_log_hours")}, history=4)  # fmt: skip
     batch = cold_start_batch(encoder, users, given, synthetic / "items.parquet", recent_items=20)
     assert batch["history"].tolist() == [[4, 3, 2, 1], [1, 1, 1, 1]]  # newest first; padding
     assert batch["user"].tolist() == [0, 0]  # the unknown-user slot, as a POST
     assert batch["nums"][1, 2:].tolist() == [1.0, 1.0]  # no events: counts missing
     assert set(batch) == set(RowEncoder(encoder).arrays(None, {}))
+    # Sent right after the last given event (02-03): the newest is 0 hours old, then 1 and
+    # 2 days (log1p hours; the stats here are the identity).
+    hours = batch["history_feats"][0, :3, 2].tolist()
+    assert hours == pytest.approx([0.0, np.log1p(24.0), np.log1p(48.0)], abs=1e-5)
 
 
 def test_history_baselines_fold_in_the_new_users_history(synthetic):
