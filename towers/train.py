@@ -149,14 +149,14 @@ def _loss(
     rows: torch.Tensor,
     cfg: TowerConfig,
     gen: torch.Generator,
-    negative_sampler: Sampler,
+    sample: Sampler,
 ) -> torch.Tensor:
     users = model.user_tower(take(data.train_users, rows))  # (B, d)
     item_batch = take(data.train_items, rows)
     items = model.item_tower(item_batch)  # (B, d)
     extra = extra_ids = extra_lq = None
     if cfg.mixed_negatives > 0:
-        negatives, n_items = negative_sampler(cfg.mixed_negatives, gen)
+        negatives, n_items = sample(cfg.mixed_negatives, gen)
         extra, extra_ids = model.item_tower(negatives), negatives["item"]
         # Expected copies in the candidate pool: uniform draws M/N each.
         extra_lq = torch.full((cfg.mixed_negatives,), math.log(cfg.mixed_negatives / n_items))
