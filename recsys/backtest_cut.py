@@ -125,33 +125,6 @@ def _tower_fn(
     return lambda rows: logits(u[torch.from_numpy(rows)], v, model.cfg).numpy()  # (B, N)
 
 
-def _baseline_models(
-    choices: dict[str, Any], interactions: pd.DataFrame, users: pd.DataFrame, test: EvalSplit
-) -> dict[str, Any]:
-    """Every baseline ``towers.compare.baselines`` scored, fitted again with its choices on
-    the events before the test window (the per-user metrics need the models)."""
-    from towers.baselines import Popularity
-    from towers.ease import EASE, default_memory_budget
-    from towers.itemknn import ItemKNN
-    from towers.segments import SEGMENTATIONS, SegmentPopularity
-
-    item_ids = test.item_ids
-    before = interactions[interactions.event_timestamp < test.start]
-    models: dict[str, Any] = {"popularity": Popularity().fit(before, item_ids)}
-    days = choices["popularity (recent)"]["window_days"]
-    models["popularity (recent)"] = Popularity(days).fit(before, item_ids, before=test.start)
-    ease = choices["EASE"]
-    if "l2" in ease:
-        top = ease["items_modelled"] if ease["items_modelled"] < len(item_ids) else None
-        models["EASE"] = EASE(ease["l2"], default_memory_budget(), top).fit(before, item_ids)
-    knn = choices["ItemKNN"]
-    models["ItemKNN"] = ItemKNN(knn["neighbours"], knn["shrink"]).fit(before, item_ids)
-    if "segmentation" in choices["segment popularity"]:
-        by = SEGMENTATIONS[choices["segment popularity"]["segmentation"]]
-        models["segment popularity"] = SegmentPopularity(by).fit(before, users, item_ids)
-    return models
-
-
 def _split_groups(
     metrics: dict[str, np.ndarray], warm: np.ndarray
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -229,9 +202,9 @@ def run_cut(
 
     val, test = source.windows["val"][0], source.windows["test"][0]
     users = pd.read_parquet(settings.paths.dataset / "users.parquet")
-    _, choices = baselines(val, test, source.interactions, users)
+    models: dict[str, Any] = {}  # every baseline, fitted with its validation choices
+    _, choices = baselines(val, test, source.interactions, users, models=models)
     choices[TWO_TOWER] = choice
-    models = _baseline_models(choices, source.interactions, users, test)
     done("baselines", ", ".join(models))
 
     new, given = new_user_split(source.interactions, source.item_ids, test, cfg.new_user_history)

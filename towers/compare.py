@@ -163,6 +163,7 @@ def baselines(
     min_ease_items: int = MIN_SAMPLED_ITEMS,
     max_val_users: int | None = MAX_VAL_USERS,
     per_user: dict[str, np.ndarray] | None = None,
+    models: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every baseline scored on ``test``, each choice made on ``val`` (recall@``k``).
 
@@ -177,7 +178,8 @@ def baselines(
     ``choices["validation users"]`` says how many, and ``choices[f"validation recall@{k}"]``
     each baseline's validation recall@``k`` (all users) at its chosen setting: what a
     fallback is chosen on (``recsys.fallback``). ``per_user``, when given, receives each
-    baseline's per-user test recall@``k`` (rows in ``test.user_ids`` order).
+    baseline's per-user test recall@``k`` (rows in ``test.user_ids`` order); ``models``,
+    when given, each fitted baseline (to score other users of the window: the backtest's).
     """
     item_ids = test.item_ids
     val = sample_users(val, max_val_users)
@@ -192,6 +194,8 @@ def baselines(
         results[name] = aggregate(users, test)
         if per_user is not None:
             per_user[name] = users[f"recall@{k}"]
+        if models is not None:
+            models[name] = model
 
     windows = tune_popularity_window(before_val, val, item_ids, k=k)
     days = best_of(windows)
