@@ -115,16 +115,6 @@ def cold_start_batch(
     return {k: torch.from_numpy(np.concatenate([a[k] for a in arrays])) for k in arrays[0]}
 
 
-def _tower_fn(
-    model: Any, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
-) -> ScoreFn:
-    from towers.model import logits
-    from towers.train import embed
-
-    u, v = embed(model.user_tower, users), embed(model.item_tower, items)  # (U, d), (N, d+1)
-    return lambda rows: logits(u[torch.from_numpy(rows)], v, model.cfg).numpy()  # (B, N)
-
-
 def _split_groups(
     metrics: dict[str, np.ndarray], warm: np.ndarray
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -179,6 +169,7 @@ def run_cut(
     from recsys.settings import settings_from
     from towers.compare import baselines
     from towers.data import load_source
+    from towers.train import tower_scores
 
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -215,8 +206,8 @@ def run_cut(
     profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
     batch = cold_start_batch(final.encoder, profiles, given, settings.paths.dataset
                              / "items.parquet", settings.recent_items) if has_new else None  # fmt: skip
-    fns[TWO_TOWER] = (_tower_fn(final.model, data.test.users, items),
-                      _tower_fn(final.model, batch, items) if batch is not None else None)  # fmt: skip
+    fns[TWO_TOWER] = (tower_scores(final.model, data.test.users, items),
+                      tower_scores(final.model, batch, items) if batch is not None else None)  # fmt: skip
     for name, model in models.items():
         fold = getattr(model, "fold_in_fn", model.score_fn)  # history models read `seen`
         fns[name] = (model.score_fn(test), fold(new) if has_new else None)

@@ -27,12 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from towers.data import EvalWindow, TowerSource
 from towers.evaluate import per_user_metrics
-from towers.model import logits
-from towers.train import embed, load_checkpoint
+from towers.train import load_checkpoint, tower_scores
 
 
 def window_for(checkpoint: Path, source: TowerSource, name: str = "test") -> tuple[Any, EvalWindow]:
@@ -50,15 +48,7 @@ def per_user_of(
 ) -> dict[str, np.ndarray]:
     """``{"recall@K": (U,), "ndcg@K": (U,)}`` of a two-tower on an encoded window, rows
     aligned with ``window.split.user_ids``."""
-    with torch.no_grad():
-        users = embed(model.user_tower, window.users)  # (U, d)
-        items = embed(model.item_tower, window.items)  # (N, d)
-
-    def scores(block: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return logits(users[torch.from_numpy(block)], items, model.cfg).numpy()  # (B, N)
-
-    return per_user_metrics(scores, window.split, ks)
+    return per_user_metrics(tower_scores(model, window.users, window.items), window.split, ks)
 
 
 def per_user_scores(

@@ -105,18 +105,21 @@ def embed(tower: torch.nn.Module, batch: dict[str, torch.Tensor], size: int = 81
     return torch.cat(parts) if parts else torch.empty(0, 0)
 
 
+def tower_scores(
+    model: TwoTower, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``score_fn(rows) -> (B, N)``: the model's scores of encoded users (rows: positions in
+    ``users``) against encoded items; both towers run once, in eval mode."""
+    u, v = embed(model.user_tower, users), embed(model.item_tower, items)  # (U, d), (N, d[+1])
+    return lambda rows: logits(u[torch.from_numpy(rows)], v, model.cfg).numpy()  # (B, N)
+
+
 def evaluate_window(
     model: TwoTower, window: EvalWindow, ks: tuple[int, ...] = (10, 20, 50)
 ) -> dict:
     from towers.evaluate import rank_metrics
 
-    users = embed(model.user_tower, window.users)  # (U, d)
-    items = embed(model.item_tower, window.items)  # (N, d)
-
-    def scores(block: np.ndarray) -> np.ndarray:
-        return logits(users[torch.from_numpy(block)], items, model.cfg).numpy()  # (B, N)
-
-    return rank_metrics(scores, window.split, ks)
+    return rank_metrics(tower_scores(model, window.users, window.items), window.split, ks)
 
 
 Sampler = Callable[[int, torch.Generator], tuple[dict[str, torch.Tensor], int]]
