@@ -83,17 +83,6 @@ def choose(metrics: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
     return best, settings, why
 
 
-def _counts(interactions: pd.DataFrame, item_ids: np.ndarray, as_of: Any,
-            window_days: float | None = None) -> pd.Series:  # fmt: skip
-    """Each catalogue item's events before ``as_of`` (within ``window_days`` of it)."""
-    when = pd.to_datetime(interactions["event_timestamp"], utc=True)
-    keep = when < pd.Timestamp(as_of)
-    if window_days is not None:
-        keep &= when >= pd.Timestamp(as_of) - pd.Timedelta(days=window_days)
-    return interactions.loc[keep.to_numpy(), "item_id"].value_counts().reindex(
-        np.asarray(item_ids), fill_value=0)  # fmt: skip
-
-
 def ranking(
     interactions: pd.DataFrame,
     item_ids: np.ndarray,
@@ -108,9 +97,11 @@ def ranking(
     one more column per segment of ``users`` large enough to be counted apart (its
     ``towers.segments.SegmentPopularity`` scores, named by segment label; at least
     ``min_segment_users`` users, by default the baseline's own threshold)."""
-    counts = _counts(interactions, item_ids, as_of, window_days)
-    frame = pd.DataFrame({"item_id": counts.index.to_numpy(np.int64),
-                          GLOBAL: counts.to_numpy(np.float32)})  # fmt: skip
+    from towers.baselines import Popularity
+
+    # The baseline's own counts: events before as_of (within window_days of it).
+    popularity = Popularity(window_days).fit(interactions, item_ids, before=as_of)
+    frame = pd.DataFrame({"item_id": popularity.item_ids_, GLOBAL: popularity.counts_})
     if segment_fields:
         from towers.segments import MIN_SEGMENT_USERS, SegmentPopularity
 
