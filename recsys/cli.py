@@ -50,11 +50,13 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def dagster_home(path: Path | None = None) -> Path:
+def dagster_home(path: Path | None = None, profile: str = "local") -> Path:
     """The Dagster instance folder of ``recsys pipeline``: ``path``, else ``$DAGSTER_HOME``,
-    else the project's ``dagster_home/``; created on first use with a copy of the repo's
-    ``dagster.yaml`` (an existing one is kept), so that ``dagster dev`` on the same
-    ``DAGSTER_HOME`` shows the runs of this command."""
+    else the project's ``dagster_home/``; created on first use with the ``dagster.yaml`` of
+    ``profile`` (orchestration.instance: Postgres storage under ``cluster``; an existing
+    file is kept, and refused under ``cluster`` if it stores runs in SQLite), so that
+    ``dagster dev`` on the same ``DAGSTER_HOME`` shows the runs of this command."""
+    from orchestration.instance import check_profile, instance_yaml
     from recsys.io import atomic_write_bytes
     from recsys.settings import PROJECT_ROOT
 
@@ -64,8 +66,9 @@ def dagster_home(path: Path | None = None) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        atomic_write_bytes(config, (PROJECT_ROOT / "dagster.yaml").read_bytes())
+        atomic_write_bytes(config, instance_yaml(profile).encode())
     _refuse_relative_storage(config)
+    check_profile(config, profile)
     return home
 
 
@@ -98,6 +101,7 @@ def _pipeline(args: argparse.Namespace) -> int:
 
     from orchestration.assets import ASSETS
     from orchestration.definitions import full_pipeline
+    from orchestration.instance import POSTGRES_URL_VARIABLE, dagster_postgres_url
     from orchestration.progress import AssetProgress, progress_logger
     from orchestration.resources import PipelineSettings, resources_for
     from recsys.lock import DataFolderLocked, writer_lock
@@ -115,7 +119,9 @@ def _pipeline(args: argparse.Namespace) -> int:
         synthetic_seed=args.seed, force_retrain=args.force_retrain, **fast,
     )  # fmt: skip
     settings = pipeline.settings()
-    home = dagster_home(args.dagster_home)
+    home = dagster_home(args.dagster_home, settings.profile)
+    # The cluster profile's dagster.yaml reads the Postgres URL from the environment.
+    os.environ.setdefault(POSTGRES_URL_VARIABLE, dagster_postgres_url(settings.postgres_url))
     # The real stdout, taken before the libraries' output is redirected below.
     console = Console(file=sys.stdout, highlight=False)
     progress = AssetProgress(console, [k.to_user_string() for a in ASSETS for k in a.keys])
@@ -169,7 +175,7 @@ def _pipeline(args: argparse.Namespace) -> int:
         "quality_gate": gate[0] if gate else None,
         "test_recall@20": {m: {s: r[s]["recall@20"] for s in ("all", "warm", "cold")}
                            for m, r in metrics.items()},
-        "dagster_run": result.run_id, "dagster_home": str(home),
+        "dagster_run": result.run_id, "dagster_home": str(home), "profile": settings.profile,
     }, indent=2))  # fmt: skip
     return 0 if result.success and not failed else 1
 

@@ -58,3 +58,42 @@ def test_repo_config_has_no_relative_paths_and_keeps_queue_and_telemetry_off():
     assert "storage" not in config and "compute_logs" not in config  # defaults: DAGSTER_HOME
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert config["telemetry"]["enabled"] is False
+
+
+def test_cluster_profile_stores_runs_in_postgres_named_by_the_environment(tmp_path):
+    import yaml
+
+    from orchestration.instance import POSTGRES_URL_VARIABLE
+
+    config = yaml.safe_load((cli.dagster_home(tmp_path, "cluster") / "dagster.yaml").read_text())
+    assert config["storage"] == {"postgres": {"postgres_url": {"env": POSTGRES_URL_VARIABLE}}}
+    local = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert {k: v for k, v in config.items() if k != "storage"} == local  # queue, telemetry
+
+
+def test_cluster_profile_refuses_an_instance_kept_from_the_local_profile(tmp_path):
+    cli.dagster_home(tmp_path, "local")
+    with pytest.raises(SystemExit, match="its storage is sqlite, but the profile is cluster"):
+        cli.dagster_home(tmp_path, "cluster")
+    (tmp_path / "dagster.yaml").unlink()
+    assert cli.dagster_home(tmp_path, "cluster") == tmp_path
+    assert cli.dagster_home(tmp_path, "local") == tmp_path  # a local run may use Postgres
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [("postgresql+psycopg://u:p@h:5432/db", "postgresql+psycopg2://u:p@h:5432/db"),
+     ("postgresql://u@h/db?sslmode=require", "postgresql+psycopg2://u@h/db?sslmode=require"),
+     ("postgres://u@h/db", "postgresql+psycopg2://u@h/db")],
+)  # fmt: skip
+def test_dagster_gets_the_settings_url_with_the_psycopg2_driver(url, expected):
+    from orchestration.instance import dagster_postgres_url
+
+    assert dagster_postgres_url(url) == expected
+
+
+def test_a_url_that_is_not_postgres_is_refused():
+    from orchestration.instance import dagster_postgres_url
+
+    with pytest.raises(ValueError, match="is not a postgresql:// URL"):
+        dagster_postgres_url("sqlite:///x.db")

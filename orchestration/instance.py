@@ -1,0 +1,77 @@
+"""The Dagster instance configuration (``$DAGSTER_HOME/dagster.yaml``) of each profile.
+
+``local``: the repository's ``dagster.yaml`` as it is, SQLite storage under ``DAGSTER_HOME``.
+``cluster``: the same file plus a ``storage: postgres:`` block (dagster-postgres: run
+history, event logs and schedules in one Postgres database), so that ``recsys pipeline``,
+``dagster-webserver`` and ``dagster-daemon`` on any host read and write one history. The
+file names no password: the URL is the environment variable :data:`POSTGRES_URL_VARIABLE`,
+which ``recsys pipeline`` sets from the settings' ``postgres_url`` (the README shows it for
+the webserver and the daemon).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recsys.settings import PROJECT_ROOT
+
+POSTGRES_URL_VARIABLE = "RECSYS_DAGSTER_POSTGRES_URL"
+
+CLUSTER_STORAGE = f"""
+# Cluster profile (RECSYS_PROFILE=cluster): runs, event logs and schedules in Postgres
+# (dagster-postgres), shared by every process and host that uses this configuration. The URL
+# is read from the environment when the instance starts: {POSTGRES_URL_VARIABLE}, e.g.
+# postgresql://recsys:recsys@127.0.0.1:5432/recsys (`recsys pipeline` sets it from
+# RECSYS_POSTGRES_URL). Steps' stdout/stderr stay on the host that ran them (DAGSTER_HOME).
+storage:
+  postgres:
+    postgres_url:
+      env: {POSTGRES_URL_VARIABLE}
+"""
+
+
+def instance_yaml(profile: str) -> str:
+    """The ``dagster.yaml`` text of ``profile``: the repository's file (queue, concurrency
+    limit, telemetry off), plus Postgres storage under ``cluster``."""
+    base = (PROJECT_ROOT / "dagster.yaml").read_text()
+    return base + CLUSTER_STORAGE if profile == "cluster" else base
+
+
+def dagster_postgres_url(url: str) -> str:
+    """``url`` (an SQLAlchemy Postgres URL, any driver) with the psycopg2 driver, the one
+    dagster-postgres is built on: it retries a concurrent table creation (the webserver and
+    the daemon starting on an empty database) by psycopg2's ``pgcode``, which psycopg 3's
+    errors do not have."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
+        raise ValueError(f"postgres_url {url!r} is not a postgresql:// URL")
+    return f"postgresql+psycopg2://{rest}"
+
+
+def storage_kind(config: dict[str, Any]) -> str:
+    """Which storage a parsed ``dagster.yaml`` names: postgres, sqlite (also the default when
+    it names none), or the module of a custom one."""
+    storage = config.get("storage") or {}
+    if "postgres" in storage:
+        return "postgres"
+    if not storage or "sqlite" in storage:
+        return "sqlite"
+    return str(storage.get("module", "custom"))
+
+
+def check_profile(config_path: Path, profile: str) -> None:
+    """Refuse an instance folder whose ``dagster.yaml`` (kept from an earlier run) stores
+    runs in SQLite when the profile is ``cluster``: the run would be recorded where no other
+    host sees it."""
+    if profile != "cluster":
+        return
+    kind = storage_kind(yaml.safe_load(config_path.read_text()) or {})
+    if kind != "postgres":
+        raise SystemExit(
+            f"{config_path}: its storage is {kind}, but the profile is cluster (Dagster "
+            "storage in Postgres); delete this file (it is written again for the profile) or "
+            "choose another instance folder (--dagster-home or DAGSTER_HOME)"
+        )
