@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +49,22 @@ class Settings(BaseSettings):
     # Synthetic dataset: number of interactions and seed (used when dataset == "synthetic").
     synthetic_interactions: int = Field(100_000, ge=1_000, le=50_000_000)
     synthetic_seed: int = 0
+    # Which engines hold the shared state (recsys.store renders Feast's config from it):
+    # "local", every store a file in data_dir (SQLite online store, file registry); "cluster",
+    # Feast's online store in Redis at redis_url and its registry in Postgres at
+    # postgres_url (Feast's SQL registry), so several hosts and writers share them.
+    profile: Literal["local", "cluster"] = "local"
+    # Redis of the cluster profile: redis://[:password@]host:port/db (rediss:// for TLS).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # "redis_cluster" for a Redis Cluster (redis_url names one of its nodes).
+    redis_type: Literal["redis", "redis_cluster"] = "redis"
+    # Postgres of the cluster profile, an SQLAlchemy URL (psycopg 3 driver).
+    postgres_url: str = "postgresql+psycopg://recsys:recsys@127.0.0.1:5432/recsys"
+    # Feast project under the cluster profile, the namespace of this data folder's keys in
+    # Redis and of its definitions in the registry. None: derived from the data folder's
+    # path (recsys.store.feast_project), so two data folders never share online values;
+    # set it when replicas on other hosts mount the data folder at another path.
+    feast_project: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 
     @field_validator("as_of", "val_start", "test_start")
     @classmethod

@@ -4,11 +4,19 @@
 ``FeatureStore`` from them whose registry, online store and sources live in the configured
 data folder, so several data folders (a test's ``tmp_path``, a backtest) never share state.
 ``import feast`` costs seconds, so it happens inside the functions that need it.
+
+The profile (:class:`~recsys.settings.Settings` ``profile``) picks the engines, and nothing
+else reads it: ``local`` keeps the registry and the SQLite online store as files in the data
+folder; ``cluster`` renders ``feature_store.yaml`` with Feast's SQL registry on Postgres and
+its ``redis`` online store. Under ``cluster`` the data folders stay apart through the Feast
+``project``: Feast prefixes every registry row and suffixes every Redis key with it, and
+:func:`feast_project` derives it from the data folder (or takes ``feast_project``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import threading
@@ -16,6 +24,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
@@ -29,23 +38,87 @@ if TYPE_CHECKING:
 _ENV_LOCK = threading.Lock()
 
 
-def repo_config(paths: Paths, offline_store: dict[str, Any] | None = None) -> Any:
-    """``feature_store.yaml`` with the registry and online store moved into ``paths``."""
+def feast_project(settings: Settings, paths: Paths) -> str:
+    """The Feast project of a data folder under the cluster profile: ``feast_project`` if
+    set, else ``recsys_`` and a hash of the folder's absolute path."""
+    if settings.feast_project:
+        return settings.feast_project
+    return "recsys_" + hashlib.sha256(str(paths.data_dir).encode()).hexdigest()[:12]
+
+
+# Redis client timeouts when redis_url names none: a dead or unreachable server fails a
+# call within seconds instead of hanging it (redis-py waits forever by default).
+REDIS_TIMEOUTS = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+
+
+def redis_connection_string(url: str) -> str:
+    """Feast's ``host:port,key=value,...`` form of ``redis://[user:password@]host:port/db``
+    (query parameters, e.g. ``?socket_timeout=1``, become redis-py arguments)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(f"RECSYS_REDIS_URL {url!r}: expected redis://host:port/db")
+    params: dict[str, Any] = dict(REDIS_TIMEOUTS)
+    params["db"] = int(parts.path.strip("/") or 0)
+    if parts.username:
+        params["username"] = unquote(parts.username)
+    if parts.password:
+        params["password"] = unquote(parts.password)
+    if parts.scheme == "rediss":
+        params["ssl"] = "true"
+    params.update(parse_qsl(parts.query))
+    return ",".join(
+        [f"{parts.hostname}:{parts.port or 6379}"] + [f"{k}={v}" for k, v in params.items()]
+    )
+
+
+def _cluster(raw: dict[str, Any], settings: Settings, paths: Paths) -> dict[str, Any]:
+    """``feature_store.yaml`` with the cluster profile's engines."""
+    return {
+        **raw,
+        "project": feast_project(settings, paths),
+        "registry": {
+            "registry_type": "sql",
+            "path": settings.postgres_url,
+            # Connections checked before use: a restarted Postgres costs one retry, not an
+            # error on the next registry read.
+            "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
+        },
+        "online_store": {
+            "type": "redis",
+            "redis_type": settings.redis_type,
+            "connection_string": redis_connection_string(settings.redis_url),
+        },
+    }
+
+
+def repo_config(
+    paths: Paths, offline_store: dict[str, Any] | None = None, settings: Settings | None = None
+) -> Any:
+    """``feature_store.yaml`` for the data folder ``paths``, with the engines of
+    ``settings``' profile (default: the ``RECSYS_*`` environment's): under ``local`` the
+    registry and the online store are files moved into ``paths``."""
     from feast.repo_config import RepoConfig
 
+    if settings is None:
+        settings = Settings(data_dir=paths.data_dir)
     raw = yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())
     paths.feast.mkdir(parents=True, exist_ok=True)
-    raw["registry"] = str(paths.feast / "registry.db")
-    raw["online_store"] = {**raw["online_store"], "path": str(paths.feast / "online_store.db")}
+    if settings.profile == "cluster":
+        raw = _cluster(raw, settings, paths)
+    else:
+        raw["registry"] = str(paths.feast / "registry.db")
+        raw["online_store"] = {**raw["online_store"], "path": str(paths.feast / "online_store.db")}
     if offline_store is not None:
         raw["offline_store"] = offline_store
     return RepoConfig(repo_path=FEATURE_REPO, **raw)
 
 
-def feature_store(paths: Paths, offline_store: dict[str, Any] | None = None) -> FeatureStore:
+def feature_store(
+    paths: Paths, offline_store: dict[str, Any] | None = None, settings: Settings | None = None
+) -> FeatureStore:
     from feast import FeatureStore
 
-    return FeatureStore(config=repo_config(paths, offline_store))
+    return FeatureStore(config=repo_config(paths, offline_store, settings))
 
 
 def feature_store_for(settings: Settings) -> FeatureStore:
@@ -56,7 +129,7 @@ def feature_store_for(settings: Settings) -> FeatureStore:
         raw = yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())["offline_store"]
         if raw.get("type") == "recsys.offline_store.DuckDBAsofOfflineStore":
             offline = {**raw, "memory_limit": settings.duckdb_memory_limit}
-    return feature_store(settings.paths, offline)
+    return feature_store(settings.paths, offline, settings)
 
 
 @contextlib.contextmanager
