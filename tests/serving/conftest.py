@@ -112,7 +112,13 @@ def server(pipeline_and_server: tuple[Pipeline, Server]) -> Server:
 @pytest.fixture(scope="session")
 def second_version(pipeline: Pipeline) -> str:
     """A second version, embedded (item table and candidates written), not promoted; its
-    builder's run id is in ``ModelRegistry.record(version)["run_id"]``.
+    builder's run id is in ``ModelRegistry.record(version)["run_id"]``."""
+    return noisy_version(pipeline)
+
+
+def noisy_version(pipeline: Pipeline, seed: int = 1) -> str:
+    """A new version of ``pipeline``'s data folder, embedded and not promoted, whose weights
+    are the promoted version's plus noise drawn from ``seed``.
 
     Its weights are the first version's with seeded noise, written as a registry version;
     then the pipeline's own assets embed the catalogue into its LanceDB table and compute
@@ -127,14 +133,14 @@ def second_version(pipeline: Pipeline) -> str:
     registry = ModelRegistry(pipeline.data / "models")
     first = registry.path(pipeline.version)
     saved = torch.load(first / "checkpoint.pt", map_location="cpu", weights_only=True)
-    noise = torch.Generator().manual_seed(1)
+    noise = torch.Generator().manual_seed(seed)
     weights = {
         name: value + 0.5 * value.std() * torch.randn(value.shape, generator=noise)
         if value.is_floating_point() and value.numel() > 1
         else value
         for name, value in saved["state_dict"].items()
     }
-    print_ = fingerprint("serving tests: noisy copy", pipeline.version)
+    print_ = fingerprint("serving tests: noisy copy", pipeline.version, str(seed))
     version, run_id = registry.new_version(print_), str(uuid.uuid4())
     with registry.build(version, run_id, {"fingerprint": print_}) as folder:
         torch.save({**saved, "state_dict": weights}, folder / "checkpoint.pt")

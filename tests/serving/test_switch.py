@@ -9,6 +9,8 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -78,6 +80,67 @@ def snapshot(server: Server, requests: list[Request]) -> dict[Request, Any]:
         conn.close()
 
 
+Response = tuple[Request, int, Any]  # request, status (-1: connection error), key or error
+
+
+@contextmanager
+def under_load(
+    bases: list[tuple[str, int]], requests: list[Request], threads: int = THREADS
+) -> Iterator[list[list[Response]]]:
+    """``threads`` threads send ``requests`` in turn, thread t to ``bases[t % len(bases)]``
+    on one kept-alive connection, until the block ends; yields each thread's responses."""
+    stop = threading.Event()
+    seen: list[list[Response]] = [[] for _ in range(threads)]
+
+    def hammer(thread: int) -> None:
+        base = bases[thread % len(bases)]
+        conn = http.client.HTTPConnection(*base, timeout=30)
+        n = thread
+        try:
+            while not stop.is_set():
+                request = requests[n % len(requests)]
+                n += 1
+                try:
+                    status, body = answer(conn, request)
+                    seen[thread].append((request, status, key(body) if status == 200 else body))
+                except (OSError, http.client.HTTPException) as exc:
+                    seen[thread].append((request, -1, repr(exc)))
+                    conn.close()
+                    conn = http.client.HTTPConnection(*base, timeout=30)
+        finally:
+            conn.close()
+
+    workers = [threading.Thread(target=hammer, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+
+
+def each_from_one_version(
+    seen: list[list[Response]], expected: dict[str, dict[Request, Any]]
+) -> list[Response]:
+    """Every response of ``seen``, checked: no error, and each exactly what the version it
+    names answers (``expected[version][request]``), never a mix of two; the two versions
+    answer most requests differently, so a mix could not pass unnoticed."""
+    responses = [r for thread in seen for r in thread]
+    errors = [r for r in responses if r[1] != 200]
+    assert errors == [], errors[:5]
+    first, second = expected
+    requests = list(expected[first])
+    differ = sum(expected[first][r] != expected[second][r] for r in requests)
+    assert differ >= len(requests) // 2, "the two versions should answer differently"
+    for request, _, got in responses:
+        version = got[0]
+        assert version in expected, got
+        assert got == expected[version][request], (request, got, expected[version][request])
+    return responses
+
+
 def test_candidates_of_another_version_are_recomputed_with_the_served_one(
     server: Server, pipeline: Pipeline, second_version: str
 ) -> None:
@@ -111,30 +174,7 @@ def test_switch_and_rollback_under_concurrent_requests(
     requests.append(("POST", "/recommendations", cold))
     expected = {first: snapshot(server, requests)}
 
-    stop = threading.Event()
-    seen: list[list[tuple[Request, int, Any]]] = [[] for _ in range(THREADS)]
-
-    def hammer(thread: int) -> None:
-        conn = http.client.HTTPConnection(*server.base, timeout=30)
-        n = thread
-        try:
-            while not stop.is_set():
-                request = requests[n % len(requests)]
-                n += 1
-                try:
-                    status, body = answer(conn, request)
-                    seen[thread].append((request, status, key(body) if status == 200 else body))
-                except (OSError, http.client.HTTPException) as exc:
-                    seen[thread].append((request, -1, repr(exc)))
-                    conn.close()
-                    conn = http.client.HTTPConnection(*server.base, timeout=30)
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=hammer, args=(t,)) for t in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    try:
+    with under_load([server.base], requests) as seen:
         time.sleep(0.5)
         # The pipeline's promotion: candidates online, then current.json switched.
         builder = registry.record(second)["run_id"]  # type: ignore[index]
@@ -148,21 +188,9 @@ def test_switch_and_rollback_under_concurrent_requests(
         registry.rollback(first, "test", reason="the second version answers badly")
         wait_for_version(server, first)
         time.sleep(0.5)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
 
-    responses = [r for thread in seen for r in thread]
-    errors = [r for r in responses if r[1] != 200]
-    assert errors == [], errors[:5]
+    responses = each_from_one_version(seen, expected)
     assert snapshot(server, requests) == expected[first]  # the rollback answers as before
-    differ = sum(expected[first][r] != expected[second][r] for r in requests)
-    assert differ >= len(requests) // 2, "the two versions should answer differently"
-    for request, _, got in responses:
-        version = got[0]
-        assert version in expected, got
-        assert got == expected[version][request], (request, got, expected[version][request])
     # Each thread saw first, then second, then first again: the swap is one-way each time.
     for thread in seen:
         versions = [got[0] for _, _, got in thread]
