@@ -100,7 +100,8 @@ def repo_config(
     from feast.repo_config import RepoConfig
 
     if settings is None:
-        settings = Settings(data_dir=paths.data_dir)
+        folder: dict[str, Any] = {"data_dir": paths.data_dir}  # the rest from RECSYS_*
+        settings = Settings(**folder)
     raw = yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())
     paths.feast.mkdir(parents=True, exist_ok=True)
     if settings.profile == "cluster":
