@@ -49,19 +49,6 @@ class Unsupported(ValueError):
     """This store or service cannot be read directly; use Feast's API."""
 
 
-def store_description(config: Any) -> str:
-    """The online store as an error message names it (no password)."""
-    online = config.online_store
-    kind = getattr(online, "type", "?")
-    if kind == "redis":
-        from feast.infra.online_stores.redis import RedisOnlineStore
-
-        nodes, params = RedisOnlineStore._parse_connection_string(online.connection_string)
-        where = ",".join(f"{n['host']}:{n['port']}" for n in nodes)
-        return f"redis at {where} db {params.get('db', 0)}"
-    return f"{kind} at {getattr(online, 'path', '?')}"
-
-
 def _service_features(store: Any, service_name: str) -> list[tuple[Any, Any]]:
     """(feature view, feature) of each feature of the service, every view keyed by
     ``user_id`` alone and every feature name once (``Unsupported`` otherwise)."""

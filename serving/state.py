@@ -33,7 +33,7 @@ from recsys.registry import ModelRegistry
 from recsys.settings import Paths, Settings
 from serving.loaded import Loaded, load_version, source_key
 from serving.metrics import Metrics
-from serving.online import OnlineReader, online_reader, store_description
+from serving.online import OnlineReader, online_reader
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ class ServingState:
         """Which online store lookups go to, for error messages."""
         if self.store is None:
             return f"Feast store not opened: {self.store_error}"
-        return store_description(self.store.config)
+        from recsys.store import online_store_description
+
+        return online_store_description(self.store.config)
 
     def online_row(self, service: str, user_id: int) -> dict[str, Any]:
         """The online features of one user from a Feast feature service, one value per

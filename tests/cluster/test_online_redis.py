@@ -81,12 +81,12 @@ def test_redis_reader_fails_fast_when_redis_is_down(tmp_path: Path, postgres_url
     """Nothing listens on the port: the lookup raises at once (no retries), naming Redis."""
     import redis
 
-    from recsys.store import apply, feature_store_for
-    from serving.online import RedisOnlineReader, store_description
+    from recsys.store import apply, feature_store_for, online_store_description
+    from serving.online import RedisOnlineReader
 
     settings = _settings(tmp_path / "a", "redis://127.0.0.1:1/0", postgres_url)
     store = apply(settings.paths, feature_store_for(settings))
     reader = RedisOnlineReader(store, "user_tower_serving_v1", timeout_seconds=0.5)
     with pytest.raises(redis.ConnectionError):
         reader(1)
-    assert store_description(store.config) == "redis at 127.0.0.1:1 db 0"
+    assert online_store_description(store.config) == "redis at 127.0.0.1:1 db 0"
