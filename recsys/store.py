@@ -71,6 +71,20 @@ def redis_connection_string(url: str) -> str:
     )
 
 
+def online_store_description(config: Any) -> str:
+    """Where a Feast config's online store is, as messages name it (no password):
+    ``redis at host:port db N`` or ``sqlite at <path>``."""
+    online = config.online_store
+    kind = getattr(online, "type", "?")
+    if kind == "redis":
+        from feast.infra.online_stores.redis import RedisOnlineStore
+
+        nodes, params = RedisOnlineStore._parse_connection_string(online.connection_string)
+        where = ",".join(f"{n['host']}:{n['port']}" for n in nodes)
+        return f"redis at {where} db {params.get('db', 0)}"
+    return f"{kind} at {getattr(online, 'path', '?')}"
+
+
 def _cluster(raw: dict[str, Any], settings: Settings, paths: Paths) -> dict[str, Any]:
     """``feature_store.yaml`` with the cluster profile's engines."""
     return {
@@ -100,7 +114,8 @@ def repo_config(
     from feast.repo_config import RepoConfig
 
     if settings is None:
-        settings = Settings(data_dir=paths.data_dir)
+        folder: dict[str, Any] = {"data_dir": paths.data_dir}  # the rest from RECSYS_*
+        settings = Settings(**folder)
     raw = yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())
     paths.feast.mkdir(parents=True, exist_ok=True)
     if settings.profile == "cluster":

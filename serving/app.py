@@ -203,8 +203,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         try:
             return state.online_row(service, user_id)
         except Exception as exc:  # the store, not the client: 503 and a log line
-            log.exception("online lookup of user %d in %s", user_id, service)
-            raise HTTPException(503, f"feature store unavailable: {type(exc).__name__}") from exc
+            log.error("online lookup of user %d in %s: %r", user_id, service, exc)
+            where = state.online_store_description()
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            raise HTTPException(503, f"online store unavailable ({where}): {detail}") from exc
 
     def for_user(loaded: Loaded, user_id: int, row: dict[str, Any], k: int) -> dict[str, Any]:
         """Top-k of a stored user: everything seen before as_of and the online recent items

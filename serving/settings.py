@@ -47,10 +47,13 @@ class ServingSettings(BaseSettings):
     # The HNSW graph's search breadth: higher finds more of the exact top-k, slower
     # (recsys.vectors has the measurements at the default).
     hnsw_ef: int = Field(HNSW_EF_SEARCH, ge=16, le=8192)
-    # Online feature lookups: "sqlite" reads Feast's SQLite online store directly (same
-    # values, a quarter of the time: serving.online), "feast" through FeatureStore's API.
-    # "sqlite" falls back to "feast" when the online store is another kind.
-    online_reader: Literal["sqlite", "feast"] = "sqlite"
+    # Online feature lookups: "direct" reads Feast's SQLite or Redis online store itself
+    # (same values, a quarter of the time, one round trip: serving.online), "feast" through
+    # FeatureStore's API. "direct" falls back to "feast" for other online stores.
+    online_reader: Literal["direct", "feast"] = "direct"
+    # A direct Redis lookup that gets no answer within this time fails (503): a dead or
+    # unreachable Redis never holds a request longer.
+    online_timeout_seconds: float = Field(1.0, gt=0, le=60)
     # Request bodies above this size get 413 before they are read into memory. The largest
     # valid cold-start body (1,000 interactions with int64 ids, ratings and timestamps, every
     # string at its maximum length as \u escapes) is 115 KB as json.dumps writes it, 143 KB

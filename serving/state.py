@@ -77,6 +77,14 @@ class ServingState:
             log.exception("cannot open the Feast store of %s", self.settings.data_dir)
             self.store_error = f"{type(exc).__name__}: {exc}"
 
+    def online_store_description(self) -> str:
+        """Which online store lookups go to, for error messages."""
+        if self.store is None:
+            return f"Feast store not opened: {self.store_error}"
+        from recsys.store import online_store_description
+
+        return online_store_description(self.store.config)
+
     def online_row(self, service: str, user_id: int) -> dict[str, Any]:
         """The online features of one user from a Feast feature service, one value per
         feature (``None`` where the store has nothing); ``serving.online`` says how."""
@@ -84,8 +92,10 @@ class ServingState:
             raise RuntimeError(f"Feast store unavailable: {self.store_error}")
         reader = self._readers.get(service)
         if reader is None:  # built once per service, and again after each version switch
-            direct = self.settings.online_reader == "sqlite"
-            reader = self._readers[service] = online_reader(self.store, service, direct)
+            direct = self.settings.online_reader == "direct"
+            timeout = self.settings.online_timeout_seconds
+            reader = online_reader(self.store, service, direct, timeout)
+            self._readers[service] = reader
         return reader(user_id)
 
     # --- versions -------------------------------------------------------------------------

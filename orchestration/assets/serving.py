@@ -42,7 +42,7 @@ def online_features(pipeline: PipelineSettings, feast: FeastResource) -> Materia
             **counts,
             "full_writes": MetadataValue.json([v.view for v in report.views if v.full]),
             "seconds": round(time.perf_counter() - start, 2),
-            "online_store": str(store.config.online_store.path),
+            "online_store": feast_store.online_store_description(store.config),
         }  # fmt: skip
     )
 
@@ -108,8 +108,12 @@ def promoted_model(
                 {m: r["all"]["recall@20"] for m, r in metrics.items()}
             ),
             **recall_metadata(reg.metrics(version)),
-            **{k: v for name, d in audit.details.items() for k, v in d.items()
-               if k in ("seen_items", "users")},  # fmt: skip
+            **{
+                k: v
+                for name, d in audit.details.items()
+                for k, v in d.items()
+                if k in ("seen_items", "users")
+            },  # fmt: skip
             "versions_kept": MetadataValue.json(kept.kept),
             "versions_deleted": MetadataValue.json(kept.deleted),
             "orphan_tables_deleted": MetadataValue.json(kept.orphan_tables),

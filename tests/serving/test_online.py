@@ -40,7 +40,7 @@ def test_reader_falls_back_to_feast_for_another_online_store(pipeline: Pipeline)
         online_reader(store, "user_tower_serving_v1", direct=False), SqliteOnlineReader
     )
     other = SimpleNamespace(
-        config=SimpleNamespace(online_store=SimpleNamespace(type="redis")),
+        config=SimpleNamespace(online_store=SimpleNamespace(type="dynamodb")),
         get_feature_service=store.get_feature_service,
     )
     assert not isinstance(online_reader(other, "user_tower_serving_v1"), SqliteOnlineReader)
