@@ -24,8 +24,10 @@ CLUSTER_STORAGE = f"""
 # Cluster profile (RECSYS_PROFILE=cluster): runs, event logs and schedules in Postgres
 # (dagster-postgres), shared by every process and host that uses this configuration. The URL
 # is read from the environment when the instance starts: {POSTGRES_URL_VARIABLE}, e.g.
-# postgresql://recsys:recsys@127.0.0.1:5432/recsys (`recsys pipeline` sets it from
-# RECSYS_POSTGRES_URL). Steps' stdout/stderr stay on the host that ran them (DAGSTER_HOME).
+# postgresql+psycopg2://recsys:recsys@127.0.0.1:5432/recsys (`recsys pipeline` sets it from
+# RECSYS_POSTGRES_URL). The +psycopg2 matters: SQLAlchemy 2.1 gives a bare postgresql:// URL
+# psycopg 3, on which dagster-postgres's event log fails (its NOTIFY takes a bound
+# parameter). Steps' stdout/stderr stay on the host that ran them (DAGSTER_HOME).
 storage:
   postgres:
     postgres_url:
@@ -42,9 +44,10 @@ def instance_yaml(profile: str) -> str:
 
 def dagster_postgres_url(url: str) -> str:
     """``url`` (an SQLAlchemy Postgres URL, any driver) with the psycopg2 driver, the one
-    dagster-postgres is built on: it retries a concurrent table creation (the webserver and
-    the daemon starting on an empty database) by psycopg2's ``pgcode``, which psycopg 3's
-    errors do not have."""
+    dagster-postgres is built on. Under psycopg 3, the default driver of a bare
+    ``postgresql://`` in SQLAlchemy 2.1, its event log's ``NOTIFY run_events, :id`` is a
+    syntax error (psycopg 3 binds parameters on the server, where NOTIFY takes none), and
+    its retry of a concurrent table creation reads psycopg2's ``pgcode``."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
         raise ValueError(f"postgres_url {url!r} is not a postgresql:// URL")
