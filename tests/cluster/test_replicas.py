@@ -37,10 +37,13 @@ from tests.serving.test_switch import (
 pytestmark = pytest.mark.cluster
 
 
+# A quarter of the serving tests' data and fewer epochs: three builds here, ~30 s each.
+SMALL = {"synthetic_interactions": 5_000, "max_epochs": 2}
+
+
 def build(data: Path) -> Pipeline:
-    """The whole graph on the serving tests' 20K synthetic interactions, under the profile
-    the environment selects."""
-    assert materialize_pipeline(data).success
+    """The whole graph on SMALL synthetic data, under the profile the environment selects."""
+    assert materialize_pipeline(data, **SMALL).success
     version = ModelRegistry(data / "models").current()
     assert version is not None
     return Pipeline(data, version, {})
@@ -119,7 +122,7 @@ def test_a_promotion_under_load_reaches_both_replicas_without_mixing_versions(
         time.sleep(0.5)
         # The pipeline's promotion; each replica's watcher notices it on its own.
         builder = registry.record(second)["run_id"]  # type: ignore[index]
-        assert materialize_pipeline(pipeline.data, ["promoted_model"], builder).success
+        assert materialize_pipeline(pipeline.data, ["promoted_model"], builder, **SMALL).success
         for server in servers:
             wait_for_version(server, second)
         time.sleep(0.5)
