@@ -24,7 +24,8 @@ import pytest
 from recsys.settings import Settings
 
 
-def _unavailable(what: str, exc: Exception) -> None:
+def unavailable(what: str, exc: Exception) -> None:
+    """Skip the test outside CI, fail it under ``CI=true``: a service it needs is missing."""
     reason = f"{what} not reachable ({type(exc).__name__}: {exc}); run .ci/services start"
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
@@ -66,7 +67,7 @@ def redis_url(_redis_db: tuple[str, int]) -> Iterator[str]:
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         client.flushdb()
     except redis.RedisError as exc:
-        _unavailable(f"Redis at {base}", exc)
+        unavailable(f"Redis at {base}", exc)
     yield url
     try:
         client.flushdb()
@@ -90,7 +91,7 @@ def postgres_url() -> Iterator[str]:
     try:
         admin = psycopg.connect(_psycopg_url(base), autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
-        _unavailable(f"PostgreSQL at {base}", exc)
+        unavailable(f"PostgreSQL at {base}", exc)
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.cluster.conftest import unavailable
 from tests.serving.conftest import free_port, materialize_pipeline, start_server, stop_server
 
 pytestmark = pytest.mark.cluster
@@ -28,7 +29,7 @@ class PrivateRedis:
 
     def __init__(self, folder: Path) -> None:
         if shutil.which("redis-server") is None:
-            pytest.skip("redis-server not installed (.ci/services start installs it)")
+            unavailable("redis-server", FileNotFoundError("not installed"))
         self.folder, self.port = folder, free_port()
         folder.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
