@@ -120,11 +120,12 @@ def _pipeline(args: argparse.Namespace) -> int:
     )  # fmt: skip
     settings = pipeline.settings()
     home = dagster_home(args.dagster_home, settings.profile)
-    # The cluster profile's dagster.yaml reads the Postgres URL from the environment: the
-    # one given there, else the settings', with the driver Dagster needs either way.
-    os.environ[POSTGRES_URL_VARIABLE] = dagster_postgres_url(
-        os.environ.get(POSTGRES_URL_VARIABLE) or settings.postgres_url
-    )
+    if settings.profile == "cluster":
+        # Its dagster.yaml reads the Postgres URL from the environment: the one given there,
+        # else the settings', with the driver Dagster needs either way.
+        os.environ[POSTGRES_URL_VARIABLE] = dagster_postgres_url(
+            os.environ.get(POSTGRES_URL_VARIABLE) or settings.postgres_url
+        )
     # The real stdout, taken before the libraries' output is redirected below.
     console = Console(file=sys.stdout, highlight=False)
     progress = AssetProgress(console, [k.to_user_string() for a in ASSETS for k in a.keys])
