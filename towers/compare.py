@@ -86,8 +86,8 @@ MAX_VAL_USERS = 2000
 
 # Popularity prior (TowerConfig.popularity_prior): the weights tried on validation, doubled
 # past the largest while the largest ties or beats everything tried (up to MAX_PRIOR_WEIGHT),
-# for each count it may weigh: the 7- and 30-day counts (recent popularity chose a 14-90 day window on every
-# MovieLens-100K backtest cut) and the all-time count.
+# for each count it may weigh: the 7- and 30-day counts (recent popularity chose a 14-90
+# day window on every MovieLens-100K backtest cut) and the all-time count.
 PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 PRIOR_FEATURES = ("item_count_7d", "item_count_30d", "item_interaction_count")
 MAX_PRIOR_WEIGHT = 64.0
