@@ -85,7 +85,7 @@ MAX_VAL_USERS = 2000
 
 
 # Popularity prior (TowerConfig.popularity_prior): the weights tried on validation, doubled
-# past the largest while the largest ties or beats everything tried (up to MAX_PRIOR_WEIGHT),
+# past the largest while it ties or beats the count's other weights (up to MAX_PRIOR_WEIGHT),
 # for each count it may weigh: the 7- and 30-day counts (recent popularity chose a 14-90
 # day window on every MovieLens-100K backtest cut) and the all-time count.
 PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -132,9 +132,9 @@ def choose_prior(
         while grid:
             w = grid.pop(0)
             tried[(w, feature)] = recall(w * counts)
-            edge = tried[(w, feature)] >= max(tried.values())
-            if not grid and edge and 2 * w <= MAX_PRIOR_WEIGHT:
-                grid.append(2 * w)  # the best (or a tie for it) sits at the edge: extend
+            ours = [value for (x, f), value in tried.items() if f == feature or not x]
+            if not grid and tried[(w, feature)] >= max(ours) and 2 * w <= MAX_PRIOR_WEIGHT:
+                grid.append(2 * w)  # this count's best (or a tie) sits at the edge: extend
     weight, feature = best_of(tried)
     chosen = replace(cfg, popularity_prior=weight, popularity_feature=feature)
     model.set_config(chosen)
