@@ -151,3 +151,26 @@ def test_choose_prior_keeps_no_prior_when_it_does_not_help(encoder):
     chosen, tried = choose_prior(result, window)
     assert set(tried.values()) == {1.0}
     assert chosen.config.popularity_prior == 0.0
+
+
+def test_the_item_table_vectors_carry_the_prior_of_the_counts_as_of(synthetic_build):
+    """recsys.candidates.item_vectors, what LanceDB stores for serving, on the real Feast
+    store: the prior's column is β log1p(the item's 7-day count as of ``as_of``)."""
+    from recsys.candidates import item_vectors
+    from recsys.store import feature_store_for
+    from towers.data import features_as_of, load_source, tower_data
+
+    settings, _ = synthetic_build
+    source = load_source(settings, with_test=True)
+    encoder = tower_data(source, ("train",), CFG.history).encoder
+    store, as_of = feature_store_for(settings), settings.as_of
+    torch.manual_seed(0)
+    model = build_model(CFG, encoder).eval()
+    plain = item_vectors(model, encoder, store, source.item_ids, as_of)
+    model.set_config(replace(CFG, popularity_prior=3.0, popularity_feature="item_count_7d"))
+    carried = item_vectors(model, encoder, store, source.item_ids, as_of)
+    counts = features_as_of(store, "item_tower_v1", "item_id", source.item_ids, as_of)
+    expected = 3.0 * np.log1p(counts["item_count_7d"].astype("float64").fillna(0).to_numpy())
+    assert expected.std() > 0  # the counts differ between items
+    np.testing.assert_allclose(carried[:, :-1], plain[:, :-1])
+    np.testing.assert_allclose(carried[:, -1] - plain[:, -1], expected, rtol=1e-4, atol=1e-4)
