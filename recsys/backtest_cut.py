@@ -127,8 +127,8 @@ def _split_groups(
 
 def _two_tower(source: Any, cfg: BacktestConfig) -> tuple[Any, Any, dict[str, Any]]:
     """``towers.compare``'s protocol: temperature, recency weight, epochs and popularity
-    prior chosen on validation, then the refit on train + validation for those epochs. Returns (refit, its
-    data, its choices)."""
+    prior chosen on validation, then the refit on train + validation for those epochs.
+    Returns (refit, its data, its choices)."""
     from towers.compare import prior_key, tune
     from towers.config import TowerConfig
     from towers.data import tower_data

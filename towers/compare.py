@@ -78,9 +78,10 @@ METRIC = "recall@20"  # the per-user score kept for the quality gate (PER_USER)
 HALF_LIVES = (0.0, 30.0)
 
 
-# Baseline choices (and the two-tower's popularity prior) are made on at most this many validation users: each choice scores the
-# window once per grid point (about 30 in all), and grid points are compared on the same
-# users, a paired difference far more precise than either mean.
+# Baseline choices (and the two-tower's popularity prior) are made on at most this many
+# validation users: each choice scores the window once per grid point (about 30 in all), and
+# grid points are compared on the same users, a paired difference far more precise than
+# either mean.
 MAX_VAL_USERS = 2000
 
 

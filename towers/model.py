@@ -89,7 +89,7 @@ class ItemTower(nn.Module):
 
     def __init__(
         self, cfg: TowerConfig, n_items: int, n_genres: int, n_nums: int,
-        num_stats: list[tuple[float, float]] | None = None,
+        num_stats: list[tuple[float, float]],
     ) -> None:  # fmt: skip
         super().__init__()
         self.cfg = cfg
@@ -97,10 +97,10 @@ class ItemTower(nn.Module):
         self.genres = nn.Linear(n_genres, cfg.cat_dim, bias=False)  # a bag of genre vectors
         outputs = cfg.dim + (1 if cfg.item_bias else 0)
         self.mlp = _mlp(cfg.id_dim + cfg.cat_dim + n_nums, cfg, outputs)
-        # The encoder's statistics (in the checkpoint's encoder, so not saved twice): what
-        # turns a standardised count back into the log count the popularity prior adds.
-        stats = num_stats or [(0.0, 1.0)] * len(ITEM_NUMS)
-        self.register_buffer("num_stats", torch.tensor(stats).T.float(), persistent=False)
+        # The encoder's (mean, std) of each ITEM_NUMS input (in the checkpoint's encoder, so
+        # not saved twice): what turns a standardised count back into the log count the
+        # popularity prior adds.
+        self.register_buffer("num_stats", torch.tensor(num_stats).T.float(), persistent=False)
 
     def log_count(self, nums: torch.Tensor, feature: str) -> torch.Tensor:
         """(B,) log1p of each item's count ``feature`` (a log-scaled count of ITEM_NUMS) from
@@ -224,7 +224,7 @@ class TwoTower(nn.Module):
         n_genres: int,
         user_nums: int,
         item_nums: int,
-        item_stats: list[tuple[float, float]] | None = None,
+        item_stats: list[tuple[float, float]],
     ) -> None:
         super().__init__()
         self.cfg = cfg
