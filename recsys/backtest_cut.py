@@ -126,22 +126,25 @@ def _split_groups(
 
 
 def _two_tower(source: Any, cfg: BacktestConfig) -> tuple[Any, Any, dict[str, Any]]:
-    """``towers.compare``'s protocol: temperature, recency weight and epochs chosen on
-    validation, then the refit on train + validation for those epochs. Returns (refit, its
-    data, its choices)."""
-    from towers.compare import tune
+    """``towers.compare``'s protocol: temperature, recency weight, epochs and popularity
+    prior chosen on validation, then the refit on train + validation for those epochs.
+    Returns (refit, its data, its choices)."""
+    from towers.compare import prior_key, tune
     from towers.config import TowerConfig
     from towers.data import tower_data
     from towers.train import train
 
     tcfg = replace(TowerConfig(), epochs=cfg.max_epochs, seed=cfg.seed)
-    best, tried = tune(tcfg, tower_data(source, ("train",), tcfg.history), cfg.temperatures,
-                       progress=False)  # fmt: skip
+    best, tried, priors = tune(tcfg, tower_data(source, ("train",), tcfg.history),
+                               cfg.temperatures, progress=False)  # fmt: skip
     data = tower_data(source, ("train", "val"), tcfg.history)
     final = train(best.config, data, progress=False, epochs=best.best_epoch)
     choice = {"temperature": best.config.temperature, "best_epoch": best.best_epoch,
               "recency_half_life_days": best.config.recency_half_life_days,
+              "popularity_prior": prior_key(best.config.popularity_prior,
+                                            best.config.popularity_feature),
               f"val_recall@{tcfg.select_k}": tried,
+              f"val_recall@{tcfg.select_k} by prior": priors,
               "training_rows": len(data.train_items["item"])}  # fmt: skip
     return final, data, choice
 

@@ -165,6 +165,10 @@ def test_report_has_every_model_group_and_metric_with_intervals(backtested):
             for cell in w["metrics"][model][WARM].values():
                 assert cell["low"] <= cell["mean"] <= cell["high"]
         assert w["best_baseline"][WARM]["model"] not in (TWO_TOWER, ORACLE)
+        # The popularity prior was chosen on validation: the best of its grid, none included.
+        chosen = w["choices"][TWO_TOWER]
+        grid = chosen["val_recall@20 by prior"]
+        assert "none" in grid and grid[chosen["popularity_prior"]] == max(grid.values())
     mean = saved["mean"][TWO_TOWER][WARM]
     assert set(mean) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 20, 50)}
     per_window = [w["metrics"][TWO_TOWER][WARM]["recall@20"]["mean"] for w in saved["windows"]]

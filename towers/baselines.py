@@ -53,15 +53,22 @@ def val_recall(score_fn: ScoreFn, split: EvalSplit, k: int) -> float:
     return rank_metrics(score_fn, split, ks=(k,))["all"][f"recall@{k}"]
 
 
-def sample_users(split: EvalSplit, max_users: int | None, seed: int = 0) -> EvalSplit:
-    """``split`` cut to at most ``max_users`` users drawn at random (``seed``), order kept:
-    choosing on a sample keeps each choice's cost bounded on large validation windows."""
-    n = len(split.user_ids)
+def sample_rows(n: int, max_users: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted positions of at most ``max_users`` of ``n`` users drawn at random (``seed``);
+    all of them when there are no more than that."""
     if max_users is None or n <= max_users:
-        return split
+        return np.arange(n)
     if max_users < 1:
         raise ValueError(f"max_users must be positive (or None for all), got {max_users}")
-    rows = np.sort(np.random.default_rng(seed).choice(n, max_users, replace=False))
+    return np.sort(np.random.default_rng(seed).choice(n, max_users, replace=False))
+
+
+def sample_users(split: EvalSplit, max_users: int | None, seed: int = 0) -> EvalSplit:
+    """``split`` cut to the users :func:`sample_rows` draws, order kept: choosing on a sample
+    keeps each choice's cost bounded on large validation windows."""
+    if max_users is None or len(split.user_ids) <= max_users:
+        return split
+    rows = sample_rows(len(split.user_ids), max_users, seed)
     return replace(split, user_ids=split.user_ids[rows], truth=[split.truth[r] for r in rows],
                    seen=split.seen[rows], warm=split.warm[rows])  # fmt: skip
 

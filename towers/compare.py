@@ -3,7 +3,8 @@ all-time and recent, EASE, ItemKNN, segment popularity) on the temporal test win
 cold users reported apart, every model through ``towers.evaluate``.
 
 Protocol. Every model chooses what it can on the validation window only: the two-tower its
-temperature (from ``TEMPERATURES``) and its epoch (early stopping), recent popularity its
+temperature (from ``TEMPERATURES``), its epoch (early stopping), its recency half-life and its
+popularity prior (:func:`choose_prior`, re-scoring only), recent popularity its
 trailing window, EASE its λ, ItemKNN its neighbours and shrinkage, segment popularity its
 profile fields (:func:`baselines`; the choices go into metrics.json under ``choices``). Then,
 for the test window (``test_start`` to ``as_of``), the baselines are fitted on everything
@@ -29,10 +30,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
-from towers.baselines import Popularity, best_of, sample_users, tune_popularity_window
+from towers.baselines import (
+    Popularity,
+    best_of,
+    sample_rows,
+    sample_users,
+    tune_popularity_window,
+    val_recall,
+)
 from towers.config import TowerConfig
-from towers.data import TowerData, TowerSource, load_source, tower_data
+from towers.data import EvalWindow, TowerData, TowerSource, load_source, take, tower_data
 from towers.ease import (
     EASE,
     MIN_SAMPLED_ITEMS,
@@ -44,13 +53,14 @@ from towers.ease import (
 )
 from towers.evaluate import EvalSplit, aggregate, per_user_metrics, report
 from towers.itemknn import ItemKNN, itemknn_search
+from towers.model import logits
 from towers.segments import (
     SEGMENTATIONS,
     SegmentPopularity,
     best_segmentation,
     segmentation_search,
 )
-from towers.train import TrainResult, save_checkpoint, train
+from towers.train import TrainResult, embed, save_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -68,31 +78,111 @@ METRIC = "recall@20"  # the per-user score kept for the quality gate (PER_USER)
 HALF_LIVES = (0.0, 30.0)
 
 
+# Baseline choices (and the two-tower's popularity prior) are made on at most this many
+# validation users: each choice scores the window once per grid point (about 30 in all), and
+# grid points are compared on the same users, a paired difference far more precise than
+# either mean.
+MAX_VAL_USERS = 2000
+
+
+# Popularity prior (TowerConfig.popularity_prior): the weights tried on validation, doubled
+# past the largest while it ties or beats the count's other weights (up to MAX_PRIOR_WEIGHT),
+# for each count it may weigh: the 7- and 30-day counts (recent popularity chose a 14-90
+# day window on every MovieLens-100K backtest cut) and the all-time count.
+PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+PRIOR_FEATURES = ("item_count_7d", "item_count_30d", "item_interaction_count")
+MAX_PRIOR_WEIGHT = 64.0
+
+
 def tried_key(temperature: float, half_life: float) -> str:
     """The name of one tuning run: "T=0.05", or "T=1, half-life 30d" when weighted."""
     return f"T={temperature:g}" + (f", half-life {half_life:g}d" if half_life else "")
 
 
+def prior_key(weight: float, feature: str) -> str:
+    """The name of one prior setting: "none", or "0.5 log1p(item_count_30d)"."""
+    return f"{weight:g} log1p({feature})" if weight else "none"
+
+
+def choose_prior(
+    result: TrainResult, window: EvalWindow, weights: tuple[float, ...] = PRIOR_WEIGHTS,
+    features: tuple[str, ...] = PRIOR_FEATURES, max_users: int | None = MAX_VAL_USERS,
+) -> tuple[TrainResult, dict[str, float]]:  # fmt: skip
+    """The popularity prior of ``result``'s model chosen on ``window`` (validation recall@
+    ``select_k`` of all its users, at most ``max_users`` drawn at random): each weight times
+    each count re-scores the same vectors, no training. Ties keep the smaller weight (no
+    prior first). Returns (the run with the prior set in its config and model, validation
+    recall by :func:`prior_key`)."""
+    model, k = result.model, result.config.select_k
+    cfg = replace(result.config, popularity_prior=0.0)
+    model.set_config(cfg)
+    rows = sample_rows(len(window.split.user_ids), max_users)
+    split = sample_users(window.split, max_users)
+    u = embed(model.user_tower, take(window.users, torch.from_numpy(rows)))  # (U, d)
+    v = embed(model.item_tower, window.items)  # (N, d [+ 1]) without the prior
+    base = logits(u, v, cfg)  # (U, N)
+
+    def recall(prior: torch.Tensor | float) -> float:
+        scores = base + prior
+        return val_recall(lambda r: scores[torch.from_numpy(r)].numpy(), split, k)
+
+    tried: dict[tuple[float, str], float] = {(0.0, cfg.popularity_feature): recall(0.0)}
+    for feature in features:
+        counts = model.item_tower.log_count(window.items["nums"], feature)  # (N,)
+        grid = sorted(w for w in weights if w > 0)
+        while grid:
+            w = grid.pop(0)
+            tried[(w, feature)] = recall(w * counts)
+            ours = [value for (x, f), value in tried.items() if f == feature or not x]
+            if not grid and tried[(w, feature)] >= max(ours) and 2 * w <= MAX_PRIOR_WEIGHT:
+                grid.append(2 * w)  # this count's best (or a tie) sits at the edge: extend
+    weight, feature = best_of(tried)
+    chosen = replace(cfg, popularity_prior=weight, popularity_feature=feature)
+    model.set_config(chosen)
+    scores = {prior_key(w, f): value for (w, f), value in tried.items()}
+    log.info("popularity prior: validation recall@%d %s -> %s", k, scores,
+             prior_key(weight, feature))  # fmt: skip
+    return replace(result, config=chosen), scores
+
+
 def tune(
     cfg: TowerConfig, data: TowerData, temperatures: tuple[float, ...] = TEMPERATURES,
-    progress: bool = True, half_lives: tuple[float, ...] = HALF_LIVES,
-) -> tuple[TrainResult, dict[str, float]]:  # fmt: skip
+    progress: bool = True, half_lives: tuple[float, ...] = HALF_LIVES, prior: bool = True,
+) -> tuple[TrainResult, dict[str, float], dict[str, float]]:  # fmt: skip
     """Train one model per temperature, then, at the best one, one per other recency
-    half-life; keep the best on validation recall@`select_k`. Returns (the best run,
-    validation recall by :func:`tried_key`)."""
+    half-life; each run with its popularity prior chosen on validation (``prior``,
+    :func:`choose_prior`); keep the best on validation recall@`select_k`. Returns (the best
+    run, each run's validation recall at its prior by :func:`tried_key`, the best run's
+    validation recall by prior setting)."""
+    assert data.val is not None, "tuning needs a validation window"
+    val = data.val
     k = f"recall@{cfg.select_k}"
+    grids: dict[str, dict[str, float]] = {}
+
+    def run(name: str, run_cfg: TowerConfig) -> TrainResult:
+        result = train(run_cfg, data, progress=progress)
+        if not prior:
+            grids[name] = {"none": result.val_metrics[k]}
+            return result
+        result, grids[name] = choose_prior(result, val)
+        return result
+
+    def score(name: str) -> float:
+        return max(grids[name].values())
+
     first = half_lives[0] if half_lives else cfg.recency_half_life_days
-    runs = {tried_key(t, first): train(replace(cfg, temperature=t, recency_half_life_days=first),
-                                       data, progress=progress) for t in temperatures}  # fmt: skip
-    best = max(runs, key=lambda name: runs[name].val_metrics[k])
+    runs = {tried_key(t, first): run(tried_key(t, first), replace(
+        cfg, temperature=t, recency_half_life_days=first)) for t in temperatures}  # fmt: skip
+    best = max(runs, key=score)
     chosen = runs[best].config.temperature
     for h in half_lives[1:]:
-        runs[tried_key(chosen, h)] = train(replace(runs[best].config, recency_half_life_days=h),
-                                           data, progress=progress)  # fmt: skip
-    scores = {name: r.val_metrics[k] for name, r in runs.items()}
+        name = tried_key(chosen, h)
+        runs[name] = run(name, replace(runs[best].config, popularity_prior=0.0,
+                                       recency_half_life_days=h))  # fmt: skip
+    scores = {name: score(name) for name in runs}
     best = max(scores, key=lambda name: scores[name])
     log.info("%s: validation %s %s -> %s", cfg.loss, k, scores, best)
-    return runs[best], scores
+    return runs[best], scores, grids[best]
 
 
 BASELINE_NOTES = (
@@ -100,12 +190,6 @@ BASELINE_NOTES = (
     "column is comparable; segment popularity ranks by popularity within the user's profile "
     "segment (global popularity for small segments). Every choice was made on validation."
 )
-
-
-# Baseline choices are made on at most this many validation users: each choice scores the
-# window once per grid point (about 30 in all), and grid points are compared on the same
-# users, a paired difference far more precise than either mean.
-MAX_VAL_USERS = 2000
 
 
 def _keyed(tried: dict[Any, Any]) -> dict[str, Any]:
@@ -310,9 +394,10 @@ def compare(
                                  per_user=per_user)  # fmt: skip
     runs: dict[str, TrainResult] = {}
     tuning: dict[str, dict[str, float]] = {}
+    priors: dict[str, dict[str, float]] = {}
     for loss in losses:
         cfg = replace(base, loss=loss)  # type: ignore[arg-type]
-        runs[loss], tuning[loss] = tune(cfg, data, temperatures, progress)
+        runs[loss], tuning[loss], priors[loss] = tune(cfg, data, temperatures, progress)
         chosen, epochs = runs[loss].config, runs[loss].best_epoch
         final = train(chosen, final_data, progress=progress, epochs=epochs) if refit else runs[loss]
         assert final_data.test is not None
@@ -323,6 +408,8 @@ def compare(
         save_checkpoint(final, out_dir / evaluated_file)
         choices[name] = {"temperature": chosen.temperature, "best_epoch": epochs,
                          "recency_half_life_days": chosen.recency_half_life_days,
+                         "popularity_prior": prior_key(chosen.popularity_prior,
+                                                       chosen.popularity_feature),
                          "evaluated": {"checkpoint": evaluated_file,
                                        **fit_span(source, fit_on)}}  # fmt: skip
         if all_data is not None:
@@ -349,6 +436,10 @@ def compare(
                 "temperature": r.config.temperature,
                 "recency_half_life_days": r.config.recency_half_life_days,
                 "val_recall_tried": tuning[k],
+                "popularity_prior": prior_key(
+                    r.config.popularity_prior, r.config.popularity_feature
+                ),
+                "val_recall_by_prior": priors[k],
                 "best_epoch": r.best_epoch,
                 "seconds": r.seconds,
                 "history": r.history,

@@ -62,6 +62,15 @@ class TowerConfig:
     # vectors is free to encode taste. Retrieval stays one dot product: the item's index
     # vector is [v / temperature, bias] and the user's query is [u, 1].
     item_bias: bool = True
+    # A popularity prior added to the item's bias when scoring (not in training):
+    # + popularity_prior * log1p(the item's count in `popularity_feature`, as of the scoring
+    # time), so the score stays one dot product ([u, 1] against [v / T, bias + prior]). On
+    # MovieLens-100K recent popularity is the baseline to beat and the trend is what the
+    # tower underweights; the weight and the count (7 days, 30 days, all time) are chosen per
+    # run on validation by re-scoring (towers.compare.choose_prior); 0 leaves the model as
+    # trained. Needs no retraining, so it is set on a trained model.
+    popularity_prior: float = 0.0
+    popularity_feature: str = "item_count_30d"
     # "softmax": in-batch sampled softmax (optionally with mixed negatives);
     # "bce": binary cross-entropy against sampled negatives; "triplet": margin loss.
     loss: Loss = "softmax"

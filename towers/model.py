@@ -7,7 +7,9 @@ embeddings from the item tower's id table, mean-pooled, or with their order, rat
 time through a GRU or a self-attention layer) → MLP → L2-normalised vector (B, d).
 ItemTower: item-id embedding (slot 0 = unknown item), genre bag, release year and
 popularity numerics → MLP → L2-normalised vector (B, d), followed (with ``item_bias``) by
-one more column, the item's scalar bias: (B, d + 1).
+one more column, the item's scalar bias: (B, d + 1). Outside training, with
+``popularity_prior`` set, that column also carries the prior: the weight times
+log1p(the item's count in ``popularity_feature``).
 Score: dot product of the normalised vectors / temperature (+ the item's bias), `logits`.
 For a vector index the same score is one dot product: `index_vectors` (items) against
 `query_vectors` (users).
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from towers.config import TowerConfig
-from towers.data import HISTORY_FEATURES, PAD
+from towers.data import HISTORY_FEATURES, ITEM_NUMS, PAD
 
 
 def _mlp(inputs: int, cfg: TowerConfig, outputs: int | None = None) -> nn.Sequential:
@@ -83,13 +85,32 @@ def _drop_ids(ids: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class ItemTower(nn.Module):
-    def __init__(self, cfg: TowerConfig, n_items: int, n_genres: int, n_nums: int) -> None:
+    num_stats: torch.Tensor  # (2, len(ITEM_NUMS)): each numeric input's mean and std
+
+    def __init__(
+        self, cfg: TowerConfig, n_items: int, n_genres: int, n_nums: int,
+        num_stats: list[tuple[float, float]],
+    ) -> None:  # fmt: skip
         super().__init__()
         self.cfg = cfg
         self.item = _embedding(n_items, cfg.id_dim, cfg, padding_idx=PAD)
         self.genres = nn.Linear(n_genres, cfg.cat_dim, bias=False)  # a bag of genre vectors
         outputs = cfg.dim + (1 if cfg.item_bias else 0)
         self.mlp = _mlp(cfg.id_dim + cfg.cat_dim + n_nums, cfg, outputs)
+        # The encoder's (mean, std) of each ITEM_NUMS input (in the checkpoint's encoder, so
+        # not saved twice): what turns a standardised count back into the log count the
+        # popularity prior adds.
+        self.register_buffer("num_stats", torch.tensor(num_stats).T.float(), persistent=False)
+
+    def log_count(self, nums: torch.Tensor, feature: str) -> torch.Tensor:
+        """(B,) log1p of each item's count ``feature`` (a log-scaled count of ITEM_NUMS) from
+        the encoded numerics (B, 2 * len(ITEM_NUMS)); 0 where the count is missing."""
+        logs = [name for name, log in ITEM_NUMS if log]
+        if feature not in logs:
+            raise ValueError(f"popularity_feature {feature!r}: expected one of {logs}")
+        j = [name for name, _ in ITEM_NUMS].index(feature)
+        known = 1.0 - nums[:, len(ITEM_NUMS) + j]  # the missing flag's complement
+        return (nums[:, j] * self.num_stats[1, j] + self.num_stats[0, j]) * known
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = _drop_ids(batch["item"], self.cfg.item_id_dropout, self.training)
@@ -97,8 +118,12 @@ class ItemTower(nn.Module):
             [self.item(ids), self.genres(batch["genres"]), batch["nums"]], dim=-1
         )  # (B, id_dim + cat_dim + nums)
         out = self.mlp(x)  # (B, d [+ 1])
-        d = self.cfg.dim
-        return torch.cat([F.normalize(out[:, :d], dim=-1), out[:, d:]], dim=-1)  # (B, d [+ 1])
+        d, weight = self.cfg.dim, self.cfg.popularity_prior
+        bias = out[:, d:]  # (B, 1) or (B, 0)
+        if weight and not self.training:  # the prior is chosen after training, not learned
+            prior = weight * self.log_count(batch["nums"], self.cfg.popularity_feature)
+            bias = (prior + bias.sum(dim=1)).unsqueeze(1)  # (B, 1)
+        return torch.cat([F.normalize(out[:, :d], dim=-1), bias], dim=-1)  # (B, d [+ 1])
 
 
 class HistoryBlock(nn.Module):
@@ -199,16 +224,22 @@ class TwoTower(nn.Module):
         n_genres: int,
         user_nums: int,
         item_nums: int,
+        item_stats: list[tuple[float, float]],
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.item_tower = ItemTower(cfg, n_items, n_genres, item_nums)
+        self.item_tower = ItemTower(cfg, n_items, n_genres, item_nums, item_stats)
         self.user_tower = UserTower(
             cfg, n_users, cat_sizes, n_genres, user_nums, self.item_tower.item
         )
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return logits(users, items, self.cfg)  # (U, I)
+
+    def set_config(self, cfg: TowerConfig) -> None:
+        """Give the model and both towers ``cfg``: a scoring-time setting chosen after
+        training (the popularity prior) takes effect without rebuilding the weights."""
+        self.cfg = self.item_tower.cfg = self.user_tower.cfg = cfg
 
 
 def softmax_loss(

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from towers.config import TowerConfig
-from towers.data import EvalWindow, FeatureEncoder, TowerData, take
+from towers.data import ITEM_NUMS, EvalWindow, FeatureEncoder, TowerData, take
 from towers.model import TwoTower, bce_loss, logits, softmax_loss, triplet_loss
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def build_model(cfg: TowerConfig, encoder: FeatureEncoder) -> TwoTower:
         n_genres=len(encoder.genres),
         user_nums=4,
         item_nums=10,
+        item_stats=[encoder.stats[name] for name, _ in ITEM_NUMS],
     )
 
 

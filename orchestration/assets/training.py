@@ -187,6 +187,7 @@ def two_tower_model(
         chosen = summary["choices"]["two-tower (softmax)"]
         info.update(temperature=run["temperature"], best_epoch=run["best_epoch"],
                     recency_half_life_days=run["recency_half_life_days"],
+                    popularity_prior=run["popularity_prior"],
                     evaluated=chosen["evaluated"], served=chosen["served"])  # fmt: skip
         metrics = json.loads((folder / "metrics.json").read_text())
     decision, judged = gate_on_one_window(settings, reg, version, current, metrics,
@@ -224,6 +225,8 @@ def two_tower_model(
             "served": MetadataValue.json(info["served"]),
             "recency_half_life_days": run["recency_half_life_days"],
             "val_recall@20_tried": MetadataValue.json(run["val_recall_tried"]),
+            "popularity_prior": run["popularity_prior"],
+            "val_recall@20_by_prior": MetadataValue.json(run["val_recall_by_prior"]),
             "test_metrics": MetadataValue.md(table),
             "recall_at_k": png((folder / "recall_at_k.png").read_bytes(), "recall@K"),
             "training_curve": png((folder / "training_curves.png").read_bytes(), "curves"),
