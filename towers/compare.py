@@ -50,7 +50,7 @@ from towers.segments import (
     best_segmentation,
     segmentation_search,
 )
-from towers.train import TrainResult, save_checkpoint, train
+from towers.train import TrainResult, Training, save_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -73,26 +73,56 @@ def tried_key(temperature: float, half_life: float) -> str:
     return f"T={temperature:g}" + (f", half-life {half_life:g}d" if half_life else "")
 
 
+# Successive halving (Jamieson and Talwalkar, AISTATS 2016) over the candidates of each
+# tuning stage: every candidate trains this many epochs, then only the best on validation
+# continues to its early stop; the others stop there. On MovieLens-100K the best epoch is
+# the 1st to 3rd, so the runs cut here would mostly have run their patience out for nothing.
+PROBE_EPOCHS = 1
+
+
+def _halving(runs: dict[str, Training], probe: int) -> tuple[str, dict[str, float]]:
+    """Advance every run ``probe`` epochs (or to its end), then the best of them on
+    validation at that point to its end. Returns (the run with the best validation score,
+    each run's best score). A run cut at ``probe`` scored at most the leader's score there,
+    so the best run is always one that ran to its end."""
+    for run in runs.values():
+        while not run.done and len(run.history) < probe:
+            run.epoch()
+
+    def at_probe(run: Training) -> float:
+        return max(e["val"][f"recall@{run.cfg.select_k}"] for e in run.history[:probe])
+
+    leader = runs[max(runs, key=lambda name: at_probe(runs[name]))]
+    while not leader.done:
+        leader.epoch()
+    scores = {name: run.best for name, run in runs.items()}
+    return max(scores, key=lambda name: scores[name]), scores
+
+
 def tune(
     cfg: TowerConfig, data: TowerData, temperatures: tuple[float, ...] = TEMPERATURES,
     progress: bool = True, half_lives: tuple[float, ...] = HALF_LIVES,
+    probe_epochs: int = PROBE_EPOCHS,
 ) -> tuple[TrainResult, dict[str, float]]:  # fmt: skip
-    """Train one model per temperature, then, at the best one, one per other recency
-    half-life; keep the best on validation recall@`select_k`. Returns (the best run,
-    validation recall by :func:`tried_key`)."""
-    k = f"recall@{cfg.select_k}"
+    """One run per temperature, then, at the best one, one per other recency half-life; the
+    best on validation recall@`select_k` is kept. Each stage is a successive halving
+    (:data:`PROBE_EPOCHS`): runs cut after ``probe_epochs`` report their best score so far.
+    Returns (the best run, validation recall by :func:`tried_key`)."""
     first = half_lives[0] if half_lives else cfg.recency_half_life_days
-    runs = {tried_key(t, first): train(replace(cfg, temperature=t, recency_half_life_days=first),
-                                       data, progress=progress) for t in temperatures}  # fmt: skip
-    best = max(runs, key=lambda name: runs[name].val_metrics[k])
-    chosen = runs[best].config.temperature
-    for h in half_lives[1:]:
-        runs[tried_key(chosen, h)] = train(replace(runs[best].config, recency_half_life_days=h),
-                                           data, progress=progress)  # fmt: skip
-    scores = {name: r.val_metrics[k] for name, r in runs.items()}
-    best = max(scores, key=lambda name: scores[name])
+    runs = {tried_key(t, first): Training(replace(cfg, temperature=t, recency_half_life_days=first),
+                                          data, progress) for t in temperatures}  # fmt: skip
+    best, scores = _halving(runs, probe_epochs)
+    chosen = runs[best].cfg
+    more = {tried_key(chosen.temperature, h): Training(
+        replace(chosen, recency_half_life_days=h), data, progress) for h in half_lives[1:]}
+    if more:
+        more[best] = runs[best]  # the leader so far competes on its probe-epoch score
+        best, tried = _halving(more, probe_epochs)
+        scores.update(tried)
+    k = f"recall@{cfg.select_k}"
     log.info("%s: validation %s %s -> %s", cfg.loss, k, scores, best)
-    return runs[best], scores
+    runs.update(more)
+    return runs[best].result(), scores
 
 
 BASELINE_NOTES = (

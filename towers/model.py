@@ -32,11 +32,29 @@ from towers.config import TowerConfig
 from towers.data import HISTORY_FEATURES, PAD
 
 
+class Dropout(nn.Module):
+    """Inverted dropout, as ``nn.Dropout``, with its mask drawn by ``torch.rand``: on CPU
+    ``nn.Dropout``'s Bernoulli draw made it 3.1 ms on a (1024, 256) batch against 1.2 ms
+    (one thread), a tenth of a training step (benchmarks/bench_training.py)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p  # (..., d) bool
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 def _mlp(inputs: int, cfg: TowerConfig, outputs: int | None = None) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(inputs, cfg.hidden),
         nn.GELU(),
-        nn.Dropout(cfg.dropout),
+        Dropout(cfg.dropout),
         nn.Linear(cfg.hidden, outputs or cfg.dim),
     )
 
