@@ -50,7 +50,7 @@ from towers.segments import (
     best_segmentation,
     segmentation_search,
 )
-from towers.train import TrainResult, Training, save_checkpoint, train
+from towers.train import Training, TrainResult, save_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,12 @@ def tune(
                                           data, progress) for t in temperatures}  # fmt: skip
     best, scores = _halving(runs, probe_epochs)
     chosen = runs[best].cfg
-    more = {tried_key(chosen.temperature, h): Training(
-        replace(chosen, recency_half_life_days=h), data, progress) for h in half_lives[1:]}
+    more = {
+        tried_key(chosen.temperature, h): Training(
+            replace(chosen, recency_half_life_days=h), data, progress
+        )
+        for h in half_lives[1:]
+    }
     if more:
         more[best] = runs[best]  # the leader so far competes on its probe-epoch score
         best, tried = _halving(more, probe_epochs)
