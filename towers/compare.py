@@ -35,6 +35,7 @@ from towers.config import TowerConfig
 from towers.data import TowerData, TowerSource, load_source, tower_data
 from towers.ease import (
     EASE,
+    EASE_MAX_ITEMS,
     MIN_SAMPLED_ITEMS,
     EaseTooLarge,
     check_ease_fits,
@@ -161,9 +162,10 @@ def _ease(
     memory_budget: int | None,
     min_items: int,
     k: int,
+    max_items: int = EASE_MAX_ITEMS,
 ) -> tuple[EASE | None, dict[str, Any]]:
     """EASE fitted for the test window (None if skipped) and its choices: λ, and the items
-    it models."""
+    it models (at most ``max_items``, and what the memory budget allows)."""
     budget = default_memory_budget() if memory_budget is None else memory_budget
     n_items, top = len(test.item_ids), None
     choice: dict[str, Any] = {}
@@ -177,6 +179,13 @@ def _ease(
                                      f"(under {min_items:,})"}  # fmt: skip
         choice["sampled"] = (f"{exc}: EASE models the {top:,} most popular items, the other "
                              f"{n_items - top:,} rank below them by popularity")  # fmt: skip
+    if (top or n_items) > max_items:
+        top = max_items
+        choice["sampled"] = (f"{n_items:,} items: over the {max_items:,} whose dense inverse "
+                             f"EASE computes per λ tried (towers.ease.EASE_MAX_ITEMS), EASE "
+                             f"models the {top:,} most popular items, the other "
+                             f"{n_items - top:,} rank below them by popularity")  # fmt: skip
+    if "sampled" in choice:
         log.warning("EASE sampled: %s", choice["sampled"])
     lambdas = ease_lambda_search(before_val, val, test.item_ids, k=k, memory_budget=budget,
                                  top_items=top)  # fmt: skip
@@ -198,6 +207,7 @@ def baselines(
     max_val_users: int | None = MAX_VAL_USERS,
     per_user: dict[str, np.ndarray] | None = None,
     models: dict[str, Any] | None = None,
+    max_ease_items: int = EASE_MAX_ITEMS,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every baseline scored on ``test``, each choice made on ``val`` (recall@``k``).
 
@@ -206,7 +216,8 @@ def baselines(
     each chose on validation and what was tried. When EASE's dense inverse would exceed
     ``memory_budget`` (bytes; default a share of the available memory), EASE models only the
     most popular items that fit (a sampled EASE, said so in its choices), or is left out, with
-    the reason, if that is under ``min_ease_items``. Segment popularity is left out when
+    the reason, if that is under ``min_ease_items``; over ``max_ease_items`` items (the
+    cost of its λ search), a sampled EASE on that many. Segment popularity is left out when
     ``users`` is None or lacks every field. Choices are made on at most ``max_val_users``
     validation users drawn at random (None: all), which bounds their cost on large windows;
     ``choices["validation users"]`` says how many, and ``choices[f"validation recall@{k}"]``
@@ -241,7 +252,7 @@ def baselines(
     on_val["popularity (recent)"] = windows[days]
 
     ease, choices["EASE"] = _ease(before_val, val, before_test, test, memory_budget,
-                                  min_ease_items, k)  # fmt: skip
+                                  min_ease_items, k, max_ease_items)  # fmt: skip
     if ease is not None:
         score("EASE", ease)
         on_val["EASE"] = choices["EASE"].pop("val_chosen")
