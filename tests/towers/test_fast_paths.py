@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from towers.config import TowerConfig
 from towers.data import HISTORY_FEATURES, PAD, load_tower_data
-from towers.model import Dropout, UserTower, logits, softmax_loss
+from towers.model import Dropout, UserTower, accidental_hits, logits, softmax_loss
 from towers.train import keep_large_blocks, set_threads, train
 
 
@@ -183,3 +183,15 @@ def test_threads_default_to_half_the_cores_and_wait_passively(monkeypatch):
 def test_glibc_keeps_large_blocks():
     """The allocator takes the settings that spare each step its page faults."""
     assert keep_large_blocks() is True
+
+
+def test_accidental_hits_are_every_off_diagonal_pair_of_equal_items():
+    gen = torch.Generator().manual_seed(3)
+    item_ids = torch.randint(0, 9, (40,), generator=gen)
+    ids = torch.cat([item_ids, torch.randint(0, 12, (25,), generator=gen)])
+    rows, cols = accidental_hits(item_ids, ids)
+    same = ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (40, 65)
+    same[torch.arange(40), torch.arange(40)] = False
+    found = torch.zeros_like(same)
+    found[rows, cols] = True
+    assert len(rows) == int(same.sum()) > 0 and torch.equal(found, same)
