@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -343,21 +344,34 @@ def compare(
 
     base = base or TowerConfig()
     out_dir = Path(out_dir or settings.paths.data_dir / "evaluation")
+    seconds: dict[str, float] = {}  # wall time of each phase, in runs.json
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = round(seconds.get(phase, 0.0) + now - clock, 2)
+        clock = now
+
     source = load_source(settings, with_test=True, with_as_of=serve)
+    lap("load features")
     data = tower_data(source, ("train",), base.history)
     fit_on = ("train", "val") if refit else ("train",)
     final_data = tower_data(source, fit_on, base.history) if refit else data
     all_data = tower_data(source, ("train", "val", "test"), base.history) if serve else None
     assert data.val is not None and data.test is not None
+    lap("encode rows")
     users = pd.read_parquet(settings.paths.dataset / "users.parquet")
     per_user: dict[str, np.ndarray] = {}
     results, choices = baselines(data.val.split, data.test.split, source.interactions, users,
                                  per_user=per_user)  # fmt: skip
+    lap("baselines")
     runs: dict[str, TrainResult] = {}
     tuning: dict[str, dict[str, float]] = {}
     for loss in losses:
         cfg = replace(base, loss=loss)  # type: ignore[arg-type]
         runs[loss], tuning[loss] = tune(cfg, data, temperatures, progress)
+        lap("tune on validation")
         chosen, epochs = runs[loss].config, runs[loss].best_epoch
         final = train(chosen, final_data, progress=progress, epochs=epochs) if refit else runs[loss]
         assert final_data.test is not None
@@ -366,6 +380,7 @@ def compare(
         results[name], per_user[name] = aggregate(scores, final_data.test.split), scores[METRIC]
         evaluated_file, served_file = (file.format(loss=loss) for file in files)
         save_checkpoint(final, out_dir / evaluated_file)
+        lap("score on test")
         choices[name] = {"temperature": chosen.temperature, "best_epoch": epochs,
                          "recency_half_life_days": chosen.recency_half_life_days,
                          "evaluated": {"checkpoint": evaluated_file,
@@ -375,6 +390,7 @@ def compare(
             save_checkpoint(served, out_dir / served_file)
             choices[name]["served"] = {"checkpoint": served_file,
                                        **fit_span(source, ("train", "val", "test"))}  # fmt: skip
+            lap("refit on all data")
     notes = BASELINE_NOTES + (
         " The two-tower's scores are those of its evaluated checkpoint (trained without the "
         "test window; see its choices); the served checkpoint, refit on all data up to "
@@ -384,7 +400,9 @@ def compare(
     frame = pd.DataFrame({"user_id": data.test.split.user_ids, **per_user})
     atomic_write_bytes(out_dir / PER_USER, frame.to_parquet(index=False))
     atomic_write_bytes(out_dir / "training_curves.png", curves_png(runs, base.select_k))
+    lap("report")
     summary = {
+        "seconds": seconds,
         "results": results,
         "ease_l2": choices["EASE"].get("l2"),
         "choices": choices,
