@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from towers.config import TowerConfig
-from towers.data import HISTORY_FEATURES, PAD, load_tower_data
+from towers.data import HISTORY_FEATURES, PAD, FeatureEncoder, load_tower_data
 from towers.model import Dropout, UserTower, accidental_hits, logits, softmax_loss
 from towers.train import keep_large_blocks, set_threads, train
 
@@ -195,3 +195,16 @@ def test_accidental_hits_are_every_off_diagonal_pair_of_equal_items():
     found = torch.zeros_like(same)
     found[rows, cols] = True
     assert len(rows) == int(same.sum()) > 0 and torch.equal(found, same)
+
+
+def test_encoder_fits_the_same_on_arrow_as_on_pandas(synthetic_build):
+    """tower_data fits on the Arrow table (list columns never become Python objects)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    settings, _ = synthetic_build
+    table = pq.read_table(settings.paths.training / "training_set.parquet")
+    genres = json.loads((settings.paths.features / "manifest.json").read_text())["genres"]
+    on_arrow = FeatureEncoder.fit(table, genres, 20)
+    assert on_arrow.to_dict() == FeatureEncoder.fit(table.to_pandas(), genres, 20).to_dict()
