@@ -38,8 +38,9 @@ EASE_BYTES_PER_CELL = 8 + 8 + 4 + 4
 EASE_MEMORY_SHARE = 0.5
 # A sampled EASE covering fewer items than this is too partial to stand for EASE.
 MIN_SAMPLED_ITEMS = 1000
-# The most items EASE models (the most popular; a sampled EASE above): each λ tried costs a
-# dense Cholesky inverse, N³ flops. MEASURED_PLACEHOLDER
+# The most items EASE models (the most popular; a sampled EASE above): each λ tried (six to
+# a dozen) costs a dense Cholesky inverse, N³ flops; 3,000 items took 0.8 s a λ on one
+# thread (benchmarks/bench_ease.py), so 4,000 about 2 s and 10,000 about half a minute.
 EASE_MAX_ITEMS = 4000
 
 
