@@ -39,8 +39,8 @@ EASE_MEMORY_SHARE = 0.5
 # A sampled EASE covering fewer items than this is too partial to stand for EASE.
 MIN_SAMPLED_ITEMS = 1000
 # The most items EASE models (the most popular; a sampled EASE above): each λ tried (six to
-# a dozen) costs a dense Cholesky inverse, N³ flops; 3,000 items took 0.8 s a λ on one
-# thread (benchmarks/bench_ease.py), so 4,000 about 2 s and 10,000 about half a minute.
+# a dozen) costs a dense Cholesky inverse, N³ flops: on one thread 1.6 s at 4,000 items,
+# 22.1 s at 10,000 (benchmarks/bench_ease.py).
 EASE_MAX_ITEMS = 4000
 
 
