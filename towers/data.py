@@ -259,8 +259,8 @@ class FeatureEncoder:
         }
 
 
-def take(batch: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows ``index`` of every tensor of an encoded batch."""
+def take(batch: dict[str, torch.Tensor], index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+    """Rows ``index`` of every tensor of an encoded batch (a slice: views, no copy)."""
     return {k: v[index] for k, v in batch.items()}
 
 
