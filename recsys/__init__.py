@@ -13,3 +13,8 @@ import os
 # running took 270-670 ms with two spinning threads against 45-95 ms passive and 45-65 ms
 # with one thread (benchmarks/bench_training.py, README).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The OpenBLAS that numpy and scipy bundle (EASE's dense Cholesky inverse, its Gram matrix)
+# has no passive wait: with two threads on two cores, one core busy with another process, one
+# λ of a 3,000-item EASE took 9.6 s against 0.8 s on one thread (benchmarks/bench_ease.py).
+# One thread, read when the library loads, unless the environment says otherwise.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

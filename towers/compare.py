@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from towers.config import TowerConfig
 from towers.data import EvalWindow, TowerData, TowerSource, load_source, take, tower_data
 from towers.ease import (
     EASE,
+    EASE_MAX_ITEMS,
     MIN_SAMPLED_ITEMS,
     EaseTooLarge,
     check_ease_fits,
@@ -60,7 +63,7 @@ from towers.segments import (
     best_segmentation,
     segmentation_search,
 )
-from towers.train import TrainResult, embed, save_checkpoint, train
+from towers.train import Training, TrainResult, embed, save_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -145,44 +148,81 @@ def choose_prior(
     return replace(result, config=chosen), scores
 
 
+# Successive halving (Jamieson and Talwalkar, AISTATS 2016) over the candidates of each
+# tuning stage: every candidate trains this many epochs, then only the best on validation
+# continues to its early stop; the others stop there. On MovieLens-100K the best epoch is
+# the 1st to 3rd, so the runs cut here would mostly have run their patience out for nothing.
+PROBE_EPOCHS = 1
+
+Score = Callable[[str, Training], float]
+
+
+def _halving(
+    runs: dict[str, Training], probe: int, score: Score,
+    probed: dict[str, float], final: dict[str, float],
+) -> str:  # fmt: skip
+    """Advance every run ``probe`` epochs (or to its end) and ``score`` it there, then the
+    best of them to its end, scored again. ``probed`` and ``final`` receive each run's score
+    at the probe and at its end (a run cut at the probe ends there); a run already in
+    ``probed`` (the leader of an earlier stage) competes on its probe score without training.
+    Returns the run with the best final score."""
+    for name, run in runs.items():
+        if name not in probed:
+            while not run.done and len(run.history) < probe:
+                run.epoch()
+            probed[name] = final[name] = score(name, run)
+    leader = max(runs, key=lambda name: probed[name])
+    if not runs[leader].done:
+        while not runs[leader].done:
+            runs[leader].epoch()
+        final[leader] = score(leader, runs[leader])
+    return max(runs, key=lambda name: final[name])
+
+
 def tune(
     cfg: TowerConfig, data: TowerData, temperatures: tuple[float, ...] = TEMPERATURES,
     progress: bool = True, half_lives: tuple[float, ...] = HALF_LIVES, prior: bool = True,
+    probe_epochs: int = PROBE_EPOCHS,
 ) -> tuple[TrainResult, dict[str, float], dict[str, float]]:  # fmt: skip
-    """Train one model per temperature, then, at the best one, one per other recency
-    half-life; each run with its popularity prior chosen on validation (``prior``,
-    :func:`choose_prior`); keep the best on validation recall@`select_k`. Returns (the best
-    run, each run's validation recall at its prior by :func:`tried_key`, the best run's
-    validation recall by prior setting)."""
+    """One run per temperature, then, at the best one, one per other recency half-life;
+    each run scored at its own popularity prior chosen on validation (``prior``,
+    :func:`choose_prior`), the best on validation recall@`select_k` kept. Each stage is a
+    successive halving (:data:`PROBE_EPOCHS`): a run cut after ``probe_epochs`` is scored
+    as it stands there. Returns (the best run, each run's validation recall at its prior by
+    :func:`tried_key`, the best run's validation recall by prior setting)."""
     assert data.val is not None, "tuning needs a validation window"
     val = data.val
-    k = f"recall@{cfg.select_k}"
+    results: dict[str, TrainResult] = {}
     grids: dict[str, dict[str, float]] = {}
 
-    def run(name: str, run_cfg: TowerConfig) -> TrainResult:
-        result = train(run_cfg, data, progress=progress)
-        if not prior:
-            grids[name] = {"none": result.val_metrics[k]}
-            return result
-        result, grids[name] = choose_prior(result, val)
-        return result
-
-    def score(name: str) -> float:
+    def score(name: str, run: Training) -> float:
+        # A run that may go on is scored on a copy of its best weights (its prior set there).
+        result = run.result(copy=not run.done)
+        if prior:
+            results[name], grids[name] = choose_prior(result, val)
+        else:
+            results[name], grids[name] = result, {"none": run.best}
         return max(grids[name].values())
 
+    probed: dict[str, float] = {}
+    scores: dict[str, float] = {}
     first = half_lives[0] if half_lives else cfg.recency_half_life_days
-    runs = {tried_key(t, first): run(tried_key(t, first), replace(
-        cfg, temperature=t, recency_half_life_days=first)) for t in temperatures}  # fmt: skip
-    best = max(runs, key=score)
-    chosen = runs[best].config.temperature
-    for h in half_lives[1:]:
-        name = tried_key(chosen, h)
-        runs[name] = run(name, replace(runs[best].config, popularity_prior=0.0,
-                                       recency_half_life_days=h))  # fmt: skip
-    scores = {name: score(name) for name in runs}
-    best = max(scores, key=lambda name: scores[name])
-    log.info("%s: validation %s %s -> %s", cfg.loss, k, scores, best)
-    return runs[best], scores, grids[best]
+    runs = {tried_key(t, first): Training(replace(cfg, temperature=t, recency_half_life_days=first),
+                                          data, progress) for t in temperatures}  # fmt: skip
+    best = _halving(runs, probe_epochs, score, probed, scores)
+    chosen = replace(runs[best].cfg, popularity_prior=0.0)
+    more = {
+        tried_key(chosen.temperature, h): Training(
+            replace(chosen, recency_half_life_days=h), data, progress
+        )
+        for h in half_lives[1:]
+    }
+    if more:
+        more[best] = runs[best]  # the leader so far competes on its probe-epoch score
+        best = _halving(more, probe_epochs, score, probed, scores)
+    k = f"recall@{cfg.select_k}"
+    log.info("%s: validation %s at each run's prior %s -> %s", cfg.loss, k, scores, best)
+    return results[best], scores, grids[best]
 
 
 BASELINE_NOTES = (
@@ -211,9 +251,10 @@ def _ease(
     memory_budget: int | None,
     min_items: int,
     k: int,
+    max_items: int = EASE_MAX_ITEMS,
 ) -> tuple[EASE | None, dict[str, Any]]:
     """EASE fitted for the test window (None if skipped) and its choices: λ, and the items
-    it models."""
+    it models (at most ``max_items``, and what the memory budget allows)."""
     budget = default_memory_budget() if memory_budget is None else memory_budget
     n_items, top = len(test.item_ids), None
     choice: dict[str, Any] = {}
@@ -227,6 +268,13 @@ def _ease(
                                      f"(under {min_items:,})"}  # fmt: skip
         choice["sampled"] = (f"{exc}: EASE models the {top:,} most popular items, the other "
                              f"{n_items - top:,} rank below them by popularity")  # fmt: skip
+    if (top or n_items) > max_items:
+        top = max_items
+        choice["sampled"] = (f"{n_items:,} items: over the {max_items:,} whose dense inverse "
+                             f"EASE computes per λ tried (towers.ease.EASE_MAX_ITEMS), EASE "
+                             f"models the {top:,} most popular items, the other "
+                             f"{n_items - top:,} rank below them by popularity")  # fmt: skip
+    if "sampled" in choice:
         log.warning("EASE sampled: %s", choice["sampled"])
     lambdas = ease_lambda_search(before_val, val, test.item_ids, k=k, memory_budget=budget,
                                  top_items=top)  # fmt: skip
@@ -248,6 +296,7 @@ def baselines(
     max_val_users: int | None = MAX_VAL_USERS,
     per_user: dict[str, np.ndarray] | None = None,
     models: dict[str, Any] | None = None,
+    max_ease_items: int = EASE_MAX_ITEMS,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every baseline scored on ``test``, each choice made on ``val`` (recall@``k``).
 
@@ -256,7 +305,8 @@ def baselines(
     each chose on validation and what was tried. When EASE's dense inverse would exceed
     ``memory_budget`` (bytes; default a share of the available memory), EASE models only the
     most popular items that fit (a sampled EASE, said so in its choices), or is left out, with
-    the reason, if that is under ``min_ease_items``. Segment popularity is left out when
+    the reason, if that is under ``min_ease_items``; over ``max_ease_items`` items (the
+    cost of its λ search), a sampled EASE on that many. Segment popularity is left out when
     ``users`` is None or lacks every field. Choices are made on at most ``max_val_users``
     validation users drawn at random (None: all), which bounds their cost on large windows;
     ``choices["validation users"]`` says how many, and ``choices[f"validation recall@{k}"]``
@@ -291,7 +341,7 @@ def baselines(
     on_val["popularity (recent)"] = windows[days]
 
     ease, choices["EASE"] = _ease(before_val, val, before_test, test, memory_budget,
-                                  min_ease_items, k)  # fmt: skip
+                                  min_ease_items, k, max_ease_items)  # fmt: skip
     if ease is not None:
         score("EASE", ease)
         on_val["EASE"] = choices["EASE"].pop("val_chosen")
@@ -382,22 +432,35 @@ def compare(
 
     base = base or TowerConfig()
     out_dir = Path(out_dir or settings.paths.data_dir / "evaluation")
+    seconds: dict[str, float] = {}  # wall time of each phase, in runs.json
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = round(seconds.get(phase, 0.0) + now - clock, 2)
+        clock = now
+
     source = load_source(settings, with_test=True, with_as_of=serve)
+    lap("load features")
     data = tower_data(source, ("train",), base.history)
     fit_on = ("train", "val") if refit else ("train",)
     final_data = tower_data(source, fit_on, base.history) if refit else data
     all_data = tower_data(source, ("train", "val", "test"), base.history) if serve else None
     assert data.val is not None and data.test is not None
+    lap("encode rows")
     users = pd.read_parquet(settings.paths.dataset / "users.parquet")
     per_user: dict[str, np.ndarray] = {}
     results, choices = baselines(data.val.split, data.test.split, source.interactions, users,
                                  per_user=per_user)  # fmt: skip
+    lap("baselines")
     runs: dict[str, TrainResult] = {}
     tuning: dict[str, dict[str, float]] = {}
     priors: dict[str, dict[str, float]] = {}
     for loss in losses:
         cfg = replace(base, loss=loss)  # type: ignore[arg-type]
         runs[loss], tuning[loss], priors[loss] = tune(cfg, data, temperatures, progress)
+        lap("tune on validation")
         chosen, epochs = runs[loss].config, runs[loss].best_epoch
         final = train(chosen, final_data, progress=progress, epochs=epochs) if refit else runs[loss]
         assert final_data.test is not None
@@ -406,6 +469,7 @@ def compare(
         results[name], per_user[name] = aggregate(scores, final_data.test.split), scores[METRIC]
         evaluated_file, served_file = (file.format(loss=loss) for file in files)
         save_checkpoint(final, out_dir / evaluated_file)
+        lap("score on test")
         choices[name] = {"temperature": chosen.temperature, "best_epoch": epochs,
                          "recency_half_life_days": chosen.recency_half_life_days,
                          "popularity_prior": prior_key(chosen.popularity_prior,
@@ -417,6 +481,7 @@ def compare(
             save_checkpoint(served, out_dir / served_file)
             choices[name]["served"] = {"checkpoint": served_file,
                                        **fit_span(source, ("train", "val", "test"))}  # fmt: skip
+            lap("refit on all data")
     notes = BASELINE_NOTES + (
         " The two-tower's scores are those of its evaluated checkpoint (trained without the "
         "test window; see its choices); the served checkpoint, refit on all data up to "
@@ -426,7 +491,9 @@ def compare(
     frame = pd.DataFrame({"user_id": data.test.split.user_ids, **per_user})
     atomic_write_bytes(out_dir / PER_USER, frame.to_parquet(index=False))
     atomic_write_bytes(out_dir / "training_curves.png", curves_png(runs, base.select_k))
+    lap("report")
     summary = {
+        "seconds": seconds,
         "results": results,
         "ease_l2": choices["EASE"].get("l2"),
         "choices": choices,

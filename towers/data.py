@@ -134,11 +134,19 @@ class FeatureEncoder:
     _lookups: dict[str, pd.Index] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def fit(cls, rows: pd.DataFrame, genres: list[str], history: int) -> FeatureEncoder:
-        cats = {c: sorted(rows[c].dropna().unique().tolist()) for c in USER_CATS}
+    def fit(cls, rows: pd.DataFrame | pa.Table, genres: list[str], history: int) -> FeatureEncoder:
+        """Fitted on ``rows``. From an Arrow table only the scalar columns go through pandas:
+        the list columns are read from Arrow (a million rows' lists as Python objects took
+        longer than the rest of the fit)."""
+        if isinstance(rows, pa.Table):
+            scalars = ["user_id", "item_id", *USER_CATS, *(n for n, _ in (*USER_NUMS, *ITEM_NUMS))]
+            frame = rows.select(scalars).to_pandas()
+        else:
+            frame = rows
+        cats = {c: sorted(frame[c].dropna().unique().tolist()) for c in USER_CATS}
         stats = {}
         for name, log in (*USER_NUMS, *ITEM_NUMS):
-            values = rows[name].astype("float64").dropna()
+            values = frame[name].astype("float64").dropna()
             values = np.log1p(values) if log else values
             std = float(values.std()) if len(values) > 1 else 1.0
             stats[name] = (float(values.mean()) if len(values) else 0.0, std if std > 0 else 1.0)
@@ -148,8 +156,8 @@ class FeatureEncoder:
         stats["history_rating"] = _mean_std(ratings[present & ~np.isnan(ratings)])
         stats["history_log_hours"] = _mean_std(hours[present & ~np.isnan(hours)])
         return cls(
-            user_ids=sorted(rows.user_id.unique().tolist()),
-            item_ids=sorted(rows.item_id.unique().tolist()),
+            user_ids=sorted(frame.user_id.unique().tolist()),
+            item_ids=sorted(frame.item_id.unique().tolist()),
             cats=cats,
             genres=list(genres),
             stats=stats,
@@ -251,8 +259,8 @@ class FeatureEncoder:
         }
 
 
-def take(batch: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows ``index`` of every tensor of an encoded batch."""
+def take(batch: dict[str, torch.Tensor], index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+    """Rows ``index`` of every tensor of an encoded batch (a slice: views, no copy)."""
     return {k: v[index] for k, v in batch.items()}
 
 
@@ -356,7 +364,7 @@ def tower_data(
     """
     table = source.table
     rows = table.filter(pa.compute.is_in(table.column("split"), pa.array(list(fit_on))))
-    encoder = FeatureEncoder.fit(rows.to_pandas(), source.genres, history)
+    encoder = FeatureEncoder.fit(rows, source.genres, history)
     train_items = encoder.encode_items(rows)
     counts = torch.bincount(train_items["item"], minlength=encoder.n_items).double()
     log_q = torch.log((counts / counts.sum()).clamp(min=1e-12)).float()

@@ -10,7 +10,8 @@ An item-item linear model with a closed form: with X the binary users x items ma
 - Memory: the dense inverse needs :func:`ease_bytes`; over the budget (default: a share of
   the memory available), fitting raises :class:`EaseTooLarge` before allocating anything.
   ``top_items`` fits a *sampled* EASE instead: the model covers the most popular items that
-  fit (:func:`ease_max_items`), every other item ranks below them by popularity.
+  fit (:func:`ease_max_items`), every other item ranks below them by popularity; so it does,
+  for time, above ``EASE_MAX_ITEMS`` items.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ EASE_BYTES_PER_CELL = 8 + 8 + 4 + 4
 EASE_MEMORY_SHARE = 0.5
 # A sampled EASE covering fewer items than this is too partial to stand for EASE.
 MIN_SAMPLED_ITEMS = 1000
+# The most items EASE models (the most popular; a sampled EASE above): each λ tried (six to
+# a dozen) costs a dense Cholesky inverse, N³ flops: on one thread 1.6 s at 4,000 items,
+# 22.1 s at 10,000 (benchmarks/bench_ease.py).
+EASE_MAX_ITEMS = 4000
 
 
 class EaseTooLarge(MemoryError):

@@ -231,6 +231,8 @@ def two_tower_model(
             "recall_at_k": png((folder / "recall_at_k.png").read_bytes(), "recall@K"),
             "training_curve": png((folder / "training_curves.png").read_bytes(), "curves"),
             "seconds": round(time.perf_counter() - start, 1),
+            # Wall time of each phase of towers.compare (load, encode, baselines, tuning, ...).
+            **{f"seconds/{phase}": t for phase, t in summary["seconds"].items()},
             **recall_metadata(metrics),
         },
         check_results=[check],

@@ -37,13 +37,14 @@ from tests.serving.test_switch import (
 pytestmark = pytest.mark.cluster
 
 
-# A quarter of the serving tests' data and fewer epochs: three builds here, ~30 s each.
-SMALL = {"synthetic_interactions": 5_000, "max_epochs": 2}
 
 
 def build(data: Path) -> Pipeline:
-    """The whole graph on SMALL synthetic data, under the profile the environment selects."""
-    assert materialize_pipeline(data, **SMALL).success
+    """The whole graph on the serving tests' synthetic data (tests/serving/conftest.py FAST;
+    on less, 5K interactions and two epochs, the two-tower can lose its gate to EASE, and a
+    fallback version has no checkpoint for the promotion test's second version), under the
+    profile the environment selects."""
+    assert materialize_pipeline(data).success
     version = ModelRegistry(data / "models").current()
     assert version is not None
     return Pipeline(data, version, {})
@@ -122,7 +123,7 @@ def test_a_promotion_under_load_reaches_both_replicas_without_mixing_versions(
         time.sleep(0.5)
         # The pipeline's promotion; each replica's watcher notices it on its own.
         builder = registry.record(second)["run_id"]  # type: ignore[index]
-        assert materialize_pipeline(pipeline.data, ["promoted_model"], builder, **SMALL).success
+        assert materialize_pipeline(pipeline.data, ["promoted_model"], builder).success
         for server in servers:
             wait_for_version(server, second)
         time.sleep(0.5)

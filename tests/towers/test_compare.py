@@ -76,6 +76,10 @@ def test_compare_baselines_share_the_evaluation_and_record_choices(tmp_path):
     assert why["EASE"]["items_modelled"] == 20 and "20 most popular" in why["EASE"]["sampled"]
     sampled_ease = EASE(why["EASE"]["l2"], budget, 20).fit(before_test, np.arange(40))
     assert sampled["EASE"] == rank_metrics(sampled_ease.score_fn(test), test)
+    # Over the item cap (the λ search's cost), the same sampled EASE, said so.
+    capped, why = baselines(val, test, events, users, k=10, min_ease_items=20, max_ease_items=20)
+    assert why["EASE"]["items_modelled"] == 20 and "EASE_MAX_ITEMS" in why["EASE"]["sampled"]
+    assert capped["EASE"] == sampled["EASE"]
     # ... or, when that would be too partial, EASE is left out with the reason.
     small, why = baselines(val, test, events, users, memory_budget=ease_bytes(40) - 1, k=10)
     assert "EASE" not in small and set(small) == set(names) - {"EASE"}

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from towers.config import TowerConfig
-from towers.data import HISTORY_FEATURES, PAD, load_tower_data
-from towers.model import UserTower, logits, softmax_loss
+from towers.data import HISTORY_FEATURES, PAD, FeatureEncoder, load_tower_data
+from towers.model import Dropout, UserTower, accidental_hits, logits, softmax_loss
 from towers.train import keep_large_blocks, set_threads, train
 
 
@@ -107,25 +107,53 @@ def test_history_pooling_equals_the_masked_mean():
 
 
 # Per epoch: training loss, validation recall@20 and NDCG@20 of the run below, produced by
-# the implementation before the fast paths (unfused AdamW, loss and pooling; one thread).
-PREVIOUS = [
-    (6.010444522753153, 0.277814998497318, 0.16372305310984955),
-    (5.189658337385921, 0.2912429045898948, 0.16025019085815165),
-    (4.7773341293111, 0.23108082562463278, 0.1312216983840027),
-]
+# the implementation before the fast paths (unfused AdamW, loss and pooling; one thread), as
+# re-run without MLP dropout by the code at fdf21f5 (nn.Dropout; the mask is drawn
+# differently now, see towers.model.Dropout); and the same for the GRU history encoder.
+PREVIOUS = {
+    "mean": [
+        (5.810383100789587, 0.24345500246855428, 0.13826985580333198),
+        (4.934466203327515, 0.267780724458159, 0.14642836080660346),
+        (4.475652817242766, 0.22984593277297338, 0.12757916694665247),
+    ],
+    "gru": [
+        (5.8328099931616135, 0.2665192749261454, 0.13692429342756193),
+        (4.921866224329999, 0.27087635024918355, 0.14874107150637253),
+        (4.439630452658099, 0.2514900601726949, 0.1408260020627641),
+    ],
+}
 
 
-def test_short_run_matches_the_previous_implementation(synthetic_build):
+@pytest.mark.parametrize("encoder", sorted(PREVIOUS))
+def test_short_run_matches_the_previous_implementation(synthetic_build, encoder):
     settings, _ = synthetic_build
     data = load_tower_data(settings, with_test=False, history=20)
     cfg = TowerConfig(dim=32, hidden=64, id_dim=32, epochs=3, patience=3, batch_size=256,
-                      lr=1e-3, history_encoder="mean", negatives_from="catalogue")  # fmt: skip
+                      lr=1e-3, history_encoder=encoder, negatives_from="catalogue",
+                      dropout=0.0)  # fmt: skip
     history = train(cfg, data, progress=False).history
-    assert len(history) == len(PREVIOUS)
-    for entry, (loss, recall, ndcg) in zip(history, PREVIOUS, strict=True):
+    assert len(history) == len(PREVIOUS[encoder])
+    for entry, (loss, recall, ndcg) in zip(history, PREVIOUS[encoder], strict=True):
         assert entry["loss"] == pytest.approx(loss, rel=1e-5)
         assert entry["val"]["recall@20"] == pytest.approx(recall, abs=2e-3)
         assert entry["val"]["ndcg@20"] == pytest.approx(ndcg, abs=2e-3)
+
+
+def test_dropout_zeroes_a_share_p_and_keeps_the_mean():
+    """towers.model.Dropout is inverted dropout: in training a share p of the values is
+    zeroed and the rest scaled by 1 / (1 - p), gradients through the same mask; in eval mode
+    (and at p = 0) it is the identity."""
+    torch.manual_seed(0)
+    layer, x = Dropout(0.25), torch.ones(400, 500, requires_grad=True)
+    out = layer(x)
+    zeroed = (out == 0).float().mean().item()
+    assert zeroed == pytest.approx(0.25, abs=0.005)
+    assert torch.allclose(out[out != 0], torch.tensor(1 / 0.75))
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(grad, out.detach())  # d out / d x is the scaled mask
+    assert layer.eval()(x) is x and Dropout(0.0)(x) is x
+    with pytest.raises(ValueError, match="dropout must be in"):
+        Dropout(1.0)
 
 
 def test_threads_default_to_half_the_cores_and_wait_passively(monkeypatch):
@@ -155,3 +183,28 @@ def test_threads_default_to_half_the_cores_and_wait_passively(monkeypatch):
 def test_glibc_keeps_large_blocks():
     """The allocator takes the settings that spare each step its page faults."""
     assert keep_large_blocks() is True
+
+
+def test_accidental_hits_are_every_off_diagonal_pair_of_equal_items():
+    gen = torch.Generator().manual_seed(3)
+    item_ids = torch.randint(0, 9, (40,), generator=gen)
+    ids = torch.cat([item_ids, torch.randint(0, 12, (25,), generator=gen)])
+    rows, cols = accidental_hits(item_ids, ids)
+    same = ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (40, 65)
+    same[torch.arange(40), torch.arange(40)] = False
+    found = torch.zeros_like(same)
+    found[rows, cols] = True
+    assert len(rows) == int(same.sum()) > 0 and torch.equal(found, same)
+
+
+def test_encoder_fits_the_same_on_arrow_as_on_pandas(synthetic_build):
+    """tower_data fits on the Arrow table (list columns never become Python objects)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    settings, _ = synthetic_build
+    table = pq.read_table(settings.paths.training / "training_set.parquet")
+    genres = json.loads((settings.paths.features / "manifest.json").read_text())["genres"]
+    on_arrow = FeatureEncoder.fit(table, genres, 20)
+    assert on_arrow.to_dict() == FeatureEncoder.fit(table.to_pandas(), genres, 20).to_dict()
