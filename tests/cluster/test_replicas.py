@@ -37,8 +37,6 @@ from tests.serving.test_switch import (
 pytestmark = pytest.mark.cluster
 
 
-
-
 def build(data: Path) -> Pipeline:
     """The whole graph on the serving tests' synthetic data (tests/serving/conftest.py FAST;
     on less, 5K interactions and two epochs, the two-tower can lose its gate to EASE, and a
