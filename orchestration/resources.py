@@ -33,6 +33,12 @@ class PipelineSettings(ConfigurableResource):
     # The quality gate's bootstrap resamples over users (recsys.gate): its tolerance is the
     # 95% interval of the candidate's difference to the current version, not a fixed number.
     gate_resamples: int = 1000
+    # Rule 1 of the gate (recsys.gate): a two-tower significantly below the best baseline on
+    # its test window is not served (a fallback is, when no two-tower is current). Off, only
+    # the comparison with the current version decides, and the baseline comparison is still
+    # reported: for a deployment that must serve a two-tower whatever the baselines do (an
+    # A/B test of towers), and the serving tests, which test serving one, not its quality.
+    gate_against_baseline: bool = True
     # Train a new version even when the data and config have not changed.
     force_retrain: bool = False
     # Model versions kept after a promotion besides the current and the previous one: the

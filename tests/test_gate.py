@@ -66,6 +66,25 @@ def test_with_per_user_scores_only_significantly_below_the_best_baseline_fails()
     assert not decision.passed and decision.outcome == "rejected: not above EASE"
 
 
+def test_the_baseline_rule_off_reports_the_baseline_and_leaves_the_current_version_to_decide():
+    rng = np.random.default_rng(3)
+    ease = (rng.random(300) < 0.3).astype(float)
+    worse = ease * (rng.random(300) < 0.5)  # significantly below EASE
+    metrics = _metrics(worse.mean(), 0.1, EASE=ease.mean())
+    per_user = {"two-tower (softmax)": worse, "EASE": ease}
+    on = quality_gate(metrics, per_user=per_user)
+    off = quality_gate(metrics, per_user=per_user, against_baseline=False)
+    assert not on.passed and off.passed
+    assert off.vs_baseline is not None and off.vs_baseline.high < 0  # still measured
+    assert "EASE" in off.verdict and "the baseline rule is off" in off.verdict
+    # Against a current version it is significantly worse than, it still fails (rule 2).
+    current = np.clip(worse + (rng.random(300) < 0.3), 0, 1)
+    decision = quality_gate(metrics, worse, current, "v1", per_user=per_user,
+                            against_baseline=False)  # fmt: skip
+    assert not decision.passed
+    assert decision.outcome == "rejected: significantly worse than the current version"
+
+
 def test_paired_bootstrap_interval():
     rng = np.random.default_rng(1)
     a = rng.random(400)

@@ -101,14 +101,15 @@ def _not_rescored(reg: Any, current: str | None, source: Any) -> str | None:
 
 def gate_on_one_window(
     settings: Any, reg: Any, candidate: str, current: str | None, metrics: dict[str, Any],
-    resamples: int = 1000,
+    resamples: int = 1000, against_baseline: bool = True,
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """The quality gate of ``candidate`` (a version of ``reg``, a ``recsys.registry.
     ModelRegistry``) on its test window, the latest: against the best baseline (per-user
     scores from the candidate's folder), and, when a two-tower version is current, against
     that version's evaluated checkpoint scored again on the window, user by user
     (``recsys.gate.quality_gate``). Returns (the decision, metadata: both versions'
-    recall@20 on the window, and the current one's as stored when it was built)."""
+    recall@20 on the window, and the current one's as stored when it was built).
+    ``against_baseline``: rule 1 on or off (``quality_gate``)."""
     from recsys.gate import METRIC, MODEL, quality_gate
     from towers.data import load_source
 
@@ -122,7 +123,7 @@ def gate_on_one_window(
 
     why = _not_rescored(reg, current, source)
     if why is not None or current is None:
-        return quality_gate(metrics, per_user=per_user), {
+        return quality_gate(metrics, per_user=per_user, against_baseline=against_baseline), {
             "current": current or "none", "current_not_rescored": why}  # fmt: skip
     ours = per_user_scores(evaluated_checkpoint(reg.path(candidate)), source())[METRIC]
     theirs = per_user_scores(evaluated_checkpoint(reg.path(current)), source())[METRIC]
@@ -133,5 +134,6 @@ def gate_on_one_window(
         f"current_{METRIC}_on_window": round(float(theirs.mean()), 4),
         f"current_{METRIC}_as_stored": stored.get("all", {}).get(METRIC),
     }
-    decision = quality_gate(metrics, ours, theirs, current, resamples, per_user=per_user)
+    decision = quality_gate(metrics, ours, theirs, current, resamples, per_user=per_user,
+                            against_baseline=against_baseline)  # fmt: skip
     return decision, judged

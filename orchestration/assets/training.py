@@ -165,8 +165,8 @@ def two_tower_model(
     existing = None if pipeline.force_retrain else reg.find(print_)
     current = reg.current()
     if existing is not None:  # the current version, trained from these data and config
-        decision = quality_gate(reg.metrics(existing),
-                                per_user=read_per_user(reg.path(existing)))  # fmt: skip
+        decision = quality_gate(reg.metrics(existing), per_user=read_per_user(reg.path(existing)),
+                                against_baseline=pipeline.gate_against_baseline)  # fmt: skip
         context.log.info(f"data and config unchanged: reusing version {existing}")
         check = AssetCheckResult(check_name=QUALITY_GATE, passed=decision.passed,
                                  metadata=decision.metadata())  # fmt: skip
@@ -191,7 +191,8 @@ def two_tower_model(
                     evaluated=chosen["evaluated"], served=chosen["served"])  # fmt: skip
         metrics = json.loads((folder / "metrics.json").read_text())
     decision, judged = gate_on_one_window(settings, reg, version, current, metrics,
-                                          pipeline.gate_resamples)  # fmt: skip
+                                          pipeline.gate_resamples,
+                                          pipeline.gate_against_baseline)  # fmt: skip
     ok = decision.passed
     context.log.info(f"quality gate: {decision.outcome}; {decision.verdict}")
     reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {decision.verdict}")

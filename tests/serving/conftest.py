@@ -23,8 +23,12 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The gate's baseline rule is off: these tests serve a two-tower (its ONNX user tower, its
+# vectors, a noisy second version of its weights), and on 67 test users whether it is
+# significantly below EASE on planted-factor data is a coin toss (tests/test_gate.py and the
+# pipeline tests cover the rule; tests/serving/test_fallback.py the fallback it leads to).
 FAST = {"dataset": "synthetic", "synthetic_interactions": 20_000, "synthetic_seed": 7,
-        "temperatures": "0.05", "max_epochs": 3}  # fmt: skip
+        "temperatures": "0.05", "max_epochs": 3, "gate_against_baseline": False}  # fmt: skip
 
 
 def materialize_pipeline(
