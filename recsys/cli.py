@@ -113,6 +113,8 @@ def _pipeline(args: argparse.Namespace) -> int:
         os.environ.setdefault("LANCEDB_LOG", "error")
     fast = {k: v for k, v in (("temperatures", args.temperatures),
                               ("max_epochs", args.max_epochs)) if v is not None}  # fmt: skip
+    if args.no_baseline_gate:
+        fast["gate_against_baseline"] = False
     pipeline = PipelineSettings(
         data_dir=str(args.data_dir) if args.data_dir else None, dataset=args.dataset,
         as_of=args.as_of, synthetic_interactions=args.synthetic_interactions,
@@ -258,6 +260,10 @@ def parser() -> argparse.ArgumentParser:
                    help="train a new version even if data and config did not change")  # fmt: skip
     r.add_argument("--temperatures", help="softmax temperatures tried (comma-separated)")
     r.add_argument("--max-epochs", type=int, help="most epochs a training run may take")
+    r.add_argument("--no-baseline-gate", action="store_true",
+                   help="the quality gate does not reject a two-tower significantly below the "
+                   "best baseline (still reported); only the current version's comparison "
+                   "decides")  # fmt: skip
     r.add_argument(
         "--dagster-home",
         type=Path,
