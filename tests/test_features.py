@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from recsys import features
 from recsys.datasets.synthetic import generate_synthetic
+from recsys.features import build as features
 from recsys.features import compute_features
 from tests.pit_reference import comparable
 

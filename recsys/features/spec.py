@@ -1,0 +1,107 @@
+"""What a feature declaration is: a feature, the view that holds it, the catalogue of views.
+
+A :class:`Feature` says what it is called, its type, how it is computed (``op``: data that
+renders itself as DuckDB SQL and as Python, `recsys.features.ops`) and how the towers see
+it (``encoding``). A :class:`View` groups the features of one entity computed the same way
+(``kind``) and says how long a value stays valid. Every consumer (the feature SQL, the Feast
+objects, the cold-start row, the towers' encoder) reads these; none keeps its own list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+Entity = Literal["user", "item"]
+# Feast's value types by name; `feature_repo/definitions.py` maps them to feast.types.
+DTYPES = ("string", "int64", "float64", "string[]", "int64[]", "float32[]", "float64[]")
+
+
+class Encoding(StrEnum):
+    """How a tower turns the feature into inputs (`recsys.features.encoding`)."""
+
+    CATEGORICAL = "categorical"  # a vocabulary fitted on training rows; 0 = unseen or missing
+    NUMERIC = "numeric"  # standardised on training rows, with a missing flag
+    LOG_NUMERIC = "log_numeric"  # log1p (heavy-tailed counts), then as NUMERIC
+    GENRE_SHARES = "genre_shares"  # one float per genre of the vocabulary, in its order
+    GENRE_BAG = "genre_bag"  # a list of genres, multi-hot over the vocabulary
+    HISTORY_ITEMS = "history_items"  # the recent item ids, newest first (item vocabulary)
+    HISTORY_RATINGS = "history_ratings"  # aligned with the history: the rating given
+    HISTORY_TIMES = "history_times"  # aligned with the history: the event time (epoch s)
+
+
+class ViewKind(StrEnum):
+    """How a view's rows are computed and stamped (`recsys.features.build`)."""
+
+    STATIC = "static"  # entity attributes, stamped at the epoch
+    USER_EVENTS = "user_events"  # one row per (user, distinct event time), stamped ts + 1 µs
+    ITEM_EVENTS = "item_events"  # one row per change point of the item's running values
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str  # one of DTYPES
+    op: Any  # recsys.features.ops: how the value is computed from the dataset
+    encoding: Encoding
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"feature {self.name}: dtype {self.dtype!r} is not one of {DTYPES}")
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    entity: Entity
+    kind: ViewKind
+    ttl: timedelta  # timedelta(0): never expires
+    features: tuple[Feature, ...]
+    description: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.entity}_id"
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Feast feature service: the views one consumer reads together."""
+
+    name: str
+    views: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    views: tuple[View, ...]
+    services: tuple[Service, ...] = field(default=())
+
+    def view(self, name: str) -> View:
+        for view in self.views:
+            if view.name == name:
+                return view
+        raise KeyError(f"no feature view {name!r}; views: {[v.name for v in self.views]}")
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(f"no feature service {name!r}")
+
+    def features(
+        self, entity: Entity | None = None, encoding: Encoding | None = None
+    ) -> tuple[Feature, ...]:
+        """The features of ``entity`` (every entity if None) with ``encoding``, in
+        declaration order."""
+        return tuple(
+            f
+            for v in self.views
+            if entity is None or v.entity == entity
+            for f in v.features
+            if encoding is None or f.encoding == encoding
+        )
