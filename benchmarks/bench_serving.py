@@ -401,6 +401,7 @@ def search_only(data: Path, ann: str, flat: str, queries: int, seed: int) -> lis
 def tower_only(data: Path, queries: int, seed: int) -> list[dict[str, Any]]:
     """The user tower alone, in-process, on the served rows of random users: the module,
     TorchScript and ONNX Runtime (what serving picks, in this order of preference: onnx)."""
+    from recsys.features.encoding import USER_TOWER_FILE
     from recsys.registry import ModelRegistry
     from recsys.settings import Paths
     from serving.loaded import load_version
@@ -409,7 +410,6 @@ def tower_only(data: Path, queries: int, seed: int) -> list[dict[str, Any]]:
     from serving.state import ServingState
     from serving.threads import limit_threads
     from serving.tower import OnnxTower, torch_tower, traced_tower
-    from towers.export import USER_TOWER_FILE
 
     limit_threads(1)
     version = ModelRegistry(data / "models").current()

@@ -15,7 +15,7 @@ made on validation (``baselines``). Everything is scored by ``towers.evaluate``.
 Groups of test users: ``warm`` (seen before the cut), ``cold`` (first seen after it: the
 profile only), and ``new after N``: users first seen after the cut with more than N events
 in the window, whose first N events are given as history through the cold-start request's
-path (``serving.features.cold_start_row``, encoded by ``serving.encoding.RowEncoder`` as a
+path (``serving.features.cold_start_row``, encoded by ``recsys.features.row_encoding`` as a
 ``POST`` is) and who are scored on the rest of their window; EASE and ItemKNN fold those N
 events in as the user's history. On planted-factor synthetic data the planted ranking is
 scored too (the oracle). One cut: ``recsys.backtest_cut``; summaries, files and plot:

@@ -30,12 +30,12 @@ def item_vectors(
     model: Any, encoder: Any, store: Any, item_ids: np.ndarray, as_of: Any
 ) -> np.ndarray:
     """(N, d + 1) float32 index vectors of ``item_ids`` as of ``as_of``."""
-    from towers.data import features_as_of
+    from towers.data import features_as_of, item_tensors
     from towers.model import index_vectors
     from towers.train import embed
 
     frame = features_as_of(store, "item_tower_v1", "item_id", item_ids, as_of)
-    vectors = embed(model.item_tower, encoder.encode_items(frame))
+    vectors = embed(model.item_tower, item_tensors(encoder, frame))
     return index_vectors(vectors, model.cfg).numpy().astype(np.float32)
 
 
@@ -43,12 +43,12 @@ def user_vectors(
     model: Any, encoder: Any, store: Any, user_ids: np.ndarray, as_of: Any
 ) -> np.ndarray:
     """(U, d + 1) float32 query vectors of ``user_ids`` as of ``as_of``."""
-    from towers.data import features_as_of
+    from towers.data import features_as_of, user_tensors
     from towers.model import query_vectors
     from towers.train import embed
 
     frame = features_as_of(store, "user_tower_serving_v1", "user_id", user_ids, as_of)
-    return query_vectors(embed(model.user_tower, encoder.encode_users(frame))).numpy()
+    return query_vectors(embed(model.user_tower, user_tensors(encoder, frame))).numpy()
 
 
 def seen_matrix(

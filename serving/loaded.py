@@ -30,14 +30,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys import fallback
+from recsys.features.encoding import FeatureEncoder
+from recsys.features.row_encoding import RowEncoder
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
 from recsys.vectors import HNSW_EF_SEARCH, ItemIndex, SearchMode
-from serving.encoding import RowEncoder
 from serving.features import Interaction, ItemGenres, cold_start_row
 from serving.tower import TowerFn, TowerKind, load_user_tower
-from towers.data import FeatureEncoder
 from towers.model import TwoTower
 from towers.train import load_checkpoint
 

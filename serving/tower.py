@@ -1,8 +1,8 @@
 """The user tower of a loaded version: ONNX Runtime when the version has its graph, else
 TorchScript, else the eager module; each checked against the checkpoint's module first.
 
-All three take the numpy arrays of ``serving.encoding.RowEncoder.arrays`` and return the
-(rows, d) user vectors as float32 numpy.
+All three take the numpy arrays of ``recsys.features.row_encoding.RowEncoder.arrays`` and
+return the (rows, d) user vectors as float32 numpy.
 
 * ``onnx``: the version folder's ``user_tower.onnx`` (written by the pipeline with
   ``towers.export``) in an ONNX Runtime session on ``threads`` threads, no spinning. About
@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from towers.export import INPUTS, OUTPUT, USER_TOWER_FILE
+from recsys.features.encoding import USER_INPUTS, USER_OUTPUT, USER_TOWER_FILE
 from towers.model import UserTower
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,9 @@ class OnnxTower:
         options.log_severity_level = 3  # errors only
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in self.session.get_inputs()]
-        if sorted(names) != sorted(INPUTS):
-            raise ValueError(f"the graph's inputs are {names}, not {list(INPUTS)}")
-        self.outputs = [OUTPUT]
+        if sorted(names) != sorted(USER_INPUTS):
+            raise ValueError(f"the graph's inputs are {names}, not {list(USER_INPUTS)}")
+        self.outputs = [USER_OUTPUT]
 
     def __call__(self, arrays: Arrays) -> np.ndarray:
         return np.asarray(self.session.run(self.outputs, arrays)[0])

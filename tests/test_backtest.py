@@ -95,8 +95,8 @@ def test_new_users_get_exactly_their_first_events_as_history_and_are_scored_on_t
 
 
 def test_cold_start_batch_is_the_post_path_with_the_given_history(synthetic):
-    from serving.encoding import RowEncoder
-    from towers.data import FeatureEncoder
+    from recsys.features.encoding import FeatureEncoder
+    from recsys.features.row_encoding import RowEncoder
 
     users = pd.read_parquet(synthetic / "users.parquet").head(2)
     given = pd.DataFrame([_event(int(users.user_id[0]), i, f"2024-02-0{i}") for i in (3, 1, 2)])

@@ -24,16 +24,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from recsys.features.encoding import (
+    HISTORY_FEATURES,
+    PAD,
+    USER_INPUTS,
+    USER_OUTPUT,
+    USER_TOWER_FILE,
+    FeatureEncoder,
+)
 from recsys.io import atomic_write_bytes
-from towers.data import HISTORY_FEATURES, PAD, USER_CATS, USER_NUMS, FeatureEncoder
 from towers.model import UserTower
 
 log = logging.getLogger(__name__)
-
-USER_TOWER_FILE = "user_tower.onnx"
-# The graph's inputs, in order: the keys of FeatureEncoder.encode_users' batches.
-INPUTS = ("user", "cats", "nums", "affinity", "history", "history_feats")
-OUTPUT = "user_vector"
 
 
 class _Positional(nn.Module):
@@ -64,8 +66,8 @@ def example_batch(encoder: FeatureEncoder, rows: int = 2) -> dict[str, torch.Ten
     history[1:, 0] = 0
     return {
         "user": torch.zeros(rows, dtype=torch.int64),
-        "cats": torch.zeros(rows, len(USER_CATS), dtype=torch.int64),
-        "nums": torch.zeros(rows, 2 * len(USER_NUMS), dtype=torch.float32),
+        "cats": torch.zeros(rows, len(encoder.cat_sizes()), dtype=torch.int64),
+        "nums": torch.zeros(rows, encoder.user_width, dtype=torch.float32),
         "affinity": torch.zeros(rows, len(encoder.genres), dtype=torch.float32),
         "history": history,
         "history_feats": torch.zeros(rows, encoder.history, HISTORY_FEATURES),
@@ -99,10 +101,10 @@ def user_tower_onnx(tower: UserTower, encoder: FeatureEncoder) -> bytes:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
                 _Positional(tower),
-                tuple(example[name] for name in INPUTS),
-                input_names=list(INPUTS),
-                output_names=[OUTPUT],
-                dynamic_shapes={name: {0: batch} for name in INPUTS},
+                tuple(example[name] for name in USER_INPUTS),
+                input_names=list(USER_INPUTS),
+                output_names=[USER_OUTPUT],
+                dynamic_shapes={name: {0: batch} for name in USER_INPUTS},
                 dynamo=True,
                 external_data=False,
                 verbose=False,

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys.features.encoding import HISTORY_FEATURES, PAD
 from towers.config import TowerConfig
-from towers.data import HISTORY_FEATURES, ITEM_NUMS, PAD
 
 
 class Dropout(nn.Module):
@@ -103,31 +103,32 @@ def _drop_ids(ids: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class ItemTower(nn.Module):
-    num_stats: torch.Tensor  # (2, len(ITEM_NUMS)): each numeric input's mean and std
+    num_stats: torch.Tensor  # (2, len(nums)): each numeric input's mean and std
 
     def __init__(
-        self, cfg: TowerConfig, n_items: int, n_genres: int, n_nums: int,
-        num_stats: list[tuple[float, float]],
+        self, cfg: TowerConfig, n_items: int, n_genres: int,
+        nums: tuple[tuple[str, bool], ...], num_stats: list[tuple[float, float]],
     ) -> None:  # fmt: skip
         super().__init__()
         self.cfg = cfg
         self.item = _embedding(n_items, cfg.id_dim, cfg, padding_idx=PAD)
         self.genres = nn.Linear(n_genres, cfg.cat_dim, bias=False)  # a bag of genre vectors
         outputs = cfg.dim + (1 if cfg.item_bias else 0)
-        self.mlp = _mlp(cfg.id_dim + cfg.cat_dim + n_nums, cfg, outputs)
-        # The encoder's (mean, std) of each ITEM_NUMS input (in the checkpoint's encoder, so
+        self.nums = nums  # the encoder's (column, log1p?) of each numeric input, in order
+        self.mlp = _mlp(cfg.id_dim + cfg.cat_dim + 2 * len(nums), cfg, outputs)  # value, flag
+        # The encoder's (mean, std) of each numeric input (in the checkpoint's encoder, so
         # not saved twice): what turns a standardised count back into the log count the
         # popularity prior adds.
         self.register_buffer("num_stats", torch.tensor(num_stats).T.float(), persistent=False)
 
     def log_count(self, nums: torch.Tensor, feature: str) -> torch.Tensor:
-        """(B,) log1p of each item's count ``feature`` (a log-scaled count of ITEM_NUMS) from
-        the encoded numerics (B, 2 * len(ITEM_NUMS)); 0 where the count is missing."""
-        logs = [name for name, log in ITEM_NUMS if log]
+        """(B,) log1p of each item's count ``feature`` (a log-scaled numeric input) from the
+        encoded numerics (B, 2 * len(self.nums)); 0 where the count is missing."""
+        logs = [name for name, log in self.nums if log]
         if feature not in logs:
             raise ValueError(f"popularity_feature {feature!r}: expected one of {logs}")
-        j = [name for name, _ in ITEM_NUMS].index(feature)
-        known = 1.0 - nums[:, len(ITEM_NUMS) + j]  # the missing flag's complement
+        j = [name for name, _ in self.nums].index(feature)
+        known = 1.0 - nums[:, len(self.nums) + j]  # the missing flag's complement
         return (nums[:, j] * self.num_stats[1, j] + self.num_stats[0, j]) * known
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -241,7 +242,7 @@ class TwoTower(nn.Module):
         cat_sizes: list[int],
         n_genres: int,
         user_nums: int,
-        item_nums: int,
+        item_nums: tuple[tuple[str, bool], ...],
         item_stats: list[tuple[float, float]],
     ) -> None:
         super().__init__()

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from towers.data import EvalWindow, TowerSource
+from towers.data import EvalWindow, TowerSource, item_tensors, user_tensors
 from towers.evaluate import per_user_metrics
 from towers.train import load_checkpoint, tower_scores
 
@@ -40,7 +40,7 @@ def window_for(checkpoint: Path, source: TowerSource, name: str = "test") -> tup
                          "load it with with_test=True")  # fmt: skip
     model, encoder, _ = load_checkpoint(Path(checkpoint))
     split, users, items = source.windows[name]
-    return model, EvalWindow(split, encoder.encode_users(users), encoder.encode_items(items))
+    return model, EvalWindow(split, user_tensors(encoder, users), item_tensors(encoder, items))
 
 
 def per_user_of(

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from recsys.features.encoding import FeatureEncoder
 from towers.config import TowerConfig
-from towers.data import ITEM_NUMS, EvalWindow, FeatureEncoder, TowerData, take
+from towers.data import EvalWindow, TowerData, take
 from towers.model import TwoTower, bce_loss, logits, softmax_loss, triplet_loss
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,9 @@ def build_model(cfg: TowerConfig, encoder: FeatureEncoder) -> TwoTower:
         n_items=encoder.n_items,
         cat_sizes=encoder.cat_sizes(),
         n_genres=len(encoder.genres),
-        user_nums=4,
-        item_nums=10,
-        item_stats=[encoder.stats[name] for name, _ in ITEM_NUMS],
+        user_nums=encoder.user_width,
+        item_nums=encoder.columns.item_nums,
+        item_stats=[encoder.stats[name] for name, _ in encoder.columns.item_nums],
     )
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.features.encoding import HISTORY_FEATURES, USER_TOWER_FILE, FeatureEncoder
 from recsys.registry import ModelRegistry
 from serving.tower import ONNX_ATOL, OnnxTower, load_user_tower
 from tests.serving.conftest import Pipeline
-from towers.data import HISTORY_FEATURES, FeatureEncoder
-from towers.export import USER_TOWER_FILE, export_user_tower
+from towers.export import export_user_tower
 from towers.model import TwoTower
 from towers.train import load_checkpoint
 

@@ -18,8 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recsys.features.encoding import HISTORY_FEATURES, PAD, FeatureEncoder
 from towers.config import TowerConfig
-from towers.data import HISTORY_FEATURES, PAD, FeatureEncoder, load_tower_data
+from towers.data import load_tower_data
 from towers.model import Dropout, UserTower, accidental_hits, logits, softmax_loss
 from towers.train import keep_large_blocks, set_threads, train
 

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
+from recsys.features.encoding import PAD, FeatureEncoder
 from towers.config import TowerConfig
-from towers.data import PAD, FeatureEncoder
+from towers.data import item_tensors, user_tensors
 from towers.model import bce_loss, index_vectors, query_vectors, softmax_loss, triplet_loss
 from towers.train import TrainResult, build_model, load_checkpoint, save_checkpoint
 
@@ -49,7 +50,7 @@ def encoder() -> FeatureEncoder:
 def test_encoding_and_tower_shapes(encoder):
     cfg = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=4)
     model = build_model(cfg, encoder).eval()
-    users, items = encoder.encode_users(rows()), encoder.encode_items(rows())
+    users, items = user_tensors(encoder, rows()), item_tensors(encoder, rows())
     assert users["history"].shape == (6, 4) and users["affinity"].shape == (6, 3)
     # Histories: newest first, unknown item 99 → slot 0, padding → PAD.
     assert users["history"][0].tolist() == [PAD] * 4
@@ -69,8 +70,8 @@ def test_one_dot_product_gives_the_score(encoder):
     cfg = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=4, temperature=0.2)
     model = build_model(cfg, encoder).eval()
     with torch.no_grad():
-        u = model.user_tower(encoder.encode_users(rows()))
-        v = model.item_tower(encoder.encode_items(rows()))
+        u = model.user_tower(user_tensors(encoder, rows()))
+        v = model.item_tower(item_tensors(encoder, rows()))
         assert v[:, 8].abs().sum() > 0  # the bias is not zero
         expected = u @ v[:, :8].T / 0.2 + v[:, 8]
         assert torch.allclose(model.score(u, v), expected, atol=1e-5)
@@ -117,9 +118,9 @@ def test_unseen_user_gets_finite_deterministic_embedding(encoder):
     cfg = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=4)
     model = build_model(cfg, encoder).eval()
     cold = rows(1).assign(user_id=12345, occupation="astronaut", recent_item_ids=[None])
-    batch = encoder.encode_users(cold)
+    batch = user_tensors(encoder, cold)
     assert batch["user"].tolist() == [0]  # the unknown-user slot
-    a, b = model.user_tower(batch), model.user_tower(encoder.encode_users(cold))
+    a, b = model.user_tower(batch), model.user_tower(user_tensors(encoder, cold))
     assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
@@ -131,7 +132,7 @@ def test_checkpoint_round_trip_reproduces_scores(encoder, tmp_path):
     path = save_checkpoint(result, tmp_path / "model.pt")
     loaded, enc2, cfg2 = load_checkpoint(path)
     assert cfg2 == cfg and enc2.to_dict() == encoder.to_dict()
-    users, items = enc2.encode_users(rows()), enc2.encode_items(rows())
+    users, items = user_tensors(enc2, rows()), item_tensors(enc2, rows())
     with torch.no_grad():
         before = model.score(model.user_tower(users), model.item_tower(items))
         after = loaded.score(loaded.user_tower(users), loaded.item_tower(items))

@@ -13,10 +13,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from recsys.features.encoding import FeatureEncoder
 from tests.towers.test_model import GENRES, rows
 from towers.compare import choose_prior
 from towers.config import TowerConfig
-from towers.data import EvalWindow, FeatureEncoder
+from towers.data import EvalWindow, item_tensors, user_tensors
 from towers.evaluate import EvalSplit, rank_metrics
 from towers.model import index_vectors, query_vectors
 from towers.train import (
@@ -38,7 +39,7 @@ def encoder() -> FeatureEncoder:
 
 def _items(model, encoder) -> torch.Tensor:
     with torch.no_grad():
-        return model.eval().item_tower(encoder.encode_items(rows()))  # (6, d + 1)
+        return model.eval().item_tower(item_tensors(encoder, rows()))  # (6, d + 1)
 
 
 def test_prior_adds_weighted_log_count_to_the_bias_outside_training(encoder):
@@ -52,7 +53,7 @@ def test_prior_adds_weighted_log_count_to_the_bias_outside_training(encoder):
     assert torch.allclose(with_prior[:, 8], expected, atol=1e-5)
     # Training never sees it: the weight is chosen after training, on validation.
     model.train()
-    batch = encoder.encode_items(rows())
+    batch = item_tensors(encoder, rows())
     torch.manual_seed(1)
     trained_path = model.item_tower(batch)
     model.set_config(CFG)
@@ -94,7 +95,7 @@ def test_checkpoint_index_vectors_and_serving_query_carry_the_prior(encoder, tmp
     result = TrainResult(model=model, encoder=encoder, config=cfg, best_epoch=1, val_metrics={})
     loaded, enc, saved = load_checkpoint(save_checkpoint(result, tmp_path / "model.pt"))
     assert saved.popularity_prior == 1.5 and saved.popularity_feature == "item_count_30d"
-    users, items = enc.encode_users(rows()), enc.encode_items(rows())
+    users, items = user_tensors(enc, rows()), item_tensors(enc, rows())
     evaluated = tower_scores(model, users, items)(np.arange(6))  # (6, 6)
     with torch.no_grad():
         u, v = loaded.user_tower(users), loaded.item_tower(items)
@@ -119,7 +120,7 @@ def _window(encoder: FeatureEncoder) -> EvalWindow:
         seen=sp.csr_matrix((6, 5), dtype=np.float32), warm=np.ones(6, bool),
         start=pd.Timestamp("2024-01-01", tz="UTC"),
     )  # fmt: skip
-    return EvalWindow(split, encoder.encode_users(users), encoder.encode_items(items))
+    return EvalWindow(split, user_tensors(encoder, users), item_tensors(encoder, items))
 
 
 def test_choose_prior_picks_the_count_and_weight_that_help_on_validation(encoder):

@@ -17,7 +17,7 @@ import torch
 
 from towers.compare import PER_USER, compare
 from towers.config import TowerConfig
-from towers.data import load_source, tower_data
+from towers.data import item_tensors, load_source, tower_data
 from towers.rescore import per_user_scores
 from towers.train import load_checkpoint, train
 
@@ -87,7 +87,7 @@ def test_the_refit_learns_from_every_row_before_as_of(synthetic_build, source):
 
 def source_catalogue(source, encoder) -> torch.Tensor:
     """The catalogue's numeric features as of the test window's start (an earlier time)."""
-    return encoder.encode_items(source.windows["test"][2])["nums"]
+    return item_tensors(encoder, source.windows["test"][2])["nums"]
 
 
 def test_compare_serves_the_refit_and_scores_the_evaluated_model(synthetic_build, tmp_path):

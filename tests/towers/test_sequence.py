@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.features.encoding import PAD, TIME_CLIP, USER_INPUTS, FeatureEncoder
 from tests.towers.test_model import GENRES, T0, rows
 from towers.config import TowerConfig
-from towers.data import PAD, TIME_CLIP, FeatureEncoder
-from towers.export import INPUTS, user_tower_onnx
+from towers.data import user_tensors
+from towers.export import user_tower_onnx
 from towers.train import build_model
 
 CFG = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=4, history_dim=8)
@@ -43,7 +44,7 @@ def edited(batch: dict[str, torch.Tensor], **tensors: torch.Tensor) -> dict[str,
 
 def test_history_features_are_standardised_ratings_and_log_hours(encoder):
     frame = rows()
-    batch = encoder.encode_users(frame)
+    batch = user_tensors(encoder, frame)
     feats = batch["history_feats"]  # (6, 4, 4)
     assert feats.shape == (6, 4, 4) and feats.dtype == torch.float32
     r_mean, r_std = encoder.stats["history_rating"]
@@ -57,14 +58,14 @@ def test_history_features_are_standardised_ratings_and_log_hours(encoder):
     assert feats[3, 3].abs().sum() == 0 and feats[0].abs().sum() == 0  # padding: zeros
     assert feats[4, 0, 1] == 1 and feats[4, 0, 0] == 0  # NaN rating: the missing flag
     # `now` replaces each row's event_timestamp as the reference (serving: request time).
-    later = encoder.encode_users(frame, now=T0 + 400 * 86400)["history_feats"]
+    later = user_tensors(encoder, frame, now=T0 + 400 * 86400)["history_feats"]
     assert (later[1:, :, 2] >= feats[1:, :, 2]).all() and not torch.equal(later, feats)
     assert torch.equal(later[..., [0, 1, 3]], feats[..., [0, 1, 3]])
 
 
 @pytest.mark.parametrize("kind", SEQUENCE)
 def test_the_order_of_the_history_changes_the_user_vector(encoder, kind):
-    batch = encoder.encode_users(rows())
+    batch = user_tensors(encoder, rows())
     user_tower = tower(encoder, kind)
     base = vectors(user_tower, batch)
     # Row 3 holds three items: reverse them with their features (a pure reordering).
@@ -84,7 +85,7 @@ def test_the_order_of_the_history_changes_the_user_vector(encoder, kind):
 
 @pytest.mark.parametrize("kind", SEQUENCE)
 def test_ratings_and_times_change_the_user_vector(encoder, kind):
-    batch = encoder.encode_users(rows())
+    batch = user_tensors(encoder, rows())
     feats = batch["history_feats"]
     rerated, retimed = feats.clone(), feats.clone()
     rerated[3, :3, 0] = -rerated[3, :3, 0] + 0.5
@@ -105,7 +106,7 @@ def test_ratings_and_times_change_the_user_vector(encoder, kind):
 
 @pytest.mark.parametrize("kind", ("mean", *SEQUENCE))
 def test_an_empty_history_gives_a_finite_vector(encoder, kind):
-    batch = encoder.encode_users(rows())
+    batch = user_tensors(encoder, rows())
     batch = edited(batch, history=torch.full_like(batch["history"], PAD),
                    history_feats=torch.zeros_like(batch["history_feats"]))  # fmt: skip
     user_tower = tower(encoder, kind)
@@ -140,7 +141,7 @@ def test_onnx_graph_equals_the_module_on_histories_of_every_length(encoder, kind
         "history": history,
         "history_feats": feats,
     }
-    got = graph.run(None, {name: batch[name] for name in INPUTS})[0]
+    got = graph.run(None, {name: batch[name] for name in USER_INPUTS})[0]
     want = vectors(user_tower, {k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
     assert np.isfinite(want).all() and got.shape == want.shape == (n, CFG.dim)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
