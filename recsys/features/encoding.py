@@ -4,7 +4,7 @@ One encoder for any batch size (TF Transform's idea): :class:`FeatureEncoder` is
 the training split only (vocabularies of ids and categories, mean and standard deviation of
 each numeric feature), saved in the checkpoint, and encodes a Feast online lookup exactly as
 training encoded the offline rows. Which column feeds which input is read from the
-catalogue's encodings (:class:`TowerColumns`), never listed here. Numpy only: the server
+catalogue's encodings (``recsys.features.inputs``), never listed here. Numpy only: the server
 encodes without torch (``towers.data`` turns the arrays into tensors for training).
 
 Index 0 of every id and category vocabulary is the out-of-vocabulary slot; item index 1 is
@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys.features.catalog import CATALOG
-from recsys.features.spec import Catalog, Encoding
+from recsys.features.inputs import TowerColumns
+from recsys.features.spec import Catalog
 
 OOV, PAD = 0, 1  # item vocabulary: 0 unknown item, 1 padding, 2.. known items
 # Per history position: rating z-score, rating missing, log1p(hours ago) z-score, time missing.
@@ -41,45 +42,6 @@ TIME_CLIP = 4.0
 USER_TOWER_FILE = "user_tower.onnx"
 USER_INPUTS = ("user", "cats", "nums", "affinity", "history", "history_feats")
 USER_OUTPUT = "user_vector"
-NUMERIC = (Encoding.NUMERIC, Encoding.LOG_NUMERIC)
-
-
-@dataclass(frozen=True)
-class TowerColumns:
-    """The feature columns behind each tower input, in the catalogue's declaration order."""
-
-    user_cats: tuple[str, ...]
-    user_nums: tuple[tuple[str, bool], ...]  # (column, log1p?): counts are heavy-tailed
-    affinity: str
-    history_items: str
-    history_ratings: str
-    history_times: str
-    item_genres: str
-    item_nums: tuple[tuple[str, bool], ...]
-
-    @classmethod
-    def of(cls, catalog: Catalog) -> TowerColumns:
-        def nums(entity: Any) -> tuple[tuple[str, bool], ...]:
-            return tuple((f.name, f.encoding == Encoding.LOG_NUMERIC)
-                         for f in catalog.features(entity) if f.encoding in NUMERIC)  # fmt: skip
-
-        def one(entity: Any, encoding: Encoding) -> str:
-            found = catalog.features(entity, encoding)
-            if len(found) != 1:
-                raise ValueError(f"the towers need exactly one {entity} feature encoded "
-                                 f"{encoding.value}; the catalogue has {len(found)}")  # fmt: skip
-            return found[0].name
-
-        return cls(
-            user_cats=tuple(f.name for f in catalog.features("user", Encoding.CATEGORICAL)),
-            user_nums=nums("user"),
-            affinity=one("user", Encoding.GENRE_SHARES),
-            history_items=one("user", Encoding.HISTORY_ITEMS),
-            history_ratings=one("user", Encoding.HISTORY_RATINGS),
-            history_times=one("user", Encoding.HISTORY_TIMES),
-            item_genres=one("item", Encoding.GENRE_BAG),
-            item_nums=nums("item"),
-        )
 
 
 def _column(frame: pd.DataFrame | pa.Table, name: str) -> pa.ChunkedArray:
@@ -168,7 +130,7 @@ class FeatureEncoder:
     _lookups: dict[str, pd.Index] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.columns = TowerColumns.of(self.catalog)
+        self.columns = TowerColumns.of(self.catalog).fitted(self.cats, self.stats)
 
     @classmethod
     def fit(
