@@ -1,11 +1,13 @@
-"""The user tower's inputs for one row, in about 50 µs instead of ``encode_users``' ~1.5 ms.
+"""The user tower's inputs for one row, in about 42 µs instead of ``encode_users``' ~1.5 ms.
 
 ``FeatureEncoder.encode_users`` is built for batches: pandas indexes, Arrow list padding,
 one pass per column. For a single request most of its time is that machinery's fixed cost
 (measured 1.6 ms p50 on a 2-core machine, a fifth of the 10 ms budget). :class:`RowEncoder`
 does the same arithmetic with dict lookups on one row, with the same float64 operations in
 the same order, so its arrays are identical, not just close: ``tests/features/
-test_row_encoding.py`` compares them with ``np.array_equal`` against ``encode_users``.
+test_encoding.py`` (synthetic rows, an extended catalogue) and ``tests/serving/
+test_features.py`` (every Feast online row, cold-start rows) compare them with
+``np.array_equal`` against ``encode_users``; ``benchmarks/bench_row_encoding.py`` times it.
 """
 
 from __future__ import annotations
