@@ -30,10 +30,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys import fallback
+from recsys.index.hnsw import HNSW_EF_SEARCH
+from recsys.index.search import ItemIndex, SearchMode
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
-from recsys.vectors import HNSW_EF_SEARCH, ItemIndex, SearchMode
 from serving.encoding import RowEncoder
 from serving.features import Interaction, ItemGenres, cold_start_row
 from serving.tower import TowerFn, TowerKind, load_user_tower

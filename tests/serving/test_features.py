@@ -331,8 +331,9 @@ def copy_data(pipeline: Pipeline, tmp_path: Path) -> Path:
 def test_ann_search_serves_users_with_long_histories(pipeline: Pipeline, tmp_path: Path) -> None:
     """LanceDB mode on an IVF_HNSW_SQ table, with exclusion lists as long as the catalogue
     (over-fetching k + excluded rows must fit the index's search breadth)."""
+    from recsys.index.search import ItemIndex
+    from recsys.index.table import write_item_table
     from recsys.settings import Paths
-    from recsys.vectors import ItemIndex, write_item_table
 
     data = copy_data(pipeline, tmp_path)
     registry = ModelRegistry(data / "models")

@@ -1,42 +1,4 @@
-"""The item-embedding store: one LanceDB table per model version, searched by dot product.
-
-Layout: ``db_dir`` is a LanceDB database folder; model version ``V`` (``[A-Za-z0-9_-]``,
-e.g. ``20261121T221500-3f9a2c1b``) lives in table ``items_V`` with columns ``item_id``
-(int64), ``vector`` (fixed-size list of float32: the item tower's index vector ``[v / T, bias]``,
-``towers.model.index_vectors``; the query is ``[u, 1]``) and any
-attribute columns given (``title``, ``genres``, ``release_year``...) so serving can show
-them. Scores are dot products; LanceDB searches with ``distance_type="dot"`` (its distance
-is ``1 - dot``), and every score this module returns is recomputed exactly in NumPy from the
-stored vectors, so LanceDB and matrix results are ranked by the same number.
-
-Publication (nothing half-written is ever served). LanceDB OSS 0.40 has no local
-``rename_table`` (it raises ``NotImplementedError: rename_table is not supported in LanceDB
-OSS``), so a table cannot be built under a temporary name and renamed. Instead every table is
-written under its final name with ``mode="overwrite"`` (one Lance commit), indexed (a second
-commit), and only then is the Lance *tag* ``published`` pointed at that table version. Readers
-(:meth:`ItemIndex.open`, :func:`list_versions`) only ever check out the tagged version:
-
-* a run killed before tagging leaves an untagged table (or a folder without a manifest) that
-  no reader opens (``ItemIndex.open`` raises :class:`IncompleteTableError`) and that a
-  retry simply overwrites;
-* rewriting an already published version moves the tag in one step: readers see the old
-  complete version until the new one is complete. Tags survive ``mode="overwrite"``.
-  The superseded version's files stay on disk until :func:`drop_item_table` (deleting them
-  early would break readers still pinned to it); versions are meant to be written once.
-
-ANN index: IVF_HNSW_SQ, dot metric, ``round(sqrt(N) / 16)`` IVF partitions (20 at 100K), every
-partition probed, ``ef=max(100, fetched rows)``, ``refine_factor=2`` (candidates re-ranked
-on the full vectors). Chosen on 100K random L2-normalised 64-d vectors (no cluster structure:
-the hardest case), recall@20 vs exact, p50 on this 2-core machine while another benchmark ran:
-
-* IVF_PQ, 316 partitions, 16 sub-vectors: 0.33 (default nprobes), 0.58 with nprobes=40 and
-  refine_factor=10; 32 sub-vectors: 0.59, 0.97 only at nprobes=200 (19.6 ms); build 90-130 s.
-  (On clustered synthetic vectors IVF_PQ/32 reached 0.98, so random data is the hard case.)
-* IVF_HNSW_SQ, 19 partitions: 0.86 (defaults), 0.97 at ef=100, 0.993 at ef=100 +
-  refine_factor=2 (12.7 ms), 0.999 at ef=200; build 45 s. With 1 partition (one big graph)
-  only 0.65 at ef=100 and a 100 s build.
-
-Tables below ``ann_min_rows`` (default 50,000) get no index: LanceDB then scans exactly.
+"""Top-k item search over one published model version: the matrix, the HNSW graph or LanceDB.
 
 Search modes (:meth:`ItemIndex.open`):
 
@@ -90,32 +52,28 @@ walk (hnsw).
 from __future__ import annotations
 
 import json
-import logging
-import math
-import os
-import re
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import faiss
-import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import HnswSq
 
-VERSION_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-TABLE_PREFIX = "items_"
-PUBLISHED_TAG = "published"
-METADATA_KEY = b"recsys.item_store"
-VECTOR_COLUMN = "vector"
-ID_COLUMN = "item_id"
-RESERVED_COLUMNS = {ID_COLUMN, VECTOR_COLUMN, "_distance", "_rowid", "_score"}
-METRIC: Literal["dot"] = "dot"
+from recsys.index.hnsw import HNSW_EF_SEARCH, HNSW_MIN_ROWS, graph_path, load_or_build
+from recsys.index.table import (
+    ID_COLUMN,
+    METADATA_KEY,
+    METRIC,
+    PUBLISHED_TAG,
+    VECTOR_COLUMN,
+    IncompleteTableError,
+    all_tables,
+    column_numpy,
+    connect,
+    table_name,
+    vectors_numpy,
+)
 
-ANN_INDEX_TYPE = "IVF_HNSW_SQ"
-ANN_MIN_ROWS = 50_000
 # Search-time settings of the HNSW index; every IVF partition is probed (there are few).
 # recall@20 0.993 vs exact on 100K random normalised 64-d vectors (0.970 without refining).
 ANN_EF = 100
@@ -124,248 +82,8 @@ ANN_REFINE_FACTOR = 2
 # (or when the table has no ANN index); see the module docstring for the measurements.
 MATRIX_BUDGET_FLOATS = 32_000_000
 
-# "auto" picks the matrix below this many rows and the in-memory HNSW graph from here on (in
-# memory, i.e. within MATRIX_BUDGET_FLOATS). Measured crossover: see the module docstring.
-HNSW_MIN_ROWS = 50_000
-# The in-memory graph (faiss IndexHNSWFlat over the MIPS-to-L2 transformed vectors).
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 80
-# Search breadth (per query: at least k): recall against speed, see the module docstring.
-HNSW_EF_SEARCH = 256
-# Built graphs are kept in this folder of the LanceDB directory, one file per table version.
-HNSW_DIR = ".hnsw"
-
-log = logging.getLogger(__name__)
-
 SearchMode = Literal["auto", "lance", "matrix", "hnsw"]
 ResolvedMode = Literal["lance", "matrix", "hnsw"]
-
-
-class IncompleteTableError(LookupError):
-    """The version's table exists but was never published (a killed or failed write)."""
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    table: str
-    rows: int
-    dim: int
-    index_type: str  # "flat" or the ANN index type: "IVF_HNSW_SQ"
-    build_seconds: float
-    hnsw_graph: bool = False  # whether the in-memory search graph was built and kept
-
-
-def table_name(version: str) -> str:
-    """The LanceDB table of a model version; rejects anything but ``[A-Za-z0-9_-]{1,128}``."""
-    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
-        raise ValueError(
-            f"invalid model version {version!r}: expected 1-128 characters of [A-Za-z0-9_-]"
-        )
-    return TABLE_PREFIX + version
-
-
-def _connect(db_dir: Path) -> Any:
-    return lancedb.connect(Path(db_dir))
-
-
-def _all_tables(db: Any) -> list[str]:
-    names: list[str] = []
-    token = None
-    while True:
-        response = db.list_tables(page_token=token)
-        names.extend(response.tables)
-        token = response.page_token
-        if not token:
-            return names
-
-
-def _ann_partitions(rows: int) -> int:
-    """IVF partitions of the HNSW index: sqrt(N) / 16, i.e. 20 at 100K rows.
-
-    Each partition is its own HNSW graph and all are probed, so few partitions means few
-    graph searches; LanceDB recommends a small number for HNSW. At 100K random 64-d rows,
-    1 partition (one big graph) gave recall@20 0.65 at ef=100 and built 2x slower than 19.
-    """
-    return max(1, round(math.sqrt(rows) / 16))
-
-
-def _check_inputs(
-    item_ids: np.ndarray, vectors: np.ndarray, attributes: pa.Table | None
-) -> tuple[np.ndarray, np.ndarray, pa.Table | None]:
-    ids = np.asarray(item_ids)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"item_ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
-    ids = ids.astype(np.int64, copy=False)
-    vecs = np.asarray(vectors)
-    if vecs.ndim != 2 or vecs.shape[0] != ids.shape[0] or vecs.shape[1] < 1:
-        raise ValueError(f"vectors must be ({ids.shape[0]}, d), got {vecs.shape}")
-    if ids.shape[0] == 0:
-        raise ValueError("no items to write")
-    if np.unique(ids).shape[0] != ids.shape[0]:
-        raise ValueError("item_ids contain duplicates")
-    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    if not np.isfinite(vecs).all():
-        raise ValueError("vectors contain NaN or infinity")
-    if attributes is not None:
-        if attributes.num_rows != ids.shape[0]:
-            raise ValueError(
-                f"attributes has {attributes.num_rows} rows for {ids.shape[0]} item_ids"
-            )
-        if ID_COLUMN in attributes.column_names:
-            given = attributes.column(ID_COLUMN).to_numpy(zero_copy_only=False)
-            if not np.array_equal(given.astype(np.int64), ids):
-                raise ValueError("attributes.item_id is not aligned with item_ids")
-            attributes = attributes.drop_columns([ID_COLUMN])
-        clash = RESERVED_COLUMNS & set(attributes.column_names)
-        if clash:
-            raise ValueError(f"attribute columns use reserved names: {sorted(clash)}")
-    return ids, vecs, attributes
-
-
-def write_item_table(
-    db_dir: Path,
-    version: str,
-    item_ids: np.ndarray,
-    vectors: np.ndarray,
-    attributes: pa.Table | None = None,
-    *,
-    ann_min_rows: int = ANN_MIN_ROWS,
-    hnsw_min_rows: int = HNSW_MIN_ROWS,
-) -> IndexInfo:
-    """Write (or rewrite) the item table of ``version`` and publish it once complete.
-
-    Builds an IVF_HNSW_SQ index (dot metric, sqrt(N)/16 partitions) when
-    ``rows >= ann_min_rows``,
-    otherwise leaves the table unindexed for exact flat search. From ``hnsw_min_rows`` rows
-    on it also builds and keeps the in-memory HNSW graph that ``ItemIndex.open`` then reads
-    instead of building (see the module docstring), before publishing. Rewriting an existing
-    version is safe: readers keep the previous published version until the new one is tagged.
-    """
-    name = table_name(version)
-    ids, vecs, attrs = _check_inputs(item_ids, vectors, attributes)
-    rows, dim = vecs.shape
-    use_ann = rows >= ann_min_rows
-    index_type = ANN_INDEX_TYPE if use_ann else "flat"
-    meta = {
-        "version": version,
-        "rows": rows,
-        "dim": dim,
-        "metric": METRIC,
-        "index_type": index_type,
-    }
-    if use_ann:
-        meta["num_partitions"] = _ann_partitions(rows)
-
-    columns: dict[str, pa.Array] = {ID_COLUMN: pa.array(ids, type=pa.int64())}
-    if attrs is not None:
-        for column in attrs.column_names:
-            columns[column] = attrs.column(column).combine_chunks()
-    columns[VECTOR_COLUMN] = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim)
-    data = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
-
-    t0 = time.perf_counter()
-    db = _connect(db_dir)
-    table = db.create_table(name, data, mode="overwrite")
-    if use_ann:
-        table.create_index(
-            VECTOR_COLUMN,
-            config=HnswSq(distance_type=METRIC, num_partitions=meta["num_partitions"]),
-        )
-    if table.count_rows() != rows:  # paranoia: the committed version must hold every row
-        raise RuntimeError(f"{name}: wrote {table.count_rows()} rows, expected {rows}")
-    graph = rows >= hnsw_min_rows
-    if graph:  # rows in ItemIndex order (ascending ids), keyed by this table version
-        order = np.argsort(ids, kind="stable")
-        _hnsw_index(vecs[order], _hnsw_cache(db_dir, version, table.version))
-    # The last step: readers only open the tagged version.
-    if PUBLISHED_TAG in table.tags.list():
-        table.tags.update(PUBLISHED_TAG, table.version)
-    else:
-        table.tags.create(PUBLISHED_TAG, table.version)
-    return IndexInfo(
-        table=name,
-        rows=rows,
-        dim=dim,
-        index_type=index_type,
-        build_seconds=time.perf_counter() - t0,
-        hnsw_graph=graph,
-    )
-
-
-def drop_item_table(db_dir: Path, version: str) -> None:
-    """Delete a version's table (published or not); a missing table is not an error."""
-    name = table_name(version)
-    _connect(db_dir).drop_table(name, ignore_missing=True)
-    for graph in (Path(db_dir) / HNSW_DIR).glob(f"{version}@*.faiss"):
-        graph.unlink(missing_ok=True)
-
-
-def list_versions(db_dir: Path, *, include_unpublished: bool = False) -> list[str]:
-    """Model versions with a published item table, sorted; ``include_unpublished`` adds the
-    tables of killed or failed writes (which a retry overwrites or a drop removes)."""
-    if not Path(db_dir).exists():
-        return []
-    db = _connect(db_dir)
-    versions = []
-    for name in _all_tables(db):
-        if not name.startswith(TABLE_PREFIX):
-            continue
-        version = name[len(TABLE_PREFIX) :]
-        if not VERSION_RE.fullmatch(version):
-            continue
-        if include_unpublished or _is_published(db, name):
-            versions.append(version)
-    return sorted(versions)
-
-
-def _is_published(db: Any, name: str) -> bool:
-    try:
-        table = db.open_table(name)
-    except ValueError:  # a folder without a committed manifest: "Table ... was not found"
-        return False
-    return PUBLISHED_TAG in table.tags.list()
-
-
-def _mips_to_l2(vectors: np.ndarray) -> np.ndarray:
-    """Item vectors x -> [x, sqrt(R^2 - |x|^2)] with R the largest norm (Bachrach et al.,
-    RecSys 2014): with queries [u, 0], |q - x'|^2 = |u|^2 + R^2 - 2 u.x, so the nearest
-    neighbours in L2 are exactly the largest dot products. A graph built on the raw dot
-    product (not a metric: an item need not be its own best match) misses many of them."""
-    norms2 = np.einsum("ij,ij->i", vectors, vectors)
-    extra = np.sqrt(np.maximum(norms2.max() - norms2, 0.0))
-    return np.ascontiguousarray(np.hstack([vectors, extra[:, None]]), dtype=np.float32)
-
-
-def _hnsw_cache(db_dir: Path, version: str, table_version: int) -> Path:
-    return Path(db_dir) / HNSW_DIR / f"{version}@{table_version}.faiss"
-
-
-def _hnsw_index(vectors: np.ndarray, cache: Path | None) -> Any:
-    """The HNSW graph over ``vectors`` (row i = position i), read from ``cache`` when a
-    matching one is there, else built and written there (temp file, then rename)."""
-    rows, dim = vectors.shape
-    if cache is not None and cache.exists():
-        try:
-            index = faiss.read_index(str(cache))
-            if index.ntotal == rows and index.d == dim + 1:
-                return index
-            log.warning("ignoring %s: %d x %d, want %d x %d", cache, index.ntotal, index.d,
-                        rows, dim + 1)  # fmt: skip
-        except RuntimeError as exc:  # truncated or not a faiss file
-            log.warning("ignoring unreadable %s: %s", cache, exc)
-    index = faiss.IndexHNSWFlat(dim + 1, HNSW_M)
-    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    index.add(_mips_to_l2(vectors))
-    if cache is not None:
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            faiss.write_index(index, str(tmp))
-            os.replace(tmp, cache)
-        except (OSError, RuntimeError) as exc:  # a read-only folder: serve, rebuild next time
-            log.warning("could not keep the HNSW graph in %s: %s", cache, exc)
-            tmp.unlink(missing_ok=True)
-    return index
 
 
 def _distinct(ids: np.ndarray) -> np.ndarray:
@@ -374,17 +92,6 @@ def _distinct(ids: np.ndarray) -> np.ndarray:
     if ids.size < 2 or bool((ids[1:] > ids[:-1]).all()):
         return ids
     return np.unique(ids)
-
-
-def _column_numpy(table: pa.Table, column: str) -> np.ndarray:
-    return table.column(column).combine_chunks().to_numpy(zero_copy_only=False)
-
-
-def _vectors_numpy(table: pa.Table, dim: int) -> np.ndarray:
-    values = table.column(VECTOR_COLUMN).combine_chunks().flatten()
-    return np.ascontiguousarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
-        -1, dim
-    )
 
 
 class ItemIndex:
@@ -458,8 +165,8 @@ class ItemIndex:
         if mode not in ("auto", "lance", "matrix", "hnsw"):
             raise ValueError(f"mode must be 'auto', 'lance', 'matrix' or 'hnsw', got {mode!r}")
         name = table_name(version)
-        db = _connect(db_dir)
-        if name not in _all_tables(db):
+        db = connect(db_dir)
+        if name not in all_tables(db):
             raise FileNotFoundError(f"no item table for model version {version!r} in {db_dir}")
         try:
             table = db.open_table(name)
@@ -494,11 +201,11 @@ class ItemIndex:
         else:
             columns = [c for c in table.schema.names if c != VECTOR_COLUMN]
             data = table.search().select(columns).limit(None).to_arrow()
-        ids = _column_numpy(data, ID_COLUMN).astype(np.int64, copy=False)
+        ids = column_numpy(data, ID_COLUMN).astype(np.int64, copy=False)
         order = np.argsort(ids, kind="stable")
         data = data.take(pa.array(order))
         ids = ids[order]
-        vectors = _vectors_numpy(data, dim) if resolved != "lance" else None
+        vectors = vectors_numpy(data, dim) if resolved != "lance" else None
         attributes = data.drop_columns([c for c in (VECTOR_COLUMN,) if c in data.column_names])
         return cls(
             version=version,
@@ -514,7 +221,7 @@ class ItemIndex:
             refine_factor=refine_factor,
             hnsw_ef=hnsw_ef,
             hnsw=(
-                _hnsw_index(vectors, _hnsw_cache(db_dir, version, table.version))
+                load_or_build(vectors, graph_path(db_dir, version, table.version))
                 if resolved == "hnsw" and vectors is not None
                 else None
             ),
@@ -591,7 +298,7 @@ class ItemIndex:
         k = min(k, self.rows - int(masked.size))
         if k <= 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-        query = np.append(u, np.float32(0.0))[None, :]  # [u, 0]: see _mips_to_l2
+        query = np.append(u, np.float32(0.0))[None, :]  # [u, 0]: see mips_to_l2
         _, found = self._hnsw.search(query, k, params=params)
         top = found[0][found[0] >= 0]  # -1: the graph walk reached fewer than k items
         scores = self._vectors[top] @ u  # the same arithmetic as the matrix mode
@@ -617,8 +324,8 @@ class ItemIndex:
                 .refine_factor(self._refine_factor)
             )
         result = query.to_arrow()
-        ids = _column_numpy(result, ID_COLUMN).astype(np.int64, copy=False)
-        vecs = _vectors_numpy(result, self.dim)
+        ids = column_numpy(result, ID_COLUMN).astype(np.int64, copy=False)
+        vecs = vectors_numpy(result, self.dim)
         if seen.size:
             keep = ~np.isin(ids, seen)
             ids, vecs = ids[keep], vecs[keep]
