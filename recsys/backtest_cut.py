@@ -126,13 +126,13 @@ def _split_groups(
 
 
 def _two_tower(source: Any, cfg: BacktestConfig) -> tuple[Any, Any, dict[str, Any]]:
-    """``towers.compare``'s protocol: temperature, recency weight, epochs and popularity
+    """``towers.release``'s protocol: temperature, recency weight, epochs and popularity
     prior chosen on validation, then the refit on train + validation for those epochs.
     Returns (refit, its data, its choices)."""
-    from towers.compare import prior_key, tune
     from towers.config import TowerConfig
     from towers.data import tower_data
     from towers.train import train
+    from towers.tuning import prior_key, tune
 
     tcfg = replace(TowerConfig(), epochs=cfg.max_epochs, seed=cfg.seed)
     best, tried, priors = tune(tcfg, tower_data(source, ("train",), tcfg.history),
@@ -170,7 +170,7 @@ def run_cut(
     scored on every group of the window's test users."""
     from recsys.pipeline import build
     from recsys.settings import settings_from
-    from towers.compare import baselines
+    from towers.baseline_scores import baselines
     from towers.data import load_source
     from towers.train import tower_scores
 

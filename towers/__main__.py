@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
     if args.command == "compare":
-        from towers.compare import compare
+        from towers.release import train_release
 
-        summary = compare(settings, tuple(args.losses), cfg, args.out, refit=args.refit)
+        summary = train_release(settings, tuple(args.losses), cfg, args.out, refit=args.refit)
         sys.stdout.write(Path(summary["files"]["markdown"]).read_text() + "\n")
         return 0
     from towers.data import load_tower_data

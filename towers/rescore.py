@@ -69,11 +69,11 @@ def evaluated_checkpoint(folder: Path) -> Path:
 
 
 def read_per_user(folder: Path) -> dict[str, np.ndarray] | None:
-    """Per-user test recall@20 of every model of a version (``towers.compare.PER_USER``),
+    """Per-user test recall@20 of every model of a version (``towers.release.PER_USER``),
     by model name; None for a version that has none."""
     import pandas as pd
 
-    from towers.compare import PER_USER
+    from towers.release import PER_USER
 
     path = Path(folder) / PER_USER
     if not path.exists():

@@ -205,7 +205,7 @@ def _optimizer(model: TwoTower, cfg: TowerConfig) -> torch.optim.Optimizer:
 
 class Training:
     """One training run, advanced an epoch at a time: ``train`` runs it to its end, and
-    ``towers.compare.tune`` advances several candidates a few epochs each and continues only
+    ``towers.tuning.tune`` advances several candidates a few epochs each and continues only
     the best (successive halving). A run owns its generators (data order, negatives, and
     torch's global generator for dropout, saved and restored around each epoch), so a run
     interleaved with others gives exactly the weights and history it would alone.
