@@ -38,9 +38,9 @@ from recsys.settings import Paths
 from serving.encoding import RowEncoder
 from serving.features import Interaction, ItemGenres, cold_start_row
 from serving.tower import TowerFn, TowerKind, load_user_tower
+from towers.checkpoint import load_checkpoint
 from towers.data import FeatureEncoder
 from towers.model import TwoTower
-from towers.train import load_checkpoint
 
 log = logging.getLogger(__name__)
 

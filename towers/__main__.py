@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = train_release(settings, tuple(args.losses), cfg, args.out, refit=args.refit)
         sys.stdout.write(Path(summary["files"]["markdown"]).read_text() + "\n")
         return 0
+    from towers.checkpoint import save_checkpoint
     from towers.data import load_tower_data
-    from towers.train import evaluate_window, save_checkpoint, train
+    from towers.train import evaluate_window, train
 
     data = load_tower_data(settings, with_test=False, history=cfg.history)
     result = train(replace(cfg, loss=args.loss), data)

@@ -34,10 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from towers.baseline_scores import BASELINE_NOTES, baselines
+from towers.checkpoint import save_checkpoint
 from towers.config import TowerConfig
 from towers.data import TowerSource, load_source, tower_data
 from towers.evaluate import aggregate, report
-from towers.train import TrainResult, save_checkpoint, train
+from towers.train import TrainResult, train
 from towers.tuning import TEMPERATURES, prior_key, tune
 
 METRIC = "recall@20"  # the per-user score kept for the quality gate (PER_USER)

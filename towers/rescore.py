@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from towers.checkpoint import load_checkpoint
 from towers.data import EvalWindow, TowerSource
 from towers.evaluate import per_user_metrics
-from towers.train import load_checkpoint, tower_scores
+from towers.train import tower_scores
 
 
 def window_for(checkpoint: Path, source: TowerSource, name: str = "test") -> tuple[Any, EvalWindow]:

@@ -28,7 +28,7 @@ from orchestration.resources import (
 
 def _model(reg: Any, version: str) -> tuple[Any, Any]:
     """(model, encoder) of a two-tower ``version``, from its checkpoint."""
-    from towers.train import load_checkpoint
+    from towers.checkpoint import load_checkpoint
 
     model, encoder, _ = load_checkpoint(reg.path(version) / "checkpoint.pt")
     return model, encoder

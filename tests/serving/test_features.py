@@ -40,7 +40,7 @@ from serving.settings import ServingSettings
 from serving.state import ServingState
 from serving.tower import ONNX_ATOL
 from tests.serving.conftest import Pipeline
-from towers.train import load_checkpoint
+from towers.checkpoint import load_checkpoint
 
 
 def sql_profiles(dataset: Path) -> pd.DataFrame:

@@ -14,10 +14,10 @@ import torch
 from recsys.registry import ModelRegistry
 from serving.tower import ONNX_ATOL, OnnxTower, load_user_tower
 from tests.serving.conftest import Pipeline
+from towers.checkpoint import load_checkpoint
 from towers.data import HISTORY_FEATURES, FeatureEncoder
 from towers.export import USER_TOWER_FILE, export_user_tower
 from towers.model import TwoTower
-from towers.train import load_checkpoint
 
 
 @pytest.fixture(scope="module")

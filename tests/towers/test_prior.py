@@ -14,17 +14,12 @@ import scipy.sparse as sp
 import torch
 
 from tests.towers.test_model import GENRES, rows
+from towers.checkpoint import load_checkpoint, save_checkpoint
 from towers.config import TowerConfig
 from towers.data import EvalWindow, FeatureEncoder
 from towers.evaluate import EvalSplit, rank_metrics
 from towers.model import index_vectors, query_vectors
-from towers.train import (
-    TrainResult,
-    build_model,
-    load_checkpoint,
-    save_checkpoint,
-    tower_scores,
-)
+from towers.train import TrainResult, build_model, tower_scores
 from towers.tuning import choose_prior
 
 CFG = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=4, temperature=1.0)

@@ -15,11 +15,12 @@ import pyarrow as pa
 import pytest
 import torch
 
+from towers.checkpoint import load_checkpoint
 from towers.config import TowerConfig
 from towers.data import load_source, tower_data
 from towers.release import PER_USER, train_release
 from towers.rescore import per_user_scores
-from towers.train import load_checkpoint, train
+from towers.train import train
 
 CFG = TowerConfig(dim=16, hidden=32, id_dim=16, epochs=2, patience=2, batch_size=512)
 ALL = ("train", "val", "test")
