@@ -37,7 +37,8 @@ from towers.baseline_scores import BASELINE_NOTES, baselines
 from towers.checkpoint import save_checkpoint
 from towers.config import TowerConfig
 from towers.data import TowerSource, load_source, tower_data
-from towers.evaluate import aggregate, report
+from towers.evaluate import aggregate
+from towers.report import report
 from towers.train import TrainResult, train
 from towers.tuning import TEMPERATURES, prior_key, tune
 
