@@ -23,8 +23,9 @@ import pytest
 
 from recsys.ingest import ingest
 from recsys.io import read_json
-from recsys.schema import INTERACTIONS, TABLES, DatasetValidationError, normalize_dataset
+from recsys.schema import INTERACTIONS, TABLES, DatasetValidationError
 from recsys.settings import Settings
+from recsys.validation.folder import normalize_dataset
 from recsys.validation.tables import read_batch, validate_interactions
 from tests.conftest import event, item, ts, user
 

@@ -1,9 +1,11 @@
-"""Great Expectations validation of the canonical tables: every check's outcome, not just the first.
+"""Validation of the canonical tables: a dataset folder in DuckDB, and frames in memory with
+Great Expectations, every check's outcome, not just the first.
 
-:func:`recsys.schema.validate_dataset` (DuckDB, streaming) stops at the first problem of a
-dataset folder. This package is its complement for frames already in memory (a dataset table,
-a batch of new interactions, a feature table): it runs a whole suite and reports each check's
-outcome, so a Dagster blocking asset check can show everything that is wrong at once.
+:func:`recsys.validation.folder.validate_dataset` (DuckDB, streaming) stops at the first problem
+of a dataset folder. The other modules are its complement for frames already in memory (a
+dataset table, a batch of new interactions, a feature table): they run a whole suite and report
+each check's outcome, so a Dagster blocking asset check can show everything that is wrong at
+once.
 
 Most checks are GX 1.x expectations run on one pandas batch in an ephemeral context. A few are
 computed in pandas and reported in the same :class:`CheckOutcome` shape:
@@ -20,7 +22,8 @@ failed with a detail starting ``skipped:`` (a blocking check must not pass on da
 look at). Integer columns may arrive as float64 holding whole numbers: that is what pandas makes
 of an integer column with nulls, so it is accepted and the nulls are reported as nulls.
 
-Modules: ``report`` (each check's outcome), ``checks`` (the check specifications), ``suite``
-(running them: the GX ones as one suite, the pandas ones directly) and ``tables`` (the checks
-of each table, and reading a batch).
+Modules: ``folder`` (a dataset folder in DuckDB, its normalised copy and summary), ``report``
+(each check's outcome), ``checks`` (the check specifications), ``suite`` (running them: the GX
+ones as one suite, the pandas ones directly) and ``tables`` (the checks of each table, and
+reading a batch).
 """

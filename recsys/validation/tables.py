@@ -17,7 +17,6 @@ from recsys.schema import (
     PRIMARY_KEYS,
     TABLES,
     DatasetValidationError,
-    read_canonical,
 )
 from recsys.validation.checks import (
     Check,
@@ -35,6 +34,7 @@ from recsys.validation.checks import (
     schema_checks,
     top_user_share,
 )
+from recsys.validation.folder import read_canonical
 from recsys.validation.report import ValidationReport
 from recsys.validation.suite import run
 
