@@ -154,7 +154,7 @@ def oracle_truth(dataset: str, folder: Path, synthetic_interactions: int | None 
                  synthetic_seed: int | None = None) -> Any:  # fmt: skip
     """The planted factors when the dataset is synthetic (its ``synthetic_truth.npz``, or
     rebuilt from the size and seed), else None."""
-    from recsys.datasets.synthetic import planted_truth
+    from recsys.datasets.planted import planted_truth
     from recsys.settings import settings_from
 
     if (folder / "synthetic_truth.npz").exists():

@@ -215,7 +215,7 @@ def run_cut(
         fold = getattr(model, "fold_in_fn", model.score_fn)  # history models read `seen`
         fns[name] = (model.score_fn(test), fold(new) if has_new else None)
     if truth is not None:
-        from recsys.datasets.synthetic import planted_affinity
+        from recsys.datasets.planted import planted_affinity
 
         def oracle(split: EvalSplit) -> ScoreFn:
             return lambda rows: planted_affinity(truth, split.user_ids[rows], split.item_ids)
