@@ -51,7 +51,6 @@ walk (hnsw).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,15 +61,10 @@ import pyarrow as pa
 from recsys.index.hnsw import HNSW_EF_SEARCH, HNSW_MIN_ROWS, graph_path, load_or_build
 from recsys.index.table import (
     ID_COLUMN,
-    METADATA_KEY,
     METRIC,
-    PUBLISHED_TAG,
     VECTOR_COLUMN,
-    IncompleteTableError,
-    all_tables,
     column_numpy,
-    connect,
-    table_name,
+    open_published,
     vectors_numpy,
 )
 
@@ -160,32 +154,12 @@ class ItemIndex:
         """Open the published table of ``version``.
 
         Raises ``FileNotFoundError`` when the version has no table and
-        :class:`IncompleteTableError` when its table was never published.
+        :class:`recsys.index.table.IncompleteTableError` when its table was never published.
         """
         if mode not in ("auto", "lance", "matrix", "hnsw"):
             raise ValueError(f"mode must be 'auto', 'lance', 'matrix' or 'hnsw', got {mode!r}")
-        name = table_name(version)
-        db = connect(db_dir)
-        if name not in all_tables(db):
-            raise FileNotFoundError(f"no item table for model version {version!r} in {db_dir}")
-        try:
-            table = db.open_table(name)
-        except ValueError as exc:
-            raise IncompleteTableError(
-                f"{name} in {db_dir} has no committed data (a killed write); rewrite it"
-            ) from exc
-        if PUBLISHED_TAG not in table.tags.list():
-            raise IncompleteTableError(
-                f"{name} in {db_dir} was never published (a killed or failed write); rewrite it"
-            )
-        table.checkout(PUBLISHED_TAG)  # pin: a concurrent rewrite does not change what we serve
-        raw = (table.schema.metadata or {}).get(METADATA_KEY)
-        if raw is None:
-            raise IncompleteTableError(f"{name} lacks {METADATA_KEY.decode()} metadata")
-        meta = json.loads(raw)
+        table, meta = open_published(db_dir, version)
         rows, dim = int(meta["rows"]), int(meta["dim"])
-        if table.count_rows() != rows:
-            raise IncompleteTableError(f"{name}: {table.count_rows()} rows, metadata says {rows}")
 
         resolved: ResolvedMode
         if mode == "auto":

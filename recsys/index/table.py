@@ -247,6 +247,37 @@ def list_versions(db_dir: Path, *, include_unpublished: bool = False) -> list[st
     return sorted(versions)
 
 
+def open_published(db_dir: Path, version: str) -> tuple[Any, dict[str, Any]]:
+    """The LanceDB table of ``version`` checked out at its published version, and its metadata.
+
+    Raises ``FileNotFoundError`` when the version has no table and
+    :class:`IncompleteTableError` when its table was never published.
+    """
+    name = table_name(version)
+    db = connect(db_dir)
+    if name not in all_tables(db):
+        raise FileNotFoundError(f"no item table for model version {version!r} in {db_dir}")
+    try:
+        table = db.open_table(name)
+    except ValueError as exc:
+        raise IncompleteTableError(
+            f"{name} in {db_dir} has no committed data (a killed write); rewrite it"
+        ) from exc
+    if PUBLISHED_TAG not in table.tags.list():
+        raise IncompleteTableError(
+            f"{name} in {db_dir} was never published (a killed or failed write); rewrite it"
+        )
+    table.checkout(PUBLISHED_TAG)  # pin: a concurrent rewrite does not change what we serve
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise IncompleteTableError(f"{name} lacks {METADATA_KEY.decode()} metadata")
+    meta = json.loads(raw)
+    rows = int(meta["rows"])
+    if table.count_rows() != rows:
+        raise IncompleteTableError(f"{name}: {table.count_rows()} rows, metadata says {rows}")
+    return table, meta
+
+
 def _is_published(db: Any, name: str) -> bool:
     try:
         table = db.open_table(name)
