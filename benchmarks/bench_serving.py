@@ -315,8 +315,9 @@ def fake_versions(data: Path, n: int, seed: int) -> tuple[str, str]:
     real ones plus synthetic ones): one with the ANN index, one flat. Returns their ids."""
     import pyarrow as pa
 
+    from recsys.index.search import ItemIndex
+    from recsys.index.table import write_item_table
     from recsys.registry import ModelRegistry
-    from recsys.vectors import ItemIndex, write_item_table
 
     registry = ModelRegistry(data / "models")
     current = registry.current()
@@ -353,8 +354,8 @@ def fake_versions(data: Path, n: int, seed: int) -> tuple[str, str]:
 
 def search_only(data: Path, ann: str, flat: str, queries: int, seed: int) -> list[dict[str, Any]]:
     """The item search alone, in-process, with serving's own query vectors and exclusions."""
+    from recsys.index.search import ItemIndex
     from recsys.settings import Paths
-    from recsys.vectors import ItemIndex
     from serving.loaded import load_version
     from serving.metrics import Metrics
     from serving.settings import ServingSettings
@@ -380,7 +381,7 @@ def search_only(data: Path, ann: str, flat: str, queries: int, seed: int) -> lis
     indexes = [
         ("matrix", matrix),
         ("hnsw (in memory)", ItemIndex.open(data / "lancedb", ann, mode="hnsw")),
-        # ef = max(100, 2 x rows fetched) per query (recsys.vectors._search_lance)
+        # ef = max(100, 2 x rows fetched) per query (recsys.index.search ItemIndex._search_lance)
         ("lance ANN", ItemIndex.open(data / "lancedb", ann, mode="lance")),
         ("lance flat", lance_flat),
     ]

@@ -26,7 +26,9 @@ import numpy as np
 os.environ.setdefault("LANCEDB_LOG", "error")  # LanceDB warns on every new table otherwise
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from recsys.vectors import ANN_MIN_ROWS, HNSW_MIN_ROWS, ItemIndex, write_item_table  # noqa: E402
+from recsys.index.hnsw import HNSW_MIN_ROWS  # noqa: E402
+from recsys.index.search import ItemIndex  # noqa: E402
+from recsys.index.table import ANN_MIN_ROWS, write_item_table  # noqa: E402
 from serving.threads import limit_threads  # noqa: E402
 
 

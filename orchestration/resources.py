@@ -23,7 +23,7 @@ class PipelineSettings(ConfigurableResource):
     synthetic_interactions: int | None = None
     synthetic_seed: int | None = None
     # Two-tower training: softmax temperatures tried on validation (comma-separated; the two
-    # ends of `towers.compare.TEMPERATURES`, which `python -m towers compare` tries in full:
+    # ends of `towers.tuning.TEMPERATURES`, which `python -m towers compare` tries in full:
     # sharp for personal data, flat where the item prior carries the signal), and the most
     # epochs a run may take.
     temperatures: str = "0.05,1.0"

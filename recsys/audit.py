@@ -109,7 +109,7 @@ def audit_dataset(folder: Path) -> Audit:
     on users, items and interactions (nothing from the future, known ids, unique events)."""
     import pandas as pd
 
-    from recsys.validation import validate_interactions, validate_items, validate_users
+    from recsys.validation.tables import validate_interactions, validate_items, validate_users
 
     users = pd.read_parquet(folder / "users.parquet")
     items = pd.read_parquet(folder / "items.parquet")
@@ -129,11 +129,11 @@ def audit_dataset(folder: Path) -> Audit:
 
 def audit_features(folder: Path) -> Audit:
     """Each feature table non-empty, keys and timestamps present and not null, one row per
-    entity and time (`recsys.validation.validate_feature_table`)."""
+    entity and time (`recsys.validation.tables.validate_feature_table`)."""
     import pandas as pd
 
     from recsys.features import VIEWS
-    from recsys.validation import validate_feature_table
+    from recsys.validation.tables import validate_feature_table
 
     reports = {}
     for view in VIEWS:

@@ -8,7 +8,7 @@ as many events as the test window (``val_share``), ending at the cut. For every 
 *everything* comes from events before it, through the code ``recsys pipeline`` runs:
 ``recsys.pipeline.build`` in a folder of its own (features as of each row, the
 point-in-time training set split train < val_start <= val < cut <= test < window end), then
-``towers.compare``: temperature and epochs chosen on validation (``tune``), a refit on
+``towers.release``: temperature and epochs chosen on validation (``tune``), a refit on
 train + validation for those epochs (the model "as of its cut"), every baseline's choices
 made on validation (``baselines``). Everything is scored by ``towers.evaluate``.
 
@@ -154,7 +154,7 @@ def oracle_truth(dataset: str, folder: Path, synthetic_interactions: int | None 
                  synthetic_seed: int | None = None) -> Any:  # fmt: skip
     """The planted factors when the dataset is synthetic (its ``synthetic_truth.npz``, or
     rebuilt from the size and seed), else None."""
-    from recsys.datasets.synthetic import planted_truth
+    from recsys.datasets.planted import planted_truth
     from recsys.settings import settings_from
 
     if (folder / "synthetic_truth.npz").exists():

@@ -126,13 +126,13 @@ def _split_groups(
 
 
 def _two_tower(source: Any, cfg: BacktestConfig) -> tuple[Any, Any, dict[str, Any]]:
-    """``towers.compare``'s protocol: temperature, recency weight, epochs and popularity
+    """``towers.release``'s protocol: temperature, recency weight, epochs and popularity
     prior chosen on validation, then the refit on train + validation for those epochs.
     Returns (refit, its data, its choices)."""
-    from towers.compare import prior_key, tune
     from towers.config import TowerConfig
     from towers.data import tower_data
     from towers.train import train
+    from towers.tuning import prior_key, tune
 
     tcfg = replace(TowerConfig(), epochs=cfg.max_epochs, seed=cfg.seed)
     best, tried, priors = tune(tcfg, tower_data(source, ("train",), tcfg.history),
@@ -170,7 +170,7 @@ def run_cut(
     scored on every group of the window's test users."""
     from recsys.pipeline import build
     from recsys.settings import settings_from
-    from towers.compare import baselines
+    from towers.baseline_scores import baselines
     from towers.data import load_source
     from towers.train import tower_scores
 
@@ -215,7 +215,7 @@ def run_cut(
         fold = getattr(model, "fold_in_fn", model.score_fn)  # history models read `seen`
         fns[name] = (model.score_fn(test), fold(new) if has_new else None)
     if truth is not None:
-        from recsys.datasets.synthetic import planted_affinity
+        from recsys.datasets.planted import planted_affinity
 
         def oracle(split: EvalSplit) -> ScoreFn:
             return lambda rows: planted_affinity(truth, split.user_ids[rows], split.item_ids)

@@ -13,7 +13,7 @@ folder is rejected, and an incoming batch keeps the column as stored for its typ
 
 This module decides (:func:`rule`) and checks the values (:func:`scan_values`, streaming
 through the file a column batch at a time, so it scales with the file).
-:func:`recsys.schema.check_casts` puts it to work for both load paths, a dataset folder and an
+:func:`recsys.validation.folder.check_casts` puts it to work for both load paths, a dataset folder and an
 incoming batch, and turns a finding into an error naming the file, the column and example rows.
 """
 
@@ -182,7 +182,7 @@ def _to_timestamp(stored: pa.DataType) -> Rule | None:
     if pa.types.is_date(stored):
         return Rule("dates read as midnight UTC")
     if _is_text(stored):
-        # The values are parsed by DuckDB; recsys.schema.check_casts checks every one parses.
+        # The values are parsed by DuckDB; recsys.validation.folder.check_casts checks every one parses.
         return Rule("ISO-8601 text parsed (text without an offset read as UTC)")
     return None
 

@@ -224,7 +224,8 @@ def _synth(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from recsys.schema import DatasetValidationError, summarize, validate_dataset
+    from recsys.schema import DatasetValidationError
+    from recsys.validation.folder import summarize, validate_dataset
 
     try:
         casts = validate_dataset(args.folder)

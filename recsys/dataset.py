@@ -57,8 +57,9 @@ def published_audit(paths: Paths) -> Audit:
 
 def append_accepted(settings: Settings) -> AppendResult:
     """Publish a dataset version with every accepted batch's new events (see module doc)."""
-    from recsys.schema import TABLES, normalize_dataset
+    from recsys.schema import TABLES
     from recsys.sql import connect, parquet, string
+    from recsys.validation.folder import normalize_dataset
 
     paths = settings.paths
     records = accepted_records(paths)
@@ -84,7 +85,7 @@ def append_accepted(settings: Settings) -> AppendResult:
         scans = " UNION ALL ".join(f"SELECT * FROM read_parquet({string(str(b))})" for b in batches)
         # Belt and braces: events the dataset already holds are never appended twice, even if
         # a batch was staged against an older dataset.
-        new = (f"SELECT * FROM ({scans}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1")
+        new = f"SELECT * FROM ({scans}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
         existing = parquet(paths.dataset, "interactions")
         con.execute(
             f"COPY (SELECT * FROM {existing} UNION ALL "

@@ -11,7 +11,7 @@ two-tower and of every baseline, copied from the candidate: what it was chosen o
 Which baseline. The servable ones (:data:`SERVABLE`): popularity over all history,
 popularity over the trailing window chosen on validation, and popularity within the user's
 profile segment (the segmentation chosen on validation). The one with the best
-*validation* recall@20 over all users is served (``towers.compare.baselines`` records each
+*validation* recall@20 over all users is served (``towers.baseline_scores.baselines`` records each
 baseline's at its chosen setting); choosing on the test window would pick the one that got
 lucky there. EASE and ItemKNN are not servable: they need a model per request.
 
@@ -47,7 +47,7 @@ RANKING = "ranking.parquet"
 # Baselines a fallback version can serve, by metrics.json name; ties go to the first.
 SERVABLE = ("popularity", "popularity (recent)", "segment popularity")
 METRIC = "recall@20"
-ON_VALIDATION = f"validation {METRIC}"  # towers.compare.baselines' record in choices
+ON_VALIDATION = f"validation {METRIC}"  # towers.baseline_scores.baselines' record in choices
 GLOBAL = "score"  # ranking.parquet's global column; the segment columns follow it
 
 
@@ -67,7 +67,7 @@ def choose(metrics: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
     if not scores:
         raise ValueError(f"metrics.json has no choices/{ON_VALIDATION!r} of a servable baseline "
                          f"{SERVABLE} (it has {sorted(on_val)}): retrain with this version "
-                         "of towers.compare")  # fmt: skip
+                         "of towers.baseline_scores")  # fmt: skip
     best = max(scores, key=lambda name: scores[name])
     settings: dict[str, Any] = {"window_days": None}
     if best == "popularity (recent)":

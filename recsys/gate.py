@@ -1,6 +1,6 @@
 """The quality gate between training and promotion, judged on one window.
 
-A new version (the candidate) is scored on the latest test window by ``towers.compare``,
+A new version (the candidate) is scored on the latest test window by ``towers.release``,
 through its *evaluated* checkpoint: the model trained without the test window (the served
 checkpoint is refit on all data up to ``as_of`` and has seen that window; version.json says
 which is which). The current version was scored when it was built, on an *earlier* window:
@@ -13,7 +13,7 @@ The rules, in order:
 
 1. **Against the best baseline**: the baseline of :data:`BASELINES` with the highest test
    recall@20 over all users (popularity all-time or recent, EASE, ItemKNN, segment
-   popularity; the verdict names it). With per-user scores of both (``towers.compare``'s
+   popularity; the verdict names it). With per-user scores of both (``towers.release``'s
    ``per_user_test.parquet``), the candidate fails only when it is *significantly* below
    it: the upper end of the 95% bootstrap interval of mean(candidate − baseline) is below
    0. The best of five baselines is picked on the very window it is compared on, so its
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 MODEL = "two-tower (softmax)"
-# The baselines of rule 1, as towers.compare names them in metrics.json; ties go to the first.
+# The baselines of rule 1, as towers.release names them in metrics.json; ties go to the first.
 BASELINES = ("popularity", "popularity (recent)", "EASE", "ItemKNN", "segment popularity")
 METRIC = "recall@20"
 RESAMPLES = 1000  # bootstrap resamples of the users; the seed is fixed, so verdicts repeat

@@ -72,7 +72,7 @@ class StagedBatch:
     batch_id: str
     files: list[Path]
     rows: int
-    report: Any  # recsys.validation.ValidationReport
+    report: Any  # recsys.validation.report.ValidationReport
     accepted: Path | None  # the normalised batch when it passed and had new events
     status: str = "accepted"  # accepted | rejected | duplicate
     duplicate_events: int = 0  # events dropped because the dataset already holds them
@@ -185,7 +185,7 @@ def stage(settings: Settings, files: list[Path] | None = None) -> StagedBatch | 
 def _validate(settings: Settings, files: list[Path]) -> tuple[pd.DataFrame, Any, list[Any]]:
     """Read the files as one frame and run the batch checks (Great Expectations)."""
     from recsys.schema import DatasetValidationError
-    from recsys.validation import validate_interactions
+    from recsys.validation.tables import validate_interactions
 
     paths = settings.paths
     frames, unreadable, casts = [], [], []
@@ -218,13 +218,13 @@ def _validate(settings: Settings, files: list[Path]) -> tuple[pd.DataFrame, Any,
 
 
 def _read(path: Path) -> pd.DataFrame:
-    from recsys.validation import read_batch
+    from recsys.validation.tables import read_batch
 
     return read_batch(path)
 
 
 def _report_of(unreadable: list[str], rows: int) -> Any:
-    from recsys.validation import CheckOutcome, ValidationReport
+    from recsys.validation.report import CheckOutcome, ValidationReport
 
     outcomes = []
     if unreadable:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from recsys.audit import AuditFailed, audit_dataset, publish_audited
 from recsys.io import atomic_write_json, staging_dir
-from recsys.schema import DatasetSummary, normalize_dataset
 from recsys.settings import Settings
+from recsys.validation.folder import DatasetSummary, normalize_dataset
 
 log = logging.getLogger(__name__)
 MOVIELENS = "movielens-100k"

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 
 from recsys.features import FeatureManifest, build_features
-from recsys.schema import DatasetSummary, summarize
 from recsys.settings import Settings
 from recsys.training_set import TrainingSetSummary, build_training_set
+from recsys.validation.folder import DatasetSummary, summarize
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ holds ranking.parquet instead of the checkpoints and user_tower.onnx.
 
 Only the run that built a version moves it forward and promotes it, so a version left by a
 killed run is never promoted by a later one: the next training run rejects it as abandoned.
-Item vectors live in LanceDB (``recsys.vectors``, table ``items_<version>``); old versions go
+Item vectors live in LanceDB (``recsys.index``, table ``items_<version>``); old versions go
 with their tables (``recsys.retention``). A version id, ``<UTC time>-<fingerprint[:8]>``, is
 safe as a file and table name, and sorting ids sorts versions by creation.
 """

@@ -26,7 +26,7 @@ class Retention:
 
 def apply_retention(registry: ModelRegistry, lancedb_dir: Path, keep: int) -> Retention:
     """Delete the versions outside current, previous and the ``keep`` newest (see above)."""
-    from recsys.vectors import drop_item_table, list_versions
+    from recsys.index.table import drop_item_table, list_versions
 
     if keep < 0:
         raise ValueError(f"keep_versions must be >= 0, got {keep}")

@@ -145,7 +145,7 @@ class Paths:
 
     @property
     def lancedb(self) -> Path:
-        """LanceDB database: one item-embedding table per model version (recsys.vectors)."""
+        """LanceDB database: one item-embedding table per model version (recsys.index)."""
         return self.data_dir / "lancedb"
 
     @property

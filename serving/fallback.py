@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from recsys import fallback
+from recsys.index.search import SearchMode
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
-from recsys.vectors import SearchMode
 from serving.features import ItemGenres
 from serving.loaded import (
     Loaded,

@@ -32,14 +32,15 @@ import pyarrow.parquet as pq
 from recsys import fallback
 from recsys.features.encoding import FeatureEncoder
 from recsys.features.row_encoding import RowEncoder
+from recsys.index.hnsw import HNSW_EF_SEARCH
+from recsys.index.search import ItemIndex, SearchMode
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
-from recsys.vectors import HNSW_EF_SEARCH, ItemIndex, SearchMode
 from serving.features import Interaction, ItemGenres, cold_start_row
 from serving.tower import TowerFn, TowerKind, load_user_tower
+from towers.checkpoint import load_checkpoint
 from towers.model import TwoTower
-from towers.train import load_checkpoint
 
 log = logging.getLogger(__name__)
 

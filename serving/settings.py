@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recsys.index.hnsw import HNSW_EF_SEARCH
 from recsys.settings import Settings
-from recsys.vectors import HNSW_EF_SEARCH
 
 
 def _pipeline_data_dir() -> Path:
@@ -40,12 +40,12 @@ class ServingSettings(BaseSettings):
     # A version that failed to load is retried at most this often (the error stays visible
     # in /readyz meanwhile).
     retry_failed_seconds: float = Field(10.0, gt=0, le=3600)
-    # recsys.vectors.ItemIndex search mode: "auto" keeps up to 32M floats in memory, scanned
+    # recsys.index.search.ItemIndex search mode: "auto" keeps up to 32M floats in memory, scanned
     # whole (exact) below 50K items and searched through an HNSW graph from there, and uses
     # LanceDB's ANN index beyond (that module has the measurements).
     search_mode: Literal["auto", "matrix", "hnsw", "lance"] = "auto"
     # The HNSW graph's search breadth: higher finds more of the exact top-k, slower
-    # (recsys.vectors has the measurements at the default).
+    # (recsys.index.search has the measurements at the default).
     hnsw_ef: int = Field(HNSW_EF_SEARCH, ge=16, le=8192)
     # Online feature lookups: "direct" reads Feast's SQLite or Redis online store itself
     # (same values, a quarter of the time, one round trip: serving.online), "feast" through

@@ -221,7 +221,7 @@ def test_backtest_job_loads_beside_the_pipeline_and_stays_out_of_full_pipeline()
 
 
 def test_planted_truth_is_the_generators_and_the_affinity_its_log_probability(synthetic):
-    from recsys.datasets.synthetic import planted_affinity, planted_truth
+    from recsys.datasets.planted import planted_affinity, planted_truth
 
     saved = np.load(synthetic / "synthetic_truth.npz")
     rebuilt = planted_truth(8000, seed=1)

@@ -23,9 +23,10 @@ import pytest
 
 from recsys.ingest import ingest
 from recsys.io import read_json
-from recsys.schema import INTERACTIONS, TABLES, DatasetValidationError, normalize_dataset
+from recsys.schema import INTERACTIONS, TABLES, DatasetValidationError
 from recsys.settings import Settings
-from recsys.validation import read_batch, validate_interactions
+from recsys.validation.folder import normalize_dataset
+from recsys.validation.tables import read_batch, validate_interactions
 from tests.conftest import event, item, ts, user
 
 T0, T1, T2 = "2024-01-01 10:00:00", "2024-02-01 12:00:00", "2024-03-15 08:30:00"

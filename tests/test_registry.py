@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsys.index.hnsw import HNSW_DIR
+from recsys.index.table import list_versions, write_item_table
 from recsys.registry import (
     EMBEDDED,
     GATED,
@@ -25,7 +27,6 @@ from recsys.registry import (
     TransitionError,
 )
 from recsys.retention import apply_retention
-from recsys.vectors import HNSW_DIR, list_versions, write_item_table
 
 RUN = "run-a"
 ALL_STATES = (STAGED, GATED, EMBEDDED, PROMOTED, REJECTED, RETIRED)

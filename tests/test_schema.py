@@ -22,7 +22,8 @@ import pytest
 
 from recsys import cli
 from recsys.ingest import ingest
-from recsys.schema import TABLES, DatasetValidationError, normalize_dataset, validate_dataset
+from recsys.schema import TABLES, DatasetValidationError
+from recsys.validation.folder import normalize_dataset, validate_dataset
 from tests.conftest import event, item, ts, user, write_dataset
 
 T0, T1, T2 = "2024-01-01 10:00:00", "2024-02-01 12:00:00", "2024-03-15 08:30:00"

@@ -18,9 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.schema import INTERACTIONS, TABLES, DatasetValidationError
-from recsys.validation import (
-    CheckOutcome,
-    ValidationReport,
+from recsys.validation.report import CheckOutcome, ValidationReport
+from recsys.validation.tables import (
     read_batch,
     validate_feature_table,
     validate_interactions,

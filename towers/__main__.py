@@ -40,13 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
     if args.command == "compare":
-        from towers.compare import compare
+        from towers.release import train_release
 
-        summary = compare(settings, tuple(args.losses), cfg, args.out, refit=args.refit)
+        summary = train_release(settings, tuple(args.losses), cfg, args.out, refit=args.refit)
         sys.stdout.write(Path(summary["files"]["markdown"]).read_text() + "\n")
         return 0
+    from towers.checkpoint import save_checkpoint
     from towers.data import load_tower_data
-    from towers.train import evaluate_window, save_checkpoint, train
+    from towers.train import evaluate_window, train
 
     data = load_tower_data(settings, with_test=False, history=cfg.history)
     result = train(replace(cfg, loss=args.loss), data)

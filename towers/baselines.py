@@ -53,6 +53,13 @@ def val_recall(score_fn: ScoreFn, split: EvalSplit, k: int) -> float:
     return rank_metrics(score_fn, split, ks=(k,))["all"][f"recall@{k}"]
 
 
+# Baseline choices (and the two-tower's popularity prior) are made on at most this many
+# validation users: each choice scores the window once per grid point (about 30 in all), and
+# grid points are compared on the same users, a paired difference far more precise than
+# either mean.
+MAX_VAL_USERS = 2000
+
+
 def sample_rows(n: int, max_users: int | None, seed: int = 0) -> np.ndarray:
     """Sorted positions of at most ``max_users`` of ``n`` users drawn at random (``seed``);
     all of them when there are no more than that."""

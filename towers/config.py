@@ -67,7 +67,7 @@ class TowerConfig:
     # time), so the score stays one dot product ([u, 1] against [v / T, bias + prior]). On
     # MovieLens-100K recent popularity is the baseline to beat and the trend is what the
     # tower underweights; the weight and the count (7 days, 30 days, all time) are chosen per
-    # run on validation by re-scoring (towers.compare.choose_prior); 0 leaves the model as
+    # run on validation by re-scoring (towers.tuning.choose_prior); 0 leaves the model as
     # trained. Needs no retraining, so it is set on a trained model.
     popularity_prior: float = 0.0
     popularity_feature: str = "item_count_30d"

@@ -126,7 +126,7 @@ def export_user_tower(tower: UserTower, encoder: FeatureEncoder, folder: Path) -
 def export_version(folder: Path) -> Path:
     """Export the user tower of the checkpoint in a model version's folder being built (a
     complete version is never written to: recsys.registry). Returns the path written."""
-    from towers.train import load_checkpoint
+    from towers.checkpoint import load_checkpoint
 
     model, encoder, _ = load_checkpoint(Path(folder) / "checkpoint.pt")
     return export_user_tower(model.user_tower, encoder, Path(folder))

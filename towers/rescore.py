@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from towers.checkpoint import load_checkpoint
 from towers.data import EvalWindow, TowerSource, item_tensors, user_tensors
 from towers.evaluate import per_user_metrics
-from towers.train import load_checkpoint, tower_scores
+from towers.train import tower_scores
 
 
 def window_for(checkpoint: Path, source: TowerSource, name: str = "test") -> tuple[Any, EvalWindow]:
@@ -69,11 +70,11 @@ def evaluated_checkpoint(folder: Path) -> Path:
 
 
 def read_per_user(folder: Path) -> dict[str, np.ndarray] | None:
-    """Per-user test recall@20 of every model of a version (``towers.compare.PER_USER``),
+    """Per-user test recall@20 of every model of a version (``towers.release.PER_USER``),
     by model name; None for a version that has none."""
     import pandas as pd
 
-    from towers.compare import PER_USER
+    from towers.release import PER_USER
 
     path = Path(folder) / PER_USER
     if not path.exists():

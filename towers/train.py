@@ -1,24 +1,18 @@
 """Training: `train(cfg, data) -> TrainResult`, callable from Dagster, a CLI or a test.
 
-AdamW, one of three losses (see `towers.model`), early stopping on validation recall@K,
+AdamW, one of three losses (see `towers.losses`), early stopping on validation recall@K,
 deterministic by seed (data order, negatives and dropout all come from seeded generators;
-one process, fixed thread count). The checkpoint carries the config, the encoder
-(vocabularies and normalisation statistics) and the weights: serving rebuilds the user
-tower from the file alone.
+one process, fixed thread count: ``towers.cpu``). Checkpoints: ``towers.checkpoint``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import io
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,8 +21,10 @@ from tqdm import tqdm
 
 from recsys.features.encoding import FeatureEncoder
 from towers.config import TowerConfig
+from towers.cpu import keep_large_blocks, set_threads
 from towers.data import EvalWindow, TowerData, take
-from towers.model import TwoTower, bce_loss, logits, softmax_loss, triplet_loss
+from towers.losses import bce_loss, softmax_loss, triplet_loss
+from towers.model import TwoTower, logits
 
 log = logging.getLogger(__name__)
 
@@ -55,48 +51,6 @@ def build_model(cfg: TowerConfig, encoder: FeatureEncoder) -> TwoTower:
         item_nums=encoder.columns.item_nums,
         item_stats=[encoder.stats[name] for name, _ in encoder.columns.item_nums],
     )
-
-
-def _env_threads() -> int:
-    """OMP_NUM_THREADS as a thread count (0 when unset); its first level if nested."""
-    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if not value:
-        return 0
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"OMP_NUM_THREADS={value!r}: expected a positive number of threads")
-    return int(value)
-
-
-def set_threads(cfg: TowerConfig) -> int:
-    """Torch intra-op threads: `cfg.threads`, else OMP_NUM_THREADS, else half the cores
-    this process may run on (at least one; see `TowerConfig.threads` for the measurements)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = cfg.threads or _env_threads() or max(1, (cores or 1) // 2)
-    if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        log.warning(
-            "OMP_WAIT_POLICY is %r, not PASSIVE: %d spinning torch threads collapse when "
-            "another process shares a core (import recsys before torch, or set threads=1)",
-            os.environ.get("OMP_WAIT_POLICY"), threads,
-        )  # fmt: skip
-    torch.set_num_threads(threads)
-    return threads
-
-
-def keep_large_blocks() -> bool:
-    """Ask glibc to serve blocks up to 256 MB from its heap and to keep up to 512 MB freed.
-
-    Every step allocates the embedding tables' dense gradients afresh (a 22K-user table is
-    5.7 MB). By default glibc maps such blocks from the kernel and unmaps them when freed,
-    so each step page-faults all of that memory in again: measured at 1M synthetic, one
-    thread, 15% of the step's CPU time (49-51 ms a step against 42-43 ms with this). Nothing
-    computed changes. Returns whether the allocator took the settings (False off glibc).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, 256 << 20) and mallopt(m_trim_threshold, 512 << 20))
 
 
 @torch.no_grad()
@@ -206,7 +160,7 @@ def _optimizer(model: TwoTower, cfg: TowerConfig) -> torch.optim.Optimizer:
 
 class Training:
     """One training run, advanced an epoch at a time: ``train`` runs it to its end, and
-    ``towers.compare.tune`` advances several candidates a few epochs each and continues only
+    ``towers.tuning.tune`` advances several candidates a few epochs each and continues only
     the best (successive halving). A run owns its generators (data order, negatives, and
     torch's global generator for dropout, saved and restored around each epoch), so a run
     interleaved with others gives exactly the weights and history it would alone.
@@ -322,33 +276,3 @@ def train(
     while not run.done:
         run.epoch()
     return run.result()
-
-
-def save_checkpoint(result: TrainResult, path: Path) -> Path:
-    """Config + encoder + weights in one file, written to a temp name then renamed."""
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "config": result.config.to_dict(),
-            "encoder": result.encoder.to_dict(),
-            "state_dict": result.model.state_dict(),
-            "best_epoch": result.best_epoch,
-            "val_metrics": result.val_metrics,
-        },
-        buffer,
-    )
-    from recsys.io import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
-
-
-def load_checkpoint(path: Path) -> tuple[TwoTower, FeatureEncoder, TowerConfig]:
-    """Rebuild the model from the checkpoint file alone (eval mode)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)  # plain data, no pickle
-    cfg = TowerConfig.from_dict(saved["config"])
-    encoder = FeatureEncoder.from_dict(saved["encoder"])
-    model = build_model(cfg, encoder)
-    model.load_state_dict(saved["state_dict"])
-    model.eval()
-    return model, encoder, cfg

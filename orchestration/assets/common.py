@@ -11,7 +11,7 @@ VIEWS = ("user_profile", "user_activity", "item_content", "item_popularity")
 VIEW_KEYS = {"user_profile": "user_id", "user_activity": "user_id",
              "item_content": "item_id", "item_popularity": "item_id"}  # fmt: skip
 # One blocking check per Great Expectations outcome on an incoming batch
-# (recsys.validation.validate_interactions), so a corruption fails the check that names it.
+# (recsys.validation.tables.validate_interactions), so a corruption fails the check that names it.
 BATCH_CHECKS = (
     "interactions readable", "interactions not empty", "interactions columns",
     "interactions.user_id type", "interactions.item_id type", "interactions.rating type",

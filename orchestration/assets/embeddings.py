@@ -28,7 +28,7 @@ from orchestration.resources import (
 
 def _model(reg: Any, version: str) -> tuple[Any, Any]:
     """(model, encoder) of a two-tower ``version``, from its checkpoint."""
-    from towers.train import load_checkpoint
+    from towers.checkpoint import load_checkpoint
 
     model, encoder, _ = load_checkpoint(reg.path(version) / "checkpoint.pt")
     return model, encoder
@@ -48,8 +48,8 @@ def item_embeddings(
 
     from recsys import fallback
     from recsys.candidates import item_vectors
+    from recsys.index.table import write_item_table
     from recsys.registry import GATED
-    from recsys.vectors import write_item_table
 
     reg = registry.registry()
     version = reg.built_by(builder_run(context), GATED)
@@ -95,8 +95,8 @@ def user_candidates(
     import pandas as pd
 
     from recsys import candidates, fallback
+    from recsys.index.search import ItemIndex
     from recsys.registry import EMBEDDED, GATED
-    from recsys.vectors import ItemIndex
 
     reg = registry.registry()
     run_id = builder_run(context)

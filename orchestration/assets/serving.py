@@ -66,9 +66,9 @@ def promoted_model(
 
     from recsys import candidates, fallback
     from recsys.audit import AuditFailed, audit_candidates
+    from recsys.index.search import ItemIndex
     from recsys.registry import EMBEDDED
     from recsys.retention import apply_retention
-    from recsys.vectors import ItemIndex
 
     settings = pipeline.settings()
     reg = registry.registry()

@@ -2,7 +2,7 @@
 its quality gate (recsys.gate, on one window); when the two-tower fails it and no
 two-tower is current, a fallback version (recsys.fallback) instead.
 
-A two-tower version holds two checkpoints (towers.compare): ``checkpoint_eval.pt``, trained
+A two-tower version holds two checkpoints (towers.release): ``checkpoint_eval.pt``, trained
 on the train split, whose test scores are in metrics.json and which the gate judges, and
 ``checkpoint.pt``, the one served, refit on every row before ``as_of`` with the same
 temperature and epochs; version.json's ``evaluated`` and ``served`` give each one's rows
@@ -144,9 +144,9 @@ def two_tower_model(
 
     from recsys.gate import quality_gate
     from recsys.registry import GATED, REJECTED
-    from towers.compare import compare
     from towers.config import TowerConfig
     from towers.export import export_version
+    from towers.release import train_release
     from towers.rescore import EVALUATED, gate_on_one_window, read_per_user
 
     settings = pipeline.settings()
@@ -180,7 +180,7 @@ def two_tower_model(
     start = time.perf_counter()
     info: dict[str, Any] = {"fingerprint": print_}  # version.json, written when complete
     with reg.build(version, run_id, info) as folder:
-        summary = compare(settings, ("softmax",), base, folder, progress=False, temperatures=grid,
+        summary = train_release(settings, ("softmax",), base, folder, progress=False, temperatures=grid,
                           serve=True, files=(EVALUATED, "checkpoint.pt"))  # fmt: skip
         export_version(folder)  # the user tower as the server runs it (towers.export)
         run = summary["runs"]["softmax"]
@@ -232,7 +232,7 @@ def two_tower_model(
             "recall_at_k": png((folder / "recall_at_k.png").read_bytes(), "recall@K"),
             "training_curve": png((folder / "training_curves.png").read_bytes(), "curves"),
             "seconds": round(time.perf_counter() - start, 1),
-            # Wall time of each phase of towers.compare (load, encode, baselines, tuning, ...).
+            # Wall time of each phase of towers.release (load, encode, baselines, tuning, ...).
             **{f"seconds/{phase}": t for phase, t in summary["seconds"].items()},
             **recall_metadata(metrics),
         },

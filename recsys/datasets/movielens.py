@@ -160,7 +160,7 @@ def _interactions_table(
          "rating": rating.to_numpy(np.float64), "micros": micros}
     )  # fmt: skip
     # A fixed order makes the output identical whichever source it came from; time order
-    # as in recsys.schema.normalize_dataset, so feature SQL and Feast's time filters read less.
+    # as in recsys.validation.folder.normalize_dataset, so feature SQL and Feast's time filters read less.
     df = df.sort_values(["micros", "user_id", "item_id"], kind="stable")
     arrays = [
         pa.array(df["user_id"].to_numpy(), pa.int64()),

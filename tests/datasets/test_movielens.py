@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import recsys.datasets.movielens as ml
-from recsys.schema import INTERACTIONS, ITEMS, USERS, validate_dataset
+from recsys.schema import INTERACTIONS, ITEMS, USERS
+from recsys.validation.folder import validate_dataset
 
 GENRES = list(ml.GROUPLENS_GENRES)
 

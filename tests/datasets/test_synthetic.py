@@ -14,7 +14,7 @@ import pytest
 
 from recsys.datasets import synthetic
 from recsys.datasets.synthetic import GENRES, OCCUPATIONS, generate_synthetic
-from recsys.schema import validate_dataset
+from recsys.validation.folder import validate_dataset
 
 START = datetime(2023, 3, 1, tzinfo=UTC)
 DAYS = 90

@@ -74,7 +74,7 @@ def table_versions(data: Path) -> dict[str, int]:
     """The LanceDB table version (a counter every write increments) of each item table."""
     import lancedb
 
-    from recsys.vectors import list_versions, table_name
+    from recsys.index.table import list_versions, table_name
 
     db, versions = lancedb.connect(data / "lancedb"), {}
     for version in list_versions(data / "lancedb", include_unpublished=True):
@@ -86,9 +86,10 @@ def table_versions(data: Path) -> dict[str, int]:
 
 
 def test_whole_graph_promotes_a_consistent_version(pipeline_dir):
+    from recsys.index.search import ItemIndex
+    from recsys.index.table import list_versions
     from recsys.settings import Settings
     from recsys.store import feature_store_for
-    from recsys.vectors import ItemIndex, list_versions
 
     reg = registry(pipeline_dir)
     current = reg.current()

@@ -40,8 +40,8 @@ from serving.settings import ServingSettings
 from serving.state import ServingState
 from serving.tower import ONNX_ATOL
 from tests.serving.conftest import Pipeline
+from towers.checkpoint import load_checkpoint
 from towers.data import tensors
-from towers.train import load_checkpoint
 
 
 def sql_profiles(dataset: Path) -> pd.DataFrame:
@@ -331,8 +331,9 @@ def copy_data(pipeline: Pipeline, tmp_path: Path) -> Path:
 def test_ann_search_serves_users_with_long_histories(pipeline: Pipeline, tmp_path: Path) -> None:
     """LanceDB mode on an IVF_HNSW_SQ table, with exclusion lists as long as the catalogue
     (over-fetching k + excluded rows must fit the index's search breadth)."""
+    from recsys.index.search import ItemIndex
+    from recsys.index.table import write_item_table
     from recsys.settings import Paths
-    from recsys.vectors import ItemIndex, write_item_table
 
     data = copy_data(pipeline, tmp_path)
     registry = ModelRegistry(data / "models")

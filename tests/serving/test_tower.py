@@ -15,9 +15,9 @@ from recsys.features.encoding import HISTORY_FEATURES, USER_TOWER_FILE, FeatureE
 from recsys.registry import ModelRegistry
 from serving.tower import ONNX_ATOL, OnnxTower, load_user_tower
 from tests.serving.conftest import Pipeline
+from towers.checkpoint import load_checkpoint
 from towers.export import export_user_tower
 from towers.model import TwoTower
-from towers.train import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from towers.evaluate import EvalSplit, build_eval_split, rank_metrics, report
+from towers.evaluate import EvalSplit, build_eval_split, rank_metrics
+from towers.report import report
 
 START, END = pd.Timestamp("2020-01-10", tz="UTC"), pd.Timestamp("2020-01-20", tz="UTC")
 

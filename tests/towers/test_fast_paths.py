@@ -20,9 +20,11 @@ import torch.nn.functional as F
 
 from recsys.features.encoding import HISTORY_FEATURES, PAD, FeatureEncoder
 from towers.config import TowerConfig
+from towers.cpu import keep_large_blocks, set_threads
 from towers.data import load_tower_data
-from towers.model import Dropout, UserTower, accidental_hits, logits, softmax_loss
-from towers.train import keep_large_blocks, set_threads, train
+from towers.losses import accidental_hits, softmax_loss
+from towers.model import Dropout, UserTower, logits
+from towers.train import train
 
 
 def reference_softmax_loss(users, items, item_ids, log_q, cfg, extra, extra_ids, extra_lq):

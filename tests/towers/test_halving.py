@@ -1,5 +1,5 @@
 """Training runs advanced epoch by epoch (towers.train.Training) and the successive halving
-of the tuning (towers.compare.tune): a run interleaved with another ends exactly as it would
+of the tuning (towers.tuning.tune): a run interleaved with another ends exactly as it would
 alone, and only the leader after the probe epochs is trained to its end."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from towers.compare import _halving, tried_key, tune
 from towers.config import TowerConfig
 from towers.data import load_tower_data
 from towers.train import Training, train
+from towers.tuning import _halving, tried_key, tune
 
 CFG = TowerConfig(dim=16, hidden=32, id_dim=16, cat_dim=8, epochs=3, patience=1,
                   batch_size=512, history_encoder="gru")  # fmt: skip

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from recsys.features.encoding import PAD, FeatureEncoder
+from towers.checkpoint import load_checkpoint, save_checkpoint
 from towers.config import TowerConfig
 from towers.data import item_tensors, user_tensors
-from towers.model import bce_loss, index_vectors, query_vectors, softmax_loss, triplet_loss
-from towers.train import TrainResult, build_model, load_checkpoint, save_checkpoint
+from towers.losses import bce_loss, softmax_loss, triplet_loss
+from towers.model import index_vectors, query_vectors
+from towers.train import TrainResult, build_model
 
 GENRES = ["Action", "Comedy", "Drama"]
 T0 = 1_700_000_000  # epoch seconds of the first event

@@ -1,7 +1,7 @@
 """The popularity prior (TowerConfig.popularity_prior): weight x log1p(an item count) added to
 the item's bias column outside training, so evaluation, the checkpoint, the index vectors
 (LanceDB) and serving's one dot product all carry it; weight 0 is the model without it; and
-towers.compare.choose_prior picks the weight and the count on validation by re-scoring."""
+towers.tuning.choose_prior picks the weight and the count on validation by re-scoring."""
 
 from __future__ import annotations
 
@@ -15,18 +15,13 @@ import torch
 
 from recsys.features.encoding import FeatureEncoder
 from tests.towers.test_model import GENRES, rows
-from towers.compare import choose_prior
+from towers.checkpoint import load_checkpoint, save_checkpoint
 from towers.config import TowerConfig
 from towers.data import EvalWindow, item_tensors, user_tensors
 from towers.evaluate import EvalSplit, rank_metrics
 from towers.model import index_vectors, query_vectors
-from towers.train import (
-    TrainResult,
-    build_model,
-    load_checkpoint,
-    save_checkpoint,
-    tower_scores,
-)
+from towers.train import TrainResult, build_model, tower_scores
+from towers.tuning import choose_prior
 
 CFG = TowerConfig(dim=8, hidden=16, id_dim=8, cat_dim=4, history=4, temperature=1.0)
 COUNT_30D = np.log1p([0, 1, 2, 2, 3, 1])  # rows()'s item_count_30d, the missing one as 0

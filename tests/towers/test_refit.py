@@ -1,7 +1,7 @@
 """The served model is refit on all the data up to ``as_of`` (tier 1, on the synthetic
 foundation build): its rows are every interaction before ``as_of``, its encoder knows the
 users and items first seen in the test window, its sampled negatives come from the
-catalogue as of ``as_of``; ``towers.compare`` keeps the evaluated model apart and says which
+catalogue as of ``as_of``; ``towers.release`` keeps the evaluated model apart and says which
 checkpoint saw what."""
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from towers.compare import PER_USER, compare
+from towers.checkpoint import load_checkpoint
 from towers.config import TowerConfig
 from towers.data import item_tensors, load_source, tower_data
+from towers.release import PER_USER, train_release
 from towers.rescore import per_user_scores
-from towers.train import load_checkpoint, train
+from towers.train import train
 
 CFG = TowerConfig(dim=16, hidden=32, id_dim=16, epochs=2, patience=2, batch_size=512)
 ALL = ("train", "val", "test")
@@ -92,7 +93,7 @@ def source_catalogue(source, encoder) -> torch.Tensor:
 
 def test_compare_serves_the_refit_and_scores_the_evaluated_model(synthetic_build, tmp_path):
     settings, _ = synthetic_build
-    summary = compare(settings, ("softmax",), CFG, tmp_path, progress=False,
+    summary = train_release(settings, ("softmax",), CFG, tmp_path, progress=False,
                       temperatures=(0.2,), serve=True)  # fmt: skip
     chosen = summary["choices"]["two-tower (softmax)"]
     evaluated, served = chosen["evaluated"], chosen["served"]

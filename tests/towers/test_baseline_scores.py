@@ -1,6 +1,6 @@
-"""towers.compare.baselines end to end on a small timeline: every baseline through
+"""towers.baseline_scores.baselines end to end on a small timeline: every baseline through
 towers.evaluate, its validation choices recorded, EASE sampled or skipped over its memory
-budget, the choices and notes written by towers.evaluate.report."""
+budget, the choices and notes written by towers.report.report."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from tests.towers.test_baselines import DAY0, clustered, frame
-from towers.compare import BASELINE_NOTES, baselines
+from towers.baseline_scores import BASELINE_NOTES, baselines
 from towers.ease import EASE, ease_bytes
-from towers.evaluate import build_eval_split, rank_metrics, report
+from towers.evaluate import build_eval_split, rank_metrics
+from towers.report import report
 
 
 def timeline() -> tuple[pd.DataFrame, pd.DataFrame]:

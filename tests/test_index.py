@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from recsys.vectors import (
+from recsys.index.search import ItemIndex
+from recsys.index.table import (
     IncompleteTableError,
     IndexInfo,
-    ItemIndex,
     drop_item_table,
     list_versions,
     table_name,
