@@ -1,4 +1,4 @@
-"""`recsys pipeline`'s Dagster instance folder (recsys.cli.dagster_home): --dagster-home, else
+"""`recsys pipeline`'s Dagster instance folder (orchestration.cli.dagster_home): --dagster-home, else
 $DAGSTER_HOME, else the project's dagster_home/; created with the repo's dagster.yaml, a
 user's own file kept, a relative storage path refused with the file and key named."""
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys import cli
+from orchestration import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

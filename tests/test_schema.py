@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys import cli
+from orchestration import cli
 from recsys.ingest import ingest
 from recsys.schema import TABLES, DatasetValidationError, normalize_dataset, validate_dataset
 from tests.conftest import event, item, ts, user, write_dataset

@@ -107,10 +107,3 @@ def recall_metadata(metrics: dict[str, Any], k: int = 20) -> dict[str, float]:
             if isinstance(value, int | float):
                 out[f"test_recall@{k}/{model}/{group}"] = round(float(value), 4)
     return out
-
-
-def run_as_of(settings: Any) -> Any:
-    """The run's "now": the configured ``as_of``, else just after the dataset's last event."""
-    from recsys.features import default_as_of
-
-    return settings.as_of or default_as_of(settings.paths.dataset)

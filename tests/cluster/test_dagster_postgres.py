@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy
 from dagster import DagsterEventType, DagsterInstance, materialize
 
+from orchestration import cli
 from orchestration.assets import ASSETS
 from orchestration.instance import POSTGRES_URL_VARIABLE, dagster_postgres_url
 from orchestration.resources import PipelineSettings, resources_for
-from recsys import cli
 
 pytestmark = pytest.mark.cluster
 

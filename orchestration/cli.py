@@ -1,7 +1,7 @@
 """Command line: ``recsys pipeline`` runs the whole Dagster graph, recorded in a persistent
 Dagster instance; ``recsys build`` runs the foundation pipeline; ``recsys synth`` and
 ``recsys validate`` work on dataset folders; ``recsys backtest`` replays the pipeline as of
-several cuts (recsys.backtest). Heavy imports happen inside the commands."""
+several cuts (evaluation.backtest). Heavy imports happen inside the commands."""
 
 from __future__ import annotations
 
@@ -187,10 +187,10 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    """The rolling backtest (recsys.backtest): one line per cut (and per step with -v), then
+    """The rolling backtest (evaluation.backtest): one line per cut (and per step with -v), then
     recall@20 per window and over windows with 95% intervals, per user group."""
-    from recsys.backtest import BacktestConfig, canonical_dataset, oracle_truth, run_backtest
-    from recsys.backtest_report import table
+    from evaluation.backtest import BacktestConfig, canonical_dataset, oracle_truth, run_backtest
+    from evaluation.backtest_report import table
     from recsys.settings import settings_from
 
     settings = settings_from(data_dir=args.data_dir, dataset=args.dataset)
