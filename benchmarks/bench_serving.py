@@ -355,7 +355,7 @@ def search_only(data: Path, ann: str, flat: str, queries: int, seed: int) -> lis
     """The item search alone, in-process, with serving's own query vectors and exclusions."""
     from recsys.settings import Paths
     from recsys.vectors import ItemIndex
-    from serving.loaded import load_version
+    from serving.load import load_version
     from serving.metrics import Metrics
     from serving.settings import ServingSettings
     from serving.state import ServingState
@@ -403,7 +403,7 @@ def tower_only(data: Path, queries: int, seed: int) -> list[dict[str, Any]]:
     TorchScript and ONNX Runtime (what serving picks, in this order of preference: onnx)."""
     from recsys.registry import ModelRegistry
     from recsys.settings import Paths
-    from serving.loaded import load_version
+    from serving.load import load_version
     from serving.metrics import Metrics
     from serving.settings import ServingSettings
     from serving.state import ServingState

@@ -20,13 +20,17 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
-from towers.export import INPUTS, OUTPUT, USER_TOWER_FILE
-from towers.model import UserTower
+if TYPE_CHECKING:
+    import torch
+
+    from towers.model import UserTower
+
+# torch and towers are imported inside the functions that run the PyTorch fallbacks (or read
+# the export's names): the server imports neither until a two-tower version is loaded.
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ class OnnxTower:
 
     def __init__(self, path: Path, threads: int = 1) -> None:
         import onnxruntime as ort
+
+        from towers.export import INPUTS, OUTPUT
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -63,6 +69,8 @@ class OnnxTower:
 
 
 def torch_tower(module: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> TowerFn:
+    import torch
+
     def run(arrays: Arrays) -> np.ndarray:
         with torch.no_grad():
             batch = {name: torch.from_numpy(value) for name, value in arrays.items()}
@@ -73,6 +81,8 @@ def torch_tower(module: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> To
 
 def traced_tower(tower: UserTower, examples: list[Arrays]) -> TowerFn | None:
     """The tower traced on an example row, if it gives exactly the eager outputs."""
+    import torch
+
     batches = [{k: torch.from_numpy(v) for k, v in e.items()} for e in examples]
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -89,6 +99,8 @@ def traced_tower(tower: UserTower, examples: list[Arrays]) -> TowerFn | None:
 def _onnx(
     folder: Path, examples: list[Arrays], want: list[np.ndarray], threads: int
 ) -> OnnxTower | None:
+    from towers.export import USER_TOWER_FILE
+
     path = folder / USER_TOWER_FILE
     if not path.exists():
         log.warning("%s is missing: the user tower runs in PyTorch (slower); the pipeline "
