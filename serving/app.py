@@ -100,8 +100,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     app.include_router(operations.router)
 
     if settings.fast_path:
+        # The route whose path labels the fast answers' metrics (the router's own: FastAPI
+        # includes a router's routes lazily, so app.routes does not list them).
         path = recommendations.KNOWN_USER_ROUTE
-        route = next(r for r in app.routes if getattr(r, "path", None) == path)
+        route = next(r for r in recommendations.router.routes if getattr(r, "path", None) == path)
 
         def answer(user_id: int, k: int) -> dict[str, Any] | None:
             return recommendations.fast_answer(state, user_id, k)
