@@ -10,14 +10,14 @@ import pytest
 
 from orchestration import instance
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_flag_then_env_then_project_folder(tmp_path, monkeypatch):
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(ROOT / "dagster.yaml", project / "dagster.yaml")
-    monkeypatch.setattr("recsys.settings.PROJECT_ROOT", project)
+    monkeypatch.setattr("orchestration.instance.PROJECT_ROOT", project)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert instance.dagster_home() == project / "dagster_home"
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "from_env"))
