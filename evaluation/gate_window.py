@@ -53,7 +53,7 @@ def gate_on_one_window(
     why = not_rescored(reg, current, source)
     if why is not None or current is None:
         return quality_gate(metrics, per_user=per_user, against_baseline=against_baseline), {
-            "current": current or "none", "currentnot_rescored": why}  # fmt: skip
+            "current": current or "none", "current_not_rescored": why}  # fmt: skip
     ours = per_user_scores(evaluated_checkpoint(reg.path(candidate)), source())[METRIC]
     theirs = per_user_scores(evaluated_checkpoint(reg.path(current)), source())[METRIC]
     stored = reg.metrics(current).get("models", {}).get(MODEL, {})
