@@ -80,7 +80,9 @@ def audit_checks(audit: Any) -> list[AssetCheckResult]:
         }
         for key, value in detail.items():
             if key not in ("failed", "outcomes"):
-                metadata[key] = value if isinstance(value, int | float) else MetadataValue.json(value)
+                metadata[key] = (
+                    value if isinstance(value, int | float) else MetadataValue.json(value)
+                )
         if audit.kept_at:
             metadata["rejected_data_kept_at"] = MetadataValue.path(audit.kept_at)
         results.append(AssetCheckResult(check_name=check_name(name), passed=passed,
