@@ -109,9 +109,10 @@ def load_redis(data: Path, env: dict[str, str]) -> dict[str, float]:
     """Apply, materialize and push the candidates into the cluster profile's stores."""
     import pyarrow.parquet as pq
 
-    from recsys import candidates, store
+    from recsys import store
     from recsys.features import default_as_of
     from recsys.settings import Settings
+    from towers import candidates
 
     with environment(env):
         folder: dict[str, Any] = {"data_dir": data}

@@ -356,7 +356,7 @@ def search_only(data: Path, ann: str, flat: str, queries: int, seed: int) -> lis
     """The item search alone, in-process, with serving's own query vectors and exclusions."""
     from recsys.index.search import ItemIndex
     from recsys.settings import Paths
-    from serving.loaded import load_version
+    from serving.load import load_version
     from serving.metrics import Metrics
     from serving.settings import ServingSettings
     from serving.state import ServingState
@@ -405,7 +405,7 @@ def tower_only(data: Path, queries: int, seed: int) -> list[dict[str, Any]]:
     from recsys.features.encoding import USER_TOWER_FILE
     from recsys.registry import ModelRegistry
     from recsys.settings import Paths
-    from serving.loaded import load_version
+    from serving.load import load_version
     from serving.metrics import Metrics
     from serving.settings import ServingSettings
     from serving.state import ServingState

@@ -123,7 +123,7 @@ def _empty_candidates() -> None:
 _empty_candidates()
 
 # Top-K candidates per user, precomputed by the promoted model version (the serving fast
-# path). Written by the pipeline's candidate step (recsys.candidates), which also pushes them
+# path). Written by the pipeline's candidate step (towers.candidates), which also pushes them
 # into the online store; each row names the model version it came from, so serving can
 # refuse candidates of a version it has not loaded.
 user_candidates = FeatureView(

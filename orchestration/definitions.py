@@ -60,7 +60,7 @@ feature_refresh = define_asset_job(
 backtest_job = define_asset_job(
     "backtest",
     AssetSelection.assets(backtest),
-    description="Rolling-origin backtest (recsys.backtest): the pipeline and every model as of "
+    description="Rolling-origin backtest (evaluation.backtest): the pipeline and every model as of "
     "each cut, scored on the window after it; writes only its own output folder.",
 )
 

@@ -11,6 +11,7 @@ the webserver and the daemon).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,43 @@ def check_profile(config_path: Path, profile: str) -> None:
             "storage in Postgres); delete this file (it is written again for the profile) or "
             "choose another instance folder (--dagster-home or DAGSTER_HOME)"
         )
+
+
+def dagster_home(path: Path | None = None, profile: str = "local") -> Path:
+    """The Dagster instance folder of ``recsys pipeline``: ``path``, else ``$DAGSTER_HOME``,
+    else the project's ``dagster_home/``; created on first use with the ``dagster.yaml`` of
+    ``profile`` (:func:`instance_yaml`: Postgres storage under ``cluster``; an existing
+    file is kept, and refused under ``cluster`` if it stores runs in SQLite), so that
+    ``dagster dev`` on the same ``DAGSTER_HOME`` shows the runs of this command."""
+    from recsys.io import atomic_write_bytes
+
+    env = os.environ.get("DAGSTER_HOME")
+    home = (path or (Path(env) if env else PROJECT_ROOT / "dagster_home")).expanduser()
+    home = home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        atomic_write_bytes(config, instance_yaml(profile).encode())
+    _refuse_relative_storage(config)
+    check_profile(config, profile)
+    return home
+
+
+def _refuse_relative_storage(config: Path) -> None:
+    """Dagster resolves a relative storage or compute-log ``base_dir`` against the working
+    directory, so the run history would land wherever the command is run from."""
+    import yaml
+
+    settings = yaml.safe_load(config.read_text()) or {}
+    fields = {
+        "storage.sqlite.base_dir": (settings.get("storage") or {}).get("sqlite") or {},
+        "compute_logs.config.base_dir": (settings.get("compute_logs") or {}).get("config") or {},
+    }
+    for field, section in fields.items():
+        value = section.get("base_dir") if isinstance(section, dict) else None
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            raise SystemExit(
+                f"{config}: {field} is the relative path {value!r}, which Dagster resolves "
+                "against the working directory; delete the key (storage then stays under "
+                "DAGSTER_HOME) or make the path absolute"
+            )

@@ -95,6 +95,13 @@ def settings_from(**values: Any) -> Settings:
     return Settings(**{key: value for key, value in values.items() if value is not None})
 
 
+def run_as_of(settings: Settings) -> Any:
+    """A run's "now": the configured ``as_of``, else just after the dataset's last event."""
+    from recsys.features import default_as_of
+
+    return settings.as_of or default_as_of(settings.paths.dataset)
+
+
 class Paths:
     """Every file the pipeline reads or writes, derived from one data folder."""
 

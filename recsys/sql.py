@@ -1,15 +1,19 @@
 """Small helpers for the DuckDB SQL the pipeline writes: connections and literals.
 
 Every value that reaches SQL text goes through one of the literal helpers here (paths,
-strings, timestamps), so quoting lives in one place.
+strings, timestamps), so quoting lives in one place. DuckDB itself is imported by
+:func:`connect` only: the feature declarations use the literals, and the server imports
+them without the offline engine (tests/test_layers.py).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
+if TYPE_CHECKING:
+    import duckdb
 
 
 def connect(memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
@@ -17,6 +21,8 @@ def connect(memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
 
     ``memory_limit`` (e.g. "3GB") bounds DuckDB's memory; past it, it spills to disk.
     """
+    import duckdb
+
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     if memory_limit:

@@ -190,7 +190,7 @@ def apply(paths: Paths, store: FeatureStore | None = None) -> FeatureStore:
 
 
 # The views built from the dataset's events (recsys.features) that `materialize` loads into
-# the online store; `user_candidates` is written there directly by recsys.candidates.
+# the online store; `user_candidates` is written there directly by towers.candidates.
 SERVING_VIEWS = ["user_profile", "user_activity", "item_content", "item_popularity"]
 
 

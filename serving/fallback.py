@@ -24,14 +24,8 @@ from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
 from serving.features import ItemGenres
-from serving.loaded import (
-    Loaded,
-    SeenItems,
-    VersionLoadError,
-    attribute_columns,
-    open_index,
-    source_key,
-)
+from serving.load import attribute_columns, open_index, source_key
+from serving.loaded import Loaded, SeenItems, VersionLoadError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +33,7 @@ log = logging.getLogger(__name__)
 def load_fallback(paths: Paths, version: str, info: dict[str, Any], search_mode: SearchMode,
                   hnsw_ef: int, started: float) -> Loaded:  # fmt: skip
     """``version`` (a fallback, per its version.json ``info``) loaded whole and warmed up;
-    ``started``: when ``serving.loaded.load_version`` began (for its load time)."""
+    ``started``: when ``serving.load.load_version`` began (for its load time)."""
     key = source_key(paths, version)
     dataset, features = Path(key[1]), Path(key[2])
     manifest = read_json(features / "manifest.json")

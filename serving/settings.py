@@ -64,7 +64,7 @@ class ServingSettings(BaseSettings):
     # synchronisation to them (serving.threads has the measurement; scale with processes).
     compute_threads: int = Field(1, ge=1)
     # GET /recommendations/{user_id} answered without FastAPI's request machinery when the
-    # request is plainly valid (serving.app.KnownUserFastPath: the same answers for less CPU
+    # request is plainly valid (serving.fast_path.KnownUserFastPath: the same answers for less CPU
     # per request); off, every request goes through the FastAPI route.
     fast_path: bool = True
     log_level: str = "info"

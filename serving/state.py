@@ -7,7 +7,7 @@ Version switch, in order:
 2. The watcher thread reads ``current.json`` every ``reload_interval_seconds`` (a file of
    ~100 bytes) together with the targets of the ``dataset`` and ``features`` links. When
    that key differs from what is served, it loads the new version whole in the background
-   (:func:`serving.loaded.load_version`: model, item index, seen items, warm-up), while the
+   (:func:`serving.load.load_version`: model, item index, seen items, warm-up), while the
    old version keeps serving.
 3. Only a complete, checked :class:`~serving.loaded.Loaded` is swapped in, by assigning one
    attribute (atomic in Python). A request reads ``state.loaded`` once at its start and uses
@@ -31,7 +31,8 @@ from typing import Any
 
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths, Settings
-from serving.loaded import Loaded, load_version, source_key
+from serving.load import load_version, source_key
+from serving.loaded import Loaded
 from serving.metrics import Metrics
 from serving.online import OnlineReader, online_reader
 from serving.settings import ServingSettings

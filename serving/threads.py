@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 
 import faiss
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,10 @@ def _loaded_openblas() -> list[str]:
 
 def limit_threads(n: int) -> int:
     """Set torch's intra-op threads, faiss's OpenMP threads and every loaded OpenBLAS to
-    ``n``; returns how many BLAS libraries were set."""
+    ``n``; returns how many BLAS libraries were set. Imports torch (at the server's start,
+    not at import): a two-tower version is loaded with it right after."""
+    import torch
+
     torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
     count = 0

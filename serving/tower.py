@@ -20,13 +20,19 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from recsys.features.encoding import USER_INPUTS, USER_OUTPUT, USER_TOWER_FILE
-from towers.model import UserTower
+
+if TYPE_CHECKING:
+    import torch
+
+    from towers.model import UserTower
+
+# torch and towers are imported inside the functions that run the PyTorch fallbacks: the
+# server imports neither until a two-tower version is loaded.
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ class OnnxTower:
 
 
 def torch_tower(module: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> TowerFn:
+    import torch
+
     def run(arrays: Arrays) -> np.ndarray:
         with torch.no_grad():
             batch = {name: torch.from_numpy(value) for name, value in arrays.items()}
@@ -73,6 +81,8 @@ def torch_tower(module: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> To
 
 def traced_tower(tower: UserTower, examples: list[Arrays]) -> TowerFn | None:
     """The tower traced on an example row, if it gives exactly the eager outputs."""
+    import torch
+
     batches = [{k: torch.from_numpy(v) for k, v in e.items()} for e in examples]
     try:
         with torch.no_grad(), warnings.catch_warnings():

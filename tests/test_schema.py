@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys import cli
+from orchestration import cli
 from recsys.ingest import ingest
 from recsys.schema import TABLES, DatasetValidationError
 from recsys.validation.folder import normalize_dataset, validate_dataset

@@ -1,5 +1,5 @@
 """The rolling backtest as an asset of its own job (``backtest``), outside ``full_pipeline``:
-the pipeline replayed as of several cuts (recsys.backtest), its results as metadata (the
+the pipeline replayed as of several cuts (evaluation.backtest), its results as metadata (the
 markdown tables, the plot, mean recall@20 per model and group over the windows).
 
 It reads the configured dataset and writes only into its own output folder (by default
@@ -48,8 +48,8 @@ def _floats(text: str) -> tuple[float, ...]:
     "windows with bootstrap intervals, for warm, cold and new-after-N users.",
 )
 def backtest(context: AssetExecutionContext, config: BacktestRunConfig) -> MaterializeResult:
-    from recsys.backtest import BacktestConfig, canonical_dataset, oracle_truth, run_backtest
-    from recsys.backtest_report import markdown, recall_metadata, table
+    from evaluation.backtest import BacktestConfig, canonical_dataset, oracle_truth, run_backtest
+    from evaluation.backtest_report import markdown, recall_metadata, table
     from recsys.settings import settings_from
 
     settings = settings_from(data_dir=config.data_dir, dataset=config.dataset)

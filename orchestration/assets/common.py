@@ -80,7 +80,9 @@ def audit_checks(audit: Any) -> list[AssetCheckResult]:
         }
         for key, value in detail.items():
             if key not in ("failed", "outcomes"):
-                metadata[key] = value if isinstance(value, int | float) else MetadataValue.json(value)
+                metadata[key] = (
+                    value if isinstance(value, int | float) else MetadataValue.json(value)
+                )
         if audit.kept_at:
             metadata["rejected_data_kept_at"] = MetadataValue.path(audit.kept_at)
         results.append(AssetCheckResult(check_name=check_name(name), passed=passed,
@@ -107,10 +109,3 @@ def recall_metadata(metrics: dict[str, Any], k: int = 20) -> dict[str, float]:
             if isinstance(value, int | float):
                 out[f"test_recall@{k}/{model}/{group}"] = round(float(value), 4)
     return out
-
-
-def run_as_of(settings: Any) -> Any:
-    """The run's "now": the configured ``as_of``, else just after the dataset's last event."""
-    from recsys.features import default_as_of
-
-    return settings.as_of or default_as_of(settings.paths.dataset)

@@ -7,9 +7,7 @@ version (data unchanged, or the ``feature_refresh`` job) writes no vectors;
 features and publishes them to ``data/candidates/`` and the online store only. A fallback
 version (``recsys.fallback``) goes the same way: each item's scores as its vectors (one
 dimension, or one per profile segment) and the top-K unseen items by score as its
-candidates."""
-
-from typing import Any
+candidates (``evaluation.version_outputs``)."""
 
 from dagster import (
     AssetExecutionContext,
@@ -17,21 +15,13 @@ from dagster import (
     asset,
 )
 
-from orchestration.assets.common import builder_run, run_as_of
+from orchestration.assets.common import builder_run
 from orchestration.resources import (
     FeastResource,
     LanceDBResource,
     ModelRegistryResource,
     PipelineSettings,
 )
-
-
-def _model(reg: Any, version: str) -> tuple[Any, Any]:
-    """(model, encoder) of a two-tower ``version``, from its checkpoint."""
-    from towers.checkpoint import load_checkpoint
-
-    model, encoder, _ = load_checkpoint(reg.path(version) / "checkpoint.pt")
-    return model, encoder
 
 
 @asset(group_name="embeddings", deps=["two_tower_model"], description="The catalogue through "
@@ -46,10 +36,10 @@ def item_embeddings(
 ) -> MaterializeResult:
     import pyarrow.parquet as pq
 
-    from recsys import fallback
-    from recsys.candidates import item_vectors
+    from evaluation.version_outputs import version_item_vectors
     from recsys.index.table import write_item_table
     from recsys.registry import GATED
+    from recsys.settings import run_as_of
 
     reg = registry.registry()
     version = reg.built_by(builder_run(context), GATED)
@@ -62,11 +52,7 @@ def item_embeddings(
     items = pq.read_table(settings.paths.dataset / "items.parquet",
                           columns=["item_id", "title", "genres", "release_year"])  # fmt: skip
     item_ids = items.column("item_id").to_numpy()
-    if fallback.is_fallback(reg.info(version)):  # one-dimensional: each item's score
-        vectors = fallback.item_vectors(reg.path(version), item_ids)
-    else:
-        model, encoder = _model(reg, version)
-        vectors = item_vectors(model, encoder, feast.store(), item_ids, run_as_of(settings))
+    vectors = version_item_vectors(reg, version, feast.store(), item_ids, run_as_of(settings))
     info = write_item_table(
         lancedb.db_dir(), version, item_ids, vectors, items.drop_columns(["item_id"])
     )
@@ -94,9 +80,11 @@ def user_candidates(
 ) -> MaterializeResult:
     import pandas as pd
 
-    from recsys import candidates, fallback
+    from evaluation.version_outputs import version_candidates
     from recsys.index.search import ItemIndex
     from recsys.registry import EMBEDDED, GATED
+    from recsys.settings import run_as_of
+    from towers import candidates
 
     reg = registry.registry()
     run_id = builder_run(context)
@@ -109,16 +97,11 @@ def user_candidates(
     index = ItemIndex.open(lancedb.db_dir(), version, mode="matrix")
     interactions = pd.read_parquet(settings.paths.dataset / "interactions.parquet")
     store = feast.store()
-    if fallback.is_fallback(reg.info(version)):
-        users = pd.read_parquet(settings.paths.dataset / "users.parquet")
-        table = fallback.candidates(reg.path(version), interactions, index.item_ids, as_of,
-                                    version, k=pipeline.candidates_k, users=users)  # fmt: skip
-    else:
-        model, encoder = _model(reg, version)
-        table = candidates.user_candidates(
-            model, encoder, store, interactions, index.item_ids, index.vectors, as_of,
-            version, k=pipeline.candidates_k,
-        )  # fmt: skip
+    table = version_candidates(
+        reg, version, store, interactions,
+        lambda: pd.read_parquet(settings.paths.dataset / "users.parquet"),
+        index.item_ids, index.vectors, as_of, pipeline.candidates_k,
+    )  # fmt: skip
     pushed = 0
     if built is not None:  # promoted_model pushes them online once the version is current
         with reg.add_artifact(built, run_id, "candidates.parquet") as path:

@@ -10,7 +10,7 @@ from dagster import (
     asset,
 )
 
-from orchestration.assets.common import builder_run, recall_metadata, run_as_of
+from orchestration.assets.common import builder_run, recall_metadata
 from orchestration.resources import (
     FeastResource,
     LanceDBResource,
@@ -24,6 +24,7 @@ from orchestration.resources import (
        "row changed since the last run (late events included), and only those.")  # fmt: skip
 def online_features(pipeline: PipelineSettings, feast: FeastResource) -> MaterializeResult:
     from recsys import store as feast_store
+    from recsys.settings import run_as_of
 
     settings = pipeline.settings()
     as_of = run_as_of(settings)
@@ -64,11 +65,13 @@ def promoted_model(
 ) -> MaterializeResult:
     import pyarrow.parquet as pq
 
-    from recsys import candidates, fallback
+    from evaluation.version_outputs import promotion_reason
     from recsys.audit import AuditFailed, audit_candidates
     from recsys.index.search import ItemIndex
     from recsys.registry import EMBEDDED
     from recsys.retention import apply_retention
+    from recsys.settings import run_as_of
+    from towers import candidates
 
     settings = pipeline.settings()
     reg = registry.registry()
@@ -87,10 +90,7 @@ def promoted_model(
         raise AuditFailed(audit)
     candidates.write_table(table, settings.paths.candidates / "user_candidates.parquet")
     pushed = candidates.push_online(feast.store(), table)
-    info = reg.info(version)
-    kind = "fallback" if fallback.is_fallback(info) else "two-tower"
-    reason = (f"pipeline: fallback {info.get('baseline')}, no two-tower passed the quality "
-              "gate" if kind == "fallback" else "pipeline: quality gate passed")  # fmt: skip
+    kind, reason = promotion_reason(reg.info(version))
     previous = reg.promote(version, run_id, reason=reason)
     kept = apply_retention(reg, lancedb.db_dir(), pipeline.keep_versions)
     if kept.deleted or kept.orphan_tables:

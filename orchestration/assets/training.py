@@ -1,14 +1,8 @@
 """Training assets: the point-in-time training set and a new model version behind
 its quality gate (recsys.gate, on one window); when the two-tower fails it and no
-two-tower is current, a fallback version (recsys.fallback) instead.
+two-tower is current, a fallback version (recsys.fallback) instead. The rules (reuse by
+fingerprint, the gate, the fallback) are plain functions in ``evaluation.new_version``."""
 
-A two-tower version holds two checkpoints (towers.release): ``checkpoint_eval.pt``, trained
-on the train split, whose test scores are in metrics.json and which the gate judges, and
-``checkpoint.pt``, the one served, refit on every row before ``as_of`` with the same
-temperature and epochs; version.json's ``evaluated`` and ``served`` give each one's rows
-and time range."""
-
-import json
 import time
 from typing import Any
 
@@ -29,7 +23,6 @@ from orchestration.assets.common import (
     builder_run,
     png,
     recall_metadata,
-    run_as_of,
 )
 from orchestration.resources import (
     FeastResource,
@@ -98,28 +91,6 @@ def training_set(
     )
 
 
-# What a version serves, in its fingerprint: a version whose checkpoint.pt was the evaluated
-# model is not reused for the same data.
-SERVED = "served: refit on train + val + test"
-
-
-def _fingerprint(settings: Any, config: dict[str, Any], temperatures: Any) -> str:
-    from recsys.io import read_json
-    from recsys.registry import fingerprint
-
-    paths = settings.paths
-    training = read_json(paths.training / "summary.json")
-    training.pop("path", None)
-    return fingerprint(
-        read_json(paths.dataset / "manifest.json"),
-        training,
-        read_json(paths.features / "manifest.json").get("rows"),
-        config,
-        list(temperatures),
-        SERVED,
-    )
-
-
 @asset(
     group_name="training",
     deps=["training_set"],
@@ -142,12 +113,16 @@ def two_tower_model(
 ) -> MaterializeResult:
     from dataclasses import replace
 
-    from recsys.gate import quality_gate
+    from evaluation.new_version import (
+        build_fallback,
+        fingerprint_of,
+        gate_version,
+        needs_fallback,
+        reused_decision,
+        train_version,
+    )
     from recsys.registry import GATED, REJECTED
     from towers.config import TowerConfig
-    from towers.export import export_version
-    from towers.release import train_release
-    from towers.rescore import EVALUATED, gate_on_one_window, read_per_user
 
     settings = pipeline.settings()
     reg = registry.registry()
@@ -161,12 +136,11 @@ def two_tower_model(
         context.log.warning(f"removed unfinished versions of killed runs: {removed}")
     base = replace(TowerConfig(), epochs=pipeline.max_epochs)
     grid = pipeline.temperature_grid()
-    print_ = _fingerprint(settings, base.to_dict(), grid)
+    print_ = fingerprint_of(settings, base.to_dict(), grid)
     existing = None if pipeline.force_retrain else reg.find(print_)
     current = reg.current()
     if existing is not None:  # the current version, trained from these data and config
-        decision = quality_gate(reg.metrics(existing), per_user=read_per_user(reg.path(existing)),
-                                against_baseline=pipeline.gate_against_baseline)  # fmt: skip
+        decision = reused_decision(reg, existing, pipeline.gate_against_baseline)
         context.log.info(f"data and config unchanged: reusing version {existing}")
         check = AssetCheckResult(check_name=QUALITY_GATE, passed=decision.passed,
                                  metadata=decision.metadata())  # fmt: skip
@@ -176,26 +150,14 @@ def two_tower_model(
                   "abandoned": MetadataValue.json(abandoned),
                   **recall_metadata(reg.metrics(existing))}  # fmt: skip
         return MaterializeResult(metadata=reused, check_results=[check])
-    version = reg.new_version(print_)
     start = time.perf_counter()
-    info: dict[str, Any] = {"fingerprint": print_}  # version.json, written when complete
-    with reg.build(version, run_id, info) as folder:
-        summary = train_release(settings, ("softmax",), base, folder, progress=False, temperatures=grid,
-                          serve=True, files=(EVALUATED, "checkpoint.pt"))  # fmt: skip
-        export_version(folder)  # the user tower as the server runs it (towers.export)
-        run = summary["runs"]["softmax"]
-        chosen = summary["choices"]["two-tower (softmax)"]
-        info.update(temperature=run["temperature"], best_epoch=run["best_epoch"],
-                    recency_half_life_days=run["recency_half_life_days"],
-                    popularity_prior=run["popularity_prior"],
-                    evaluated=chosen["evaluated"], served=chosen["served"])  # fmt: skip
-        metrics = json.loads((folder / "metrics.json").read_text())
-    decision, judged = gate_on_one_window(settings, reg, version, current, metrics,
-                                          pipeline.gate_resamples,
-                                          pipeline.gate_against_baseline)  # fmt: skip
+    new = train_version(settings, reg, run_id, print_, base, grid)
+    version, run = new.version, new.run
+    decision, judged = gate_version(settings, reg, run_id, version, current, new.metrics,
+                                    pipeline.gate_resamples,
+                                    pipeline.gate_against_baseline)  # fmt: skip
     ok = decision.passed
     context.log.info(f"quality gate: {decision.outcome}; {decision.verdict}")
-    reg.transition(version, GATED if ok else REJECTED, run_id, f"quality gate {decision.verdict}")
     folder = reg.path(version)
     table = (folder / "metrics.md").read_text()
     # A candidate rejected while the current version is kept (no regression) warns only.
@@ -203,8 +165,7 @@ def two_tower_model(
     check = AssetCheckResult(check_name=QUALITY_GATE, passed=ok, severity=severity,
                              metadata={**decision.metadata(), **judged})  # fmt: skip
     outcome, built = decision.outcome, None
-    if not ok and (current is None or fallback.is_fallback(reg.info(current))):
-        # Nothing a two-tower could keep serving: a baseline is promoted instead, explicitly.
+    if needs_fallback(decision, reg, current):
         built, why = build_fallback(settings, reg, run_id, print_, version)
         context.log.warning(f"fallback version {built} built: {why}")
         check = _fallback_check(decision, built, why, judged)
@@ -222,8 +183,8 @@ def two_tower_model(
             "fingerprint": print_,
             "temperature": run["temperature"],
             "best_epoch": run["best_epoch"],
-            "evaluated": MetadataValue.json(info["evaluated"]),
-            "served": MetadataValue.json(info["served"]),
+            "evaluated": MetadataValue.json(new.info["evaluated"]),
+            "served": MetadataValue.json(new.info["served"]),
             "recency_half_life_days": run["recency_half_life_days"],
             "val_recall@20_tried": MetadataValue.json(run["val_recall_tried"]),
             "popularity_prior": run["popularity_prior"],
@@ -233,34 +194,11 @@ def two_tower_model(
             "training_curve": png((folder / "training_curves.png").read_bytes(), "curves"),
             "seconds": round(time.perf_counter() - start, 1),
             # Wall time of each phase of towers.release (load, encode, baselines, tuning, ...).
-            **{f"seconds/{phase}": t for phase, t in summary["seconds"].items()},
-            **recall_metadata(metrics),
+            **{f"seconds/{phase}": s for phase, s in new.seconds.items()},
+            **recall_metadata(new.metrics),
         },
         check_results=[check],
     )
-
-
-def build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected: str,
-                   choice: Any = None) -> Any:  # fmt: skip
-    """A fallback version (recsys.fallback) built and gated by run ``run_id``: (version,
-    why). ``choice``: the baseline, as ``fallback.build`` takes it (default: chosen on the
-    rejected version's validation scores)."""
-    import pandas as pd
-
-    from recsys.registry import GATED
-
-    paths = settings.paths
-    as_of = run_as_of(settings)
-    version = reg.new_version(print_)
-    why = fallback.build(
-        reg, version, run_id, {"fingerprint": print_, "rejected_two_tower": rejected},
-        reg.path(rejected), pd.read_parquet(paths.dataset / "interactions.parquet"),
-        pd.read_parquet(paths.dataset / "items.parquet").item_id.to_numpy(), as_of,
-        pd.read_parquet(paths.dataset / "users.parquet"), choice,
-    )  # fmt: skip
-    reg.transition(version, GATED, run_id, f"fallback: two-tower {rejected} failed the "
-                   f"quality gate and no two-tower is current; {why}")  # fmt: skip
-    return version, why
 
 
 def _fallback_check(decision: Any, version: str, why: str,

@@ -10,9 +10,8 @@ import sqlalchemy
 from dagster import DagsterEventType, DagsterInstance, materialize
 
 from orchestration.assets import ASSETS
-from orchestration.instance import POSTGRES_URL_VARIABLE, dagster_postgres_url
+from orchestration.instance import POSTGRES_URL_VARIABLE, dagster_home, dagster_postgres_url
 from orchestration.resources import PipelineSettings, resources_for
-from recsys import cli
 
 pytestmark = pytest.mark.cluster
 
@@ -38,7 +37,7 @@ def test_a_run_lands_in_postgres_and_another_instance_sees_it(
     monkeypatch.setenv(POSTGRES_URL_VARIABLE, dagster_postgres_url(postgres_url))
     settings = PipelineSettings(data_dir=str(tmp_path / "data"), dataset="synthetic",
                                 synthetic_interactions=2_000, synthetic_seed=3)  # fmt: skip
-    host_a = cli.dagster_home(tmp_path / "host_a", "cluster")
+    host_a = dagster_home(tmp_path / "host_a", "cluster")
     with DagsterInstance.from_config(str(host_a)) as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
@@ -61,7 +60,7 @@ def test_a_run_lands_in_postgres_and_another_instance_sees_it(
     finally:
         engine.dispose()
 
-    with DagsterInstance.from_config(str(cli.dagster_home(tmp_path / "host_b", "cluster"))) as b:
+    with DagsterInstance.from_config(str(dagster_home(tmp_path / "host_b", "cluster"))) as b:
         run = b.get_run_by_id(run_id)
         assert run is not None and run.is_success and run.tags["host"] == "a"
         assert materialized(b, run_id) == set(SLICE)

@@ -28,7 +28,7 @@ def _settings(data: Path, redis_url: str, postgres_url: str, **extra: Any) -> Se
 
 def _push_candidates(store: Any, user_ids: np.ndarray, item_ids: np.ndarray, seed: int) -> None:
     """Random top-10 candidates of every user, written as the pipeline writes them."""
-    from recsys.candidates import candidate_table, push_online
+    from towers.candidates import candidate_table, push_online
 
     rng = np.random.default_rng(seed)
     positions = np.argsort(rng.random((len(user_ids), len(item_ids))), axis=1)[:, :10]

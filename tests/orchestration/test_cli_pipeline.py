@@ -45,7 +45,7 @@ def recsys_pipeline(cwd: Path, home: Path, data: Path, *flags: str) -> subproces
     env |= {"DAGSTER_HOME": str(home),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "recsys.cli", "pipeline", *FAST, "--data-dir", str(data), *flags],
+        [sys.executable, "-m", "orchestration.cli", "pipeline", *FAST, "--data-dir", str(data), *flags],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
@@ -144,7 +144,7 @@ def test_two_runs_started_together_one_writes_and_the_other_names_it(runs, tmp_p
     versions = sorted(p.name for p in (data / "models" / "versions").iterdir())
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "LANCEDB_LOG")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "recsys.cli", "pipeline", *FAST, "--data-dir", str(data),
+    command = [sys.executable, "-m", "orchestration.cli", "pipeline", *FAST, "--data-dir", str(data),
                "--dagster-home", str(tmp_path / "home")]  # fmt: skip
     procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip

@@ -368,7 +368,7 @@ def test_fast_path_answers_like_the_fastapi_route(
 
 def test_fast_path_takes_only_plainly_valid_requests() -> None:
     """Which requests the fast path answers itself (the rest go to the route)."""
-    from serving.app import KnownUserFastPath
+    from serving.fast_path import KnownUserFastPath
 
     asked: list[tuple[int, int]] = []
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evaluation.fallback import choose
 from recsys import fallback
 from recsys.registry import PROMOTED, REJECTED, RETIRED, ModelRegistry
 from tests.serving.conftest import materialize_pipeline, start_server, stop_server
@@ -75,8 +76,8 @@ def test_a_fresh_folder_whose_two_tower_fails_promotes_the_fallback(fallback_dir
     current = reg.current()
     assert current is not None
     info = reg.info(current)
-    # The servable baseline with the best validation recall@20 (recsys.fallback.choose).
-    chosen, _, why = fallback.choose(reg.metrics(current))
+    # The servable baseline with the best validation recall@20 (evaluation.fallback.choose).
+    chosen, _, why = choose(reg.metrics(current))
     assert (info["kind"], info["baseline"], info["state"]) == ("fallback", chosen, PROMOTED)
     assert info["reason"] == why and "best validation recall@20" in why
     rejected = info["rejected_two_tower"]
@@ -174,8 +175,8 @@ def test_the_gate_rescores_the_current_version_on_the_candidates_window(
 ):
     """The stored metrics of the current version say 0.99: a gate that read them would
     reject the candidate; re-scored on the window, the same model ties with itself."""
+    from evaluation.gate_window import gate_on_one_window
     from recsys.settings import Settings
-    from towers.rescore import gate_on_one_window
 
     models = tmp_path / "models"
     shutil.copytree(fallback_dir / "models", models)
@@ -218,7 +219,7 @@ def test_recent_and_segment_popularity_fallbacks_answer_get_and_post(
 ):
     """Each built from the current version's metrics with that baseline chosen, embedded,
     given candidates and promoted by the graph's own assets, then served."""
-    from orchestration.assets.training import build_fallback
+    from evaluation.new_version import build_fallback
     from recsys.settings import Settings
     from towers.segments import SEGMENTATIONS
 

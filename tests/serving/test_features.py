@@ -34,7 +34,8 @@ from serving.features import (
     newest_first,
     zip_prefix,
 )
-from serving.loaded import SeenItems, VersionLoadError, load_version
+from serving.load import load_version
+from serving.loaded import SeenItems, VersionLoadError
 from serving.metrics import Metrics
 from serving.settings import ServingSettings
 from serving.state import ServingState

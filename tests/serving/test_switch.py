@@ -30,9 +30,9 @@ def stored_candidates(pipeline: Pipeline, version: str) -> dict[int, list[int]]:
 def push_candidates(pipeline: Pipeline, version: str) -> None:
     """What the promotion asset does before switching current.json: the version's
     candidates into the online store."""
-    from recsys import candidates
     from recsys.settings import Settings
     from recsys.store import feature_store_for
+    from towers import candidates
 
     table = pq.read_table(pipeline.data / "models" / "versions" / version / "candidates.parquet")
     candidates.write_table(table, pipeline.data / "candidates" / "user_candidates.parquet")

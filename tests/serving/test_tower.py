@@ -96,7 +96,7 @@ def test_the_graph_is_used_only_when_it_computes_the_checkpoints_tower(
 
 def test_a_version_without_a_graph_is_served_by_pytorch(pipeline: Pipeline, tmp_path: Path) -> None:
     from recsys.settings import Paths
-    from serving.loaded import load_version
+    from serving.load import load_version
 
     data = tmp_path / "data"
     shutil.copytree(pipeline.data, data, symlinks=True)

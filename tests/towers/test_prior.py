@@ -82,7 +82,7 @@ def test_only_log_scaled_counts_can_be_the_prior(encoder):
 
 def test_checkpoint_index_vectors_and_serving_query_carry_the_prior(encoder, tmp_path):
     """The saved model scores as evaluated, and the index vectors LanceDB stores
-    ([v / T, bias + prior], recsys.candidates.item_vectors) against serving's query [u, 1]
+    ([v / T, bias + prior], towers.candidates.item_vectors) against serving's query [u, 1]
     (serving.loaded) give the same scores."""
     torch.manual_seed(0)
     cfg = replace(CFG, temperature=0.2, popularity_prior=1.5, popularity_feature="item_count_30d")
@@ -150,10 +150,10 @@ def test_choose_prior_keeps_no_prior_when_it_does_not_help(encoder):
 
 
 def test_the_item_table_vectors_carry_the_prior_of_the_counts_as_of(synthetic_build):
-    """recsys.candidates.item_vectors, what LanceDB stores for serving, on the real Feast
+    """towers.candidates.item_vectors, what LanceDB stores for serving, on the real Feast
     store: the prior's column is β log1p(the item's 7-day count as of ``as_of``)."""
-    from recsys.candidates import item_vectors
     from recsys.store import feature_store_for
+    from towers.candidates import item_vectors
     from towers.data import features_as_of, load_source, tower_data
 
     settings, _ = synthetic_build

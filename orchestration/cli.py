@@ -1,7 +1,7 @@
 """Command line: ``recsys pipeline`` runs the whole Dagster graph, recorded in a persistent
 Dagster instance; ``recsys build`` runs the foundation pipeline; ``recsys synth`` and
 ``recsys validate`` work on dataset folders; ``recsys backtest`` replays the pipeline as of
-several cuts (recsys.backtest). Heavy imports happen inside the commands."""
+several cuts (evaluation.backtest). Heavy imports happen inside the commands."""
 
 from __future__ import annotations
 
@@ -50,48 +50,6 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def dagster_home(path: Path | None = None, profile: str = "local") -> Path:
-    """The Dagster instance folder of ``recsys pipeline``: ``path``, else ``$DAGSTER_HOME``,
-    else the project's ``dagster_home/``; created on first use with the ``dagster.yaml`` of
-    ``profile`` (orchestration.instance: Postgres storage under ``cluster``; an existing
-    file is kept, and refused under ``cluster`` if it stores runs in SQLite), so that
-    ``dagster dev`` on the same ``DAGSTER_HOME`` shows the runs of this command."""
-    from orchestration.instance import check_profile, instance_yaml
-    from recsys.io import atomic_write_bytes
-    from recsys.settings import PROJECT_ROOT
-
-    env = os.environ.get("DAGSTER_HOME")
-    home = (path or (Path(env) if env else PROJECT_ROOT / "dagster_home")).expanduser()
-    home = home.resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        atomic_write_bytes(config, instance_yaml(profile).encode())
-    _refuse_relative_storage(config)
-    check_profile(config, profile)
-    return home
-
-
-def _refuse_relative_storage(config: Path) -> None:
-    """Dagster resolves a relative storage or compute-log ``base_dir`` against the working
-    directory, so the run history would land wherever the command is run from."""
-    import yaml
-
-    settings = yaml.safe_load(config.read_text()) or {}
-    fields = {
-        "storage.sqlite.base_dir": (settings.get("storage") or {}).get("sqlite") or {},
-        "compute_logs.config.base_dir": (settings.get("compute_logs") or {}).get("config") or {},
-    }
-    for field, section in fields.items():
-        value = section.get("base_dir") if isinstance(section, dict) else None
-        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
-            raise SystemExit(
-                f"{config}: {field} is the relative path {value!r}, which Dagster resolves "
-                "against the working directory; delete the key (storage then stays under "
-                "DAGSTER_HOME) or make the path absolute"
-            )
-
-
 def _pipeline(args: argparse.Namespace) -> int:
     """The whole Dagster graph (job ``full_pipeline``), in this process, recorded in the
     persistent Dagster instance of `dagster_home` (the UI started on it shows the run); one
@@ -101,7 +59,7 @@ def _pipeline(args: argparse.Namespace) -> int:
 
     from orchestration.assets import ASSETS
     from orchestration.definitions import full_pipeline
-    from orchestration.instance import POSTGRES_URL_VARIABLE, dagster_postgres_url
+    from orchestration.instance import POSTGRES_URL_VARIABLE, dagster_home, dagster_postgres_url
     from orchestration.progress import AssetProgress, progress_logger
     from orchestration.resources import PipelineSettings, resources_for
     from recsys.lock import DataFolderLocked, writer_lock
@@ -187,10 +145,10 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    """The rolling backtest (recsys.backtest): one line per cut (and per step with -v), then
+    """The rolling backtest (evaluation.backtest): one line per cut (and per step with -v), then
     recall@20 per window and over windows with 95% intervals, per user group."""
-    from recsys.backtest import BacktestConfig, canonical_dataset, oracle_truth, run_backtest
-    from recsys.backtest_report import table
+    from evaluation.backtest import BacktestConfig, canonical_dataset, oracle_truth, run_backtest
+    from evaluation.backtest_report import table
     from recsys.settings import settings_from
 
     settings = settings_from(data_dir=args.data_dir, dataset=args.dataset)

@@ -18,8 +18,8 @@ in the window, whose first N events are given as history through the cold-start 
 path (``serving.features.cold_start_row``, encoded by ``recsys.features.row_encoding`` as a
 ``POST`` is) and who are scored on the rest of their window; EASE and ItemKNN fold those N
 events in as the user's history. On planted-factor synthetic data the planted ranking is
-scored too (the oracle). One cut: ``recsys.backtest_cut``; summaries, files and plot:
-``recsys.backtest_report``.
+scored too (the oracle). One cut: ``evaluation.backtest_cut``; summaries, files and plot:
+``evaluation.backtest_report``.
 """
 
 from __future__ import annotations
@@ -171,8 +171,8 @@ def run_backtest(
 ) -> dict[str, Any]:  # fmt: skip
     """Every cut of ``dataset`` (a canonical folder), per-cut folders under ``out/cuts``;
     writes ``backtest.json``/``.md``/``.png`` into ``out`` and returns the JSON's content."""
-    from recsys.backtest_cut import run_cut
-    from recsys.backtest_report import summarize, write_report
+    from evaluation.backtest_cut import run_cut
+    from evaluation.backtest_report import summarize, write_report
     from recsys.features import default_as_of
 
     started = time.perf_counter()
@@ -198,7 +198,7 @@ def run_backtest(
 def _cut_line(result: CutResult, n: int, cfg: BacktestConfig) -> str:
     """``✓ cut 2/5 [1998-01-13, 1998-02-09) 76.5 s  recall@20 two-tower vs best baseline:
     warm 0.142 vs EASE 0.149; ...``: the progress line of a finished cut."""
-    from recsys.backtest_report import best_baseline
+    from evaluation.backtest_report import best_baseline
 
     parts = []
     for group in cfg.groups:

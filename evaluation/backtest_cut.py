@@ -1,4 +1,4 @@
-"""One cut of the rolling backtest (``recsys.backtest``): the pipeline rebuilt as of the cut in
+"""One cut of the rolling backtest (``evaluation.backtest``): the pipeline rebuilt as of the cut in
 a folder of its own, the two-tower tuned on validation and refitted on train + validation,
 every baseline, and each model's per-user metrics on the window's user groups.
 
@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from recsys.backtest import (
+from evaluation.backtest import (
     COLD,
     ORACLE,
     TWO_TOWER,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.backtest import ORACLE, TWO_TOWER, BacktestConfig, CutResult
+from evaluation.backtest import ORACLE, TWO_TOWER, BacktestConfig, CutResult
 from recsys.gate import LEVEL, Interval
 
 KEY = "recall@20"
@@ -167,7 +167,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["", "Two-tower's share of the oracle's recall@20 (mean over windows): "
                   + ", ".join(f"{g} {v:.0%}" for g, v in summary["oracle_share"].items())]  # fmt: skip
     lines += ["", "Recall@K = hits / min(K, |truth|); intervals: percentile bootstrap over the "
-              "users of each window (towers.evaluate, recsys.backtest_report).", ""]  # fmt: skip
+              "users of each window (towers.evaluate, evaluation.backtest_report).", ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The rolling backtest (recsys.backtest): cuts and windows, no event at or after a cut
+"""The rolling backtest (evaluation.backtest): cuts and windows, no event at or after a cut
 reaches what is fitted for it, the new-user group's history and truth, the oracle, the
 report, determinism by seed, and the Dagster asset with its metadata."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.backtest import (
+from evaluation.backtest import (
     COLD,
     ORACLE,
     TWO_TOWER,
@@ -21,7 +21,7 @@ from recsys.backtest import (
     plan_windows,
     run_backtest,
 )
-from recsys.backtest_cut import cold_start_batch, new_user_split
+from evaluation.backtest_cut import cold_start_batch, new_user_split
 from tests.conftest import ts
 from towers.evaluate import build_eval_split
 

@@ -1,0 +1,62 @@
+"""What a gated version serves from, whichever kind it is: its item vectors and its users'
+candidates (a two-tower through its towers, a fallback through its ranking), and the reason
+recorded when it is promoted. The ``item_embeddings``, ``user_candidates`` and
+``promoted_model`` assets call these; tests call them without Dagster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from recsys import fallback
+
+
+def _model(reg: Any, version: str) -> tuple[Any, Any]:
+    """(model, encoder) of a two-tower ``version``, from its served checkpoint."""
+    from towers.checkpoint import load_checkpoint
+
+    model, encoder, _ = load_checkpoint(reg.path(version) / "checkpoint.pt")
+    return model, encoder
+
+
+def version_item_vectors(reg: Any, version: str, store: Any, item_ids: np.ndarray,
+                         as_of: Any) -> np.ndarray:  # fmt: skip
+    """(N, D) float32 LanceDB vectors of ``item_ids`` for ``version``: a fallback's scores
+    (D = 1 + segments), or the item tower's index vectors with Feast's features as of
+    ``as_of`` (D = d + 1)."""
+    if fallback.is_fallback(reg.info(version)):
+        return fallback.item_vectors(reg.path(version), item_ids)
+    from towers.candidates import item_vectors
+
+    model, encoder = _model(reg, version)
+    return item_vectors(model, encoder, store, item_ids, as_of)
+
+
+def version_candidates(reg: Any, version: str, store: Any, interactions: pd.DataFrame,
+                       users: Any, item_ids: np.ndarray, vectors: np.ndarray, as_of: Any,
+                       k: int) -> pa.Table:  # fmt: skip
+    """Top-``k`` unseen items of every user with an event before ``as_of``, by ``version``
+    against its item ``vectors`` (N, D). ``users``: a callable returning the users profile,
+    read only for a fallback (segment popularity needs it)."""
+    if fallback.is_fallback(reg.info(version)):
+        from evaluation.fallback import candidates
+
+        return candidates(reg.path(version), interactions, item_ids, as_of, version, k=k,
+                          users=users())  # fmt: skip
+    from towers.candidates import user_candidates
+
+    model, encoder = _model(reg, version)
+    return user_candidates(model, encoder, store, interactions, item_ids, vectors, as_of,
+                           version, k=k)  # fmt: skip
+
+
+def promotion_reason(info: dict[str, Any]) -> tuple[str, str]:
+    """(kind, reason) of promoting a version with version.json ``info``: a fallback says which
+    baseline and that no two-tower passed the gate."""
+    if fallback.is_fallback(info):
+        return "fallback", (f"pipeline: fallback {info.get('baseline')}, no two-tower passed "
+                            "the quality gate")  # fmt: skip
+    return "two-tower", "pipeline: quality gate passed"
