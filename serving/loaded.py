@@ -30,12 +30,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys import fallback
+from recsys.features.online import Interaction, ItemGenres, cold_start_row
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
 from recsys.vectors import HNSW_EF_SEARCH, ItemIndex, SearchMode
 from serving.encoding import RowEncoder
-from serving.features import Interaction, ItemGenres, cold_start_row
 from serving.tower import TowerFn, TowerKind, load_user_tower
 from towers.data import FeatureEncoder
 from towers.model import TwoTower
@@ -200,7 +200,7 @@ class Loaded:
         zip_code: str | None,
         recent: Sequence[Interaction] = (),
     ) -> dict[str, Any]:
-        """The feature row of a user the store does not know (``serving.features``), plus
+        """The feature row of a user the store does not know (``recsys.features.online``), plus
         ``request_time``: the request's time in whole epoch seconds, which stands for the
         missing interaction times and is what :meth:`query` measures the history back from
         (one clock reading for both: the same request gives the same answer)."""

@@ -7,9 +7,10 @@ from typing import Any
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
-VIEWS = ("user_profile", "user_activity", "item_content", "item_popularity")
-VIEW_KEYS = {"user_profile": "user_id", "user_activity": "user_id",
-             "item_content": "item_id", "item_popularity": "item_id"}  # fmt: skip
+from recsys.features.catalog import CATALOG
+
+VIEWS = tuple(view.name for view in CATALOG.views)
+VIEW_KEYS = {view.name: view.key for view in CATALOG.views}
 # One blocking check per Great Expectations outcome on an incoming batch
 # (recsys.validation.validate_interactions), so a corruption fails the check that names it.
 BATCH_CHECKS = (
@@ -80,7 +81,9 @@ def audit_checks(audit: Any) -> list[AssetCheckResult]:
         }
         for key, value in detail.items():
             if key not in ("failed", "outcomes"):
-                metadata[key] = value if isinstance(value, int | float) else MetadataValue.json(value)
+                metadata[key] = (
+                    value if isinstance(value, int | float) else MetadataValue.json(value)
+                )
         if audit.kept_at:
             metadata["rejected_data_kept_at"] = MetadataValue.path(audit.kept_at)
         results.append(AssetCheckResult(check_name=check_name(name), passed=passed,
@@ -111,6 +114,6 @@ def recall_metadata(metrics: dict[str, Any], k: int = 20) -> dict[str, float]:
 
 def run_as_of(settings: Any) -> Any:
     """The run's "now": the configured ``as_of``, else just after the dataset's last event."""
-    from recsys.features import default_as_of
+    from recsys.features.build import default_as_of
 
     return settings.as_of or default_as_of(settings.paths.dataset)
