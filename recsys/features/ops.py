@@ -217,7 +217,8 @@ class GenreShares(EventOp):
         return {
             "n": "count(*)",
             **{
-                f"g{k}": f"sum(list_contains(i.genres, {string(g)})::INT)"
+                # An unknown item (no genres joined) has none: 0, not NULL.
+                f"g{k}": f"sum(coalesce(list_contains(i.genres, {string(g)}), false)::INT)"
                 for k, g in enumerate(params.genres)
             },
         }
