@@ -45,7 +45,7 @@ class Encoding(StrEnum):
 
 
 class ViewKind(StrEnum):
-    """How a view's rows are computed and stamped (`recsys.features.build`)."""
+    """How a view's rows are computed and stamped (`recsys.features.render`)."""
 
     STATIC = "static"  # entity attributes, stamped at the epoch
     USER_EVENTS = "user_events"  # one row per (user, distinct event time), stamped ts + 1 µs
