@@ -7,8 +7,9 @@ a feature whose op has no Python side fails it."""
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,9 +20,9 @@ import pytest
 from recsys.features.build import compute_features
 from recsys.features.catalog import CATALOG
 from recsys.features.online import Interaction, ItemGenres
-from recsys.features.ops import History
-from recsys.features.render import ENTITY_TABLES
-from recsys.features.spec import Feature, View, ViewKind
+from recsys.features.ops import GenreShares, History
+from recsys.features.render import ENTITY_TABLES, item_events_sql
+from recsys.features.spec import Encoding, Feature, View, ViewKind
 
 RECENT = 5  # shorter than most histories: the recent lists are cut
 SAMPLED = 60  # events around which each feature is compared
@@ -109,3 +110,13 @@ def test_python_side_equals_the_sql(feature: Feature, dataset: Path, built: Buil
             assert_same(feature.op.py(history), sql, (entity, t))
             compared += 1
     assert compared >= SAMPLED
+
+
+def test_an_op_a_view_kind_cannot_compute_is_named(dataset: Path) -> None:
+    """An op in a kind of view it has no SQL for fails the build with its name, not with
+    wrong values."""
+    popularity = CATALOG.view("item_popularity")
+    shares = Feature("item_genre_shares", "float32[]", GenreShares(), Encoding.GENRE_SHARES)
+    view = dataclasses.replace(popularity, features=(*popularity.features, shares))
+    with pytest.raises(NotImplementedError, match="GenreShares.*item_events"):
+        item_events_sql(view, dataset, datetime.now(UTC), datetime.now(UTC))
