@@ -1,6 +1,6 @@
 """Every event-derived feature, recomputed independently at every window edge.
 
-The feature tables of `recsys.features.compute_features` are compared, at a grid of query
+The feature tables of `recsys.features.build.compute_features` are compared, at a grid of query
 times, with values recomputed here in plain Python from the raw events: no ASOF JOIN, no
 window function, none of the feature SQL. The fixture has events at equal timestamps and
 exactly at (and 1 µs either side of) every trailing-window edge, so a boundary moved by
@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.features import compute_features
+from recsys.features.build import compute_features
 from recsys.features.catalog import CATALOG
 from recsys.features.spec import View, ViewKind
 from tests.conftest import event, item, user, write_dataset
@@ -42,8 +42,8 @@ from tests.conftest import event, item, user, write_dataset
 # occurrences, and a fragment no longer in the output fails the test (re-point it).
 # Not listed: `<` -> `<=` on item_popularity's as_of filter changes nothing (the cut of the
 # change points at as_of drops the row an event at as_of would add): an equivalent mutant.
-BUILD = "recsys.features.build"
-ITEMS_SQL, USERS_SQL = f"{BUILD}:item_popularity_sql", f"{BUILD}:user_activity_sql"
+RENDER = "recsys.features.render"
+ITEMS_SQL, USERS_SQL = f"{RENDER}:item_events_sql", f"{RENDER}:user_events_sql"
 RECENT = 3  # recent_items of the build: fewer than user 1's four events at T
 MUTATIONS = [
     ("trailing-exit-7d-at-window", ITEMS_SQL,
@@ -294,13 +294,9 @@ def test_a_feature_without_a_rule_fails_loudly(monkeypatch: pytest.MonkeyPatch) 
         event_views()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an item with null genres (allowed: only item_id is required) makes "
-    "list_contains NULL, so a user whose events so far are all on such items gets a null "
-    "affinity per genre, not 0 (GenreShares: such an item counts in no genre)",
-)
 def test_items_with_null_genres_count_in_no_genre(tmp_path: Path) -> None:
+    """An item with null genres (allowed: only item_id is required) counts in no genre, so a
+    user whose events so far are all on such items has a share of 0 per genre, not null."""
     dataset = write_dataset(
         tmp_path / "dataset",
         users=[user(1)],
