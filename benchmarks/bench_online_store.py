@@ -110,7 +110,7 @@ def load_redis(data: Path, env: dict[str, str]) -> dict[str, float]:
     import pyarrow.parquet as pq
 
     from recsys import store
-    from recsys.features import default_as_of
+    from recsys.features.build import default_as_of
     from recsys.settings import Settings
     from towers import candidates
 

@@ -59,7 +59,7 @@ def run(method: str, data: Path, memory_limit: str | None) -> dict:
     """One measurement in this (fresh) process."""
     from recsys import store as feast_store
     from recsys.asof import asof_join_sql, prepare, view_specs, without_needless_tiebreaks
-    from recsys.features import build_features, default_as_of
+    from recsys.features.build import build_features, default_as_of
     from recsys.settings import Paths
     from recsys.sql import connect, string
     from recsys.training_set import FEATURE_SERVICE, entity_rows, training_job

@@ -21,7 +21,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recsys import store as feast_store  # noqa: E402
-from recsys.features import default_as_of  # noqa: E402
+from recsys.features.build import default_as_of  # noqa: E402
 from recsys.settings import Paths  # noqa: E402
 from recsys.sql import connect, string  # noqa: E402
 from recsys.training_set import FEATURE_SERVICE, entity_rows  # noqa: E402

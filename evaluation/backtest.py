@@ -15,7 +15,7 @@ made on validation (``baselines``). Everything is scored by ``towers.evaluate``.
 Groups of test users: ``warm`` (seen before the cut), ``cold`` (first seen after it: the
 profile only), and ``new after N``: users first seen after the cut with more than N events
 in the window, whose first N events are given as history through the cold-start request's
-path (``serving.features.cold_start_row``, encoded by ``recsys.features.row_encoding`` as a
+path (``recsys.features.online.cold_start_row``, encoded by ``recsys.features.row_encoding`` as a
 ``POST`` is) and who are scored on the rest of their window; EASE and ItemKNN fold those N
 events in as the user's history. On planted-factor synthetic data the planted ranking is
 scored too (the oracle). One cut: ``evaluation.backtest_cut``; summaries, files and plot:
@@ -173,7 +173,7 @@ def run_backtest(
     writes ``backtest.json``/``.md``/``.png`` into ``out`` and returns the JSON's content."""
     from evaluation.backtest_cut import run_cut
     from evaluation.backtest_report import summarize, write_report
-    from recsys.features import default_as_of
+    from recsys.features.build import default_as_of
 
     started = time.perf_counter()
     events = pd.read_parquet(dataset / "interactions.parquet", columns=["event_timestamp"])

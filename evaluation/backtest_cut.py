@@ -4,7 +4,7 @@ every baseline, and each model's per-user metrics on the window's user groups.
 
 The ``new after N`` group: users first seen in the window with more than N events in it.
 Their first N events are the history a cold-start ``POST`` would carry: the feature row is
-built by ``serving.features.cold_start_row`` and encoded by ``recsys.features.row_encoding``
+built by ``recsys.features.online.cold_start_row`` and encoded by ``recsys.features.row_encoding``
 with the unknown-user slot, exactly as the API does; EASE and ItemKNN fold the same N events
 in (``towers.baselines.HistoryScorer.fold_in_fn``); every model is scored on the rest of
 the user's window, the N items removed from its ranking.
@@ -87,11 +87,11 @@ def cold_start_batch(
     recent_items: int,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """User-tower inputs of each profile row with its ``given`` events, built as a cold-start
-    ``POST`` builds them (serving.features.cold_start_row, recsys.features.row_encoding),
+    ``POST`` builds them (recsys.features.online.cold_start_row, recsys.features.row_encoding),
     sent right after the user's last given event: that is the request time the history's
     time-since features are measured from."""
+    from recsys.features.online import Interaction, ItemGenres, cold_start_row
     from recsys.features.row_encoding import RowEncoder
-    from serving.features import Interaction, ItemGenres, cold_start_row
 
     genres = ItemGenres.from_items(items_path, encoder.genres)
     rows = RowEncoder(encoder)

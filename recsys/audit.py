@@ -132,14 +132,13 @@ def audit_features(folder: Path) -> Audit:
     entity and time (`recsys.validation.tables.validate_feature_table`)."""
     import pandas as pd
 
-    from recsys.features import VIEWS
+    from recsys.features.catalog import CATALOG
     from recsys.validation.tables import validate_feature_table
 
     reports = {}
-    for view in VIEWS:
-        key = "user_id" if view.startswith("user") else "item_id"
-        frame = pd.read_parquet(folder / f"{view}.parquet")
-        reports[view] = validate_feature_table(frame, key=key, table=view)
+    for view in CATALOG.views:
+        frame = pd.read_parquet(folder / f"{view.name}.parquet")
+        reports[view.name] = validate_feature_table(frame, key=view.key, table=view.name)
     return _from_reports("features", reports)
 
 
@@ -226,7 +225,7 @@ def audit_candidates(table: Any, version: str, dataset: Path, as_of: Any) -> Aud
     (seen,) = con.execute(f"""
         SELECT count(*) FROM (SELECT user_id, unnest(candidate_item_ids) AS item_id
                               FROM candidates) c
-        SEMI JOIN (SELECT user_id, item_id FROM {parquet(dataset, 'interactions')}
+        SEMI JOIN (SELECT user_id, item_id FROM {parquet(dataset, "interactions")}
                    WHERE event_timestamp < {timestamp(as_of)}) e USING (user_id, item_id)
     """).fetchone() or (0,)
     checks = {

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from recsys.features import FeatureManifest, build_features
+from recsys.features.build import FeatureManifest, build_features
 from recsys.settings import Settings
 from recsys.training_set import TrainingSetSummary, build_training_set
 from recsys.validation.folder import DatasetSummary, summarize

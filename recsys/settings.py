@@ -97,7 +97,7 @@ def settings_from(**values: Any) -> Settings:
 
 def run_as_of(settings: Settings) -> Any:
     """A run's "now": the configured ``as_of``, else just after the dataset's last event."""
-    from recsys.features import default_as_of
+    from recsys.features.build import default_as_of
 
     return settings.as_of or default_as_of(settings.paths.dataset)
 

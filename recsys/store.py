@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
+from recsys.features.catalog import CATALOG
 from recsys.settings import FEATURE_REPO, Paths, Settings
 
 if TYPE_CHECKING:
@@ -189,9 +190,9 @@ def apply(paths: Paths, store: FeatureStore | None = None) -> FeatureStore:
     return store
 
 
-# The views built from the dataset's events (recsys.features) that `materialize` loads into
+# The views of the catalogue (built by recsys.features.build) that `materialize` loads into
 # the online store; `user_candidates` is written there directly by towers.candidates.
-SERVING_VIEWS = ["user_profile", "user_activity", "item_content", "item_popularity"]
+SERVING_VIEWS = [view.name for view in CATALOG.views]
 
 
 def materialize(
@@ -204,7 +205,7 @@ def materialize(
     (a late event rewrites rows older than the previous end), and writes only those
     (``recsys.materialize``).
     """
-    from recsys.features import EPOCH
+    from recsys.features.ops import EPOCH
     from recsys.materialize import materialize_changes
 
     store = store or feature_store(paths)

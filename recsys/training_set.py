@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.audit import AuditFailed, audit_training_set, publish_audited
-from recsys.features import default_as_of
+from recsys.features.build import default_as_of
 from recsys.io import atomic_write_json, staging_dir
 from recsys.settings import Settings
 from recsys.sql import connect, one, parquet, string, timestamp

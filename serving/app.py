@@ -7,7 +7,7 @@ Endpoints (OpenAPI docs at ``/docs``):
   the user interacted with before ``as_of`` removed.
 * ``POST /recommendations``: a user the store does not know (cold start): profile features
   and optional recent items in the body, turned into the same feature columns in Python
-  (``serving.features``).
+  (``recsys.features.online``).
 * ``GET /candidates/{user_id}``: the top-100 precomputed by the pipeline (Feast service
   ``user_candidates_v1``). Each stored row names the version that computed it; a row of
   another version than the one served (during a promotion the online store is updated

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from recsys import fallback
+from recsys.features.online import ItemGenres
 from recsys.index.search import SearchMode
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
-from serving.features import ItemGenres
 from serving.load import attribute_columns, open_index, source_key
 from serving.loaded import Loaded, SeenItems, VersionLoadError
 

@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 
 from recsys import fallback
+from recsys.features.online import Interaction, ItemGenres
 from recsys.features.row_encoding import RowEncoder
 from recsys.index.hnsw import HNSW_EF_SEARCH
 from recsys.index.search import ItemIndex, SearchMode
 from recsys.io import read_json
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths
-from serving.features import Interaction, ItemGenres
 from serving.loaded import ITEM_FIELDS, Loaded, SeenItems, VersionLoadError
 from serving.tower import load_user_tower
 

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recsys.features.online import Interaction, ItemGenres, cold_start_row
 from recsys.index.search import ItemIndex
-from serving.features import Interaction, ItemGenres, cold_start_row
 from serving.tower import TowerFn, TowerKind
 
 if TYPE_CHECKING:  # the two-tower's types: torch is imported when one is loaded
@@ -188,7 +188,7 @@ class Loaded:
         zip_code: str | None,
         recent: Sequence[Interaction] = (),
     ) -> dict[str, Any]:
-        """The feature row of a user the store does not know (``serving.features``), plus
+        """The feature row of a user the store does not know (``recsys.features.online``), plus
         ``request_time``: the request's time in whole epoch seconds, which stands for the
         missing interaction times and is what :meth:`query` measures the history back from
         (one clock reading for both: the same request gives the same answer)."""

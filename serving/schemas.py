@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from serving.features import Interaction
+from recsys.features.online import Interaction
 from serving.loaded import MAX_K, MAX_RECENT_ITEMS
 
 DEFAULT_K = 20

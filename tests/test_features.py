@@ -6,7 +6,7 @@ import pandas as pd
 
 from recsys.datasets.synthetic import generate_synthetic
 from recsys.features import build as features
-from recsys.features import compute_features
+from recsys.features.build import compute_features
 from tests.pit_reference import comparable
 
 

@@ -21,7 +21,8 @@ import pytest
 
 from recsys import store as feast_store
 from recsys.asof import asof_join_sql, prepare, view_specs, without_needless_tiebreaks
-from recsys.features import EPOCH, build_features
+from recsys.features.build import build_features
+from recsys.features.ops import EPOCH
 from recsys.ingest import ingest
 from recsys.sql import connect
 from recsys.training_set import build_training_set, historical_features

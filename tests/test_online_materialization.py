@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from recsys import store as feast_store
-from recsys.features import EPOCH, build_features
+from recsys.features.build import build_features
+from recsys.features.ops import EPOCH
 from recsys.ingest import ingest
 from recsys.schema import TABLES
 from recsys.settings import Paths

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from recsys.features import AGE_BUCKETS
+from recsys.features.catalog import AGE_BUCKETS
 from towers.baselines import Popularity, _check_split, _latest, best_of
 from towers.evaluate import EvalSplit, ScoreFn, item_index, rank_metrics
 

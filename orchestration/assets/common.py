@@ -7,9 +7,10 @@ from typing import Any
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
-VIEWS = ("user_profile", "user_activity", "item_content", "item_popularity")
-VIEW_KEYS = {"user_profile": "user_id", "user_activity": "user_id",
-             "item_content": "item_id", "item_popularity": "item_id"}  # fmt: skip
+from recsys.features.catalog import CATALOG
+
+VIEWS = tuple(view.name for view in CATALOG.views)
+VIEW_KEYS = {view.name: view.key for view in CATALOG.views}
 # One blocking check per Great Expectations outcome on an incoming batch
 # (recsys.validation.tables.validate_interactions), so a corruption fails the check that names it.
 BATCH_CHECKS = (

@@ -25,7 +25,7 @@ from orchestration.resources import (
 )
 def features(context: AssetExecutionContext, pipeline: PipelineSettings) -> MaterializeResult:
     from recsys.audit import AuditFailed, read_audit
-    from recsys.features import build_features
+    from recsys.features.build import build_features
     from recsys.sql import connect, one, parquet
 
     settings = pipeline.settings()

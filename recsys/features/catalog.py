@@ -1,7 +1,8 @@
 """THE feature declarations of the project: every view, feature and service, once.
 
-Adding a feature is one entry here (and its test): the feature SQL, the Feast objects, the
-cold-start row and the towers' inputs are derived from this catalogue.
+Adding a feature is one entry here: the feature SQL, the Feast objects, the cold-start row
+and the towers' inputs are derived from this catalogue, and its op's parity test (SQL against
+Python) is generated (`tests/features/test_ops.py`).
 """
 
 from __future__ import annotations

@@ -14,9 +14,21 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
+import pyarrow as pa
+
 Entity = Literal["user", "item"]
-# Feast's value types by name; `feature_repo/definitions.py` maps them to feast.types.
-DTYPES = ("string", "int64", "float64", "string[]", "int64[]", "float32[]", "float64[]")
+# Feast's value types by name, with the Arrow type of the tables' column (Feast's online rows
+# have the same); `feature_repo/definitions.py` maps them to feast.types.
+ARROW_TYPES = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "string[]": pa.list_(pa.string()),
+    "int64[]": pa.list_(pa.int64()),
+    "float32[]": pa.list_(pa.float32()),
+    "float64[]": pa.list_(pa.float64()),
+}
+DTYPES = tuple(ARROW_TYPES)
 
 
 class Encoding(StrEnum):
@@ -33,7 +45,7 @@ class Encoding(StrEnum):
 
 
 class ViewKind(StrEnum):
-    """How a view's rows are computed and stamped (`recsys.features.build`)."""
+    """How a view's rows are computed and stamped (`recsys.features.render`)."""
 
     STATIC = "static"  # entity attributes, stamped at the epoch
     USER_EVENTS = "user_events"  # one row per (user, distinct event time), stamped ts + 1 µs
@@ -92,6 +104,12 @@ class Catalog:
             if service.name == name:
                 return service
         raise KeyError(f"no feature service {name!r}")
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features():
+            if f.name == name:
+                return f
+        raise KeyError(f"no feature {name!r}")
 
     def features(
         self, entity: Entity | None = None, encoding: Encoding | None = None

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Query
 
+from recsys.features.online import FEATURE_COLUMNS
 from serving.deps import State, online, served
-from serving.features import FEATURE_COLUMNS
 from serving.loaded import MAX_K, Loaded
 from serving.schemas import (
     DEFAULT_K,

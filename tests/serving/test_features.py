@@ -18,22 +18,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recsys.features import user_profile_sql
+from recsys.features.catalog import CATALOG
+from recsys.features.online import (
+    USER_SCHEMA,
+    Interaction,
+    ItemGenres,
+    cold_start_row,
+    newest_first,
+)
+from recsys.features.ops import epoch_seconds
+from recsys.features.render import static_sql
 from recsys.features.row_encoding import RowEncoder
 from recsys.registry import ModelRegistry
 from recsys.schema import TABLES
 from recsys.settings import Paths, Settings
 from recsys.sql import connect
-from serving.features import (
-    USER_SCHEMA,
-    Interaction,
-    ItemGenres,
-    age_bucket,
-    cold_start_row,
-    epoch_seconds,
-    newest_first,
-    zip_prefix,
-)
 from serving.load import load_version
 from serving.loaded import SeenItems, VersionLoadError
 from serving.metrics import Metrics
@@ -46,8 +45,17 @@ from towers.data import tensors
 
 
 def sql_profiles(dataset: Path) -> pd.DataFrame:
-    sql = user_profile_sql(dataset, datetime.now(UTC))
+    sql = static_sql(CATALOG.view("user_profile"), dataset, datetime.now(UTC))
     return connect().execute(f"SELECT user_id, age_bucket, zip_prefix FROM ({sql})").df()
+
+
+def age_bucket(age: int | None) -> str | None:
+    """The Python side of the age_bucket feature's op."""
+    return CATALOG.feature("age_bucket").op.py({"age": age})
+
+
+def zip_prefix(zip_code: str | None) -> str | None:
+    return CATALOG.feature("zip_prefix").op.py({"zip_code": zip_code})
 
 
 def none_if_na(value: Any) -> Any:

@@ -1,0 +1,111 @@
+"""A feature declared once reaches every consumer of the catalogue: a new event feature and
+a new static one, added to the catalogue only, appear in the feature tables, the Feast views
+and services, the point-in-time training set, the online store after materialization and
+the cold-start row, each with the value its op defines."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recsys import store as feast_store
+from recsys.features import catalog
+from recsys.features.build import compute_features
+from recsys.features.online import Interaction, ItemGenres, cold_start_row
+from recsys.features.ops import Count, Prefix
+from recsys.features.spec import Catalog, Encoding, Feature
+from recsys.settings import Paths
+from recsys.training_set import entity_rows, historical_features
+
+RATED = Feature("user_rated_count", "int64", Count(rated=True), Encoding.LOG_NUMERIC)
+REGION = Feature("zip_region", "string", Prefix("zip_code", 1), Encoding.CATEGORICAL)
+
+
+def extended(base: Catalog) -> Catalog:
+    """``base`` with RATED in user_activity and REGION in user_profile."""
+    added = {"user_activity": RATED, "user_profile": REGION}
+    views = tuple(
+        dataclasses.replace(v, features=(*v.features, added[v.name])) if v.name in added else v
+        for v in base.views
+    )
+    return dataclasses.replace(base, views=views)
+
+
+def test_a_feature_declared_once_reaches_every_consumer(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat = extended(catalog.CATALOG)
+    # The Feast definitions read the catalogue when they are evaluated (recsys.store).
+    monkeypatch.setattr(catalog, "CATALOG", cat)
+    paths = Paths(tmp_path / "data")
+    paths.features.mkdir(parents=True)
+    manifest = compute_features(dataset, paths.features, catalog=cat)
+    events = pq.read_table(dataset / "interactions.parquet").to_pylist()
+    users = {u["user_id"]: u for u in pq.read_table(dataset / "users.parquet").to_pylist()}
+    rated = Counter(e["user_id"] for e in events if e["rating"] is not None)
+
+    # The tables: each new column, typed as declared.
+    assert pq.read_schema(paths.features / "user_activity.parquet").field(RATED.name).type == (
+        pa.int64()
+    )
+    profile = pq.read_table(paths.features / "user_profile.parquet").to_pylist()
+    assert {r["user_id"]: r[REGION.name] for r in profile} == {
+        u: (None if row["zip_code"] is None else row["zip_code"][:1]) for u, row in users.items()
+    }
+
+    # Feast: the views' schema and the services that hold the views.
+    store = feast_store.apply(paths)
+    for view, feature in (("user_activity", RATED), ("user_profile", REGION)):
+        fields = {f.name: f for f in store.get_feature_view(view).features}
+        assert fields[feature.name].tags == {"encoding": feature.encoding.value}
+        for service in ("two_tower_training_v1", "user_tower_serving_v1"):
+            projections = store.get_feature_service(service).feature_view_projections
+            names = {f.name for p in projections if p.name == view for f in p.features}
+            assert feature.name in names, (service, view)
+
+    # The point-in-time training set: events strictly before each row's time.
+    rows = entity_rows(dataset, manifest.as_of)
+    training = historical_features(store, rows).to_pylist()
+    assert len(training) == len(events)
+    for row in training:
+        before = sum(
+            e["user_id"] == row["user_id"] and e["rating"] is not None
+            and e["event_timestamp"] < row["event_timestamp"]
+            for e in events
+        )  # fmt: skip
+        has_history = any(
+            e["user_id"] == row["user_id"] and e["event_timestamp"] < row["event_timestamp"]
+            for e in events
+        )
+        assert row[RATED.name] == (before if has_history else None), row
+        zip_code = users[row["user_id"]]["zip_code"]
+        assert row[REGION.name] == (None if zip_code is None else zip_code[:1])
+
+    # The online store after materialization, and the cold-start row of the same history.
+    feast_store.materialize(paths, end=manifest.as_of, store=store)
+    ids = sorted(users)
+    online = store.get_online_features(
+        features=store.get_feature_service("user_tower_serving_v1"),
+        entity_rows=[{"user_id": u} for u in ids],
+    ).to_dict()
+    genres = ItemGenres.from_items(dataset / "items.parquet", manifest.genres)
+    for k, u in enumerate(ids):
+        history = [Interaction(e["item_id"], e["rating"], e["event_timestamp"])
+                   for e in events if e["user_id"] == u]  # fmt: skip
+        want = rated[u] if history else None
+        assert online[RATED.name][k] == want, u
+        profile_row = users[u]
+        cold = cold_start_row(
+            age=profile_row["age"], gender=profile_row["gender"],
+            occupation=profile_row["occupation"], zip_code=profile_row["zip_code"],
+            recent=history, item_genres=genres, recent_items=manifest.recent_items,
+            catalog=cat,
+        )  # fmt: skip
+        assert cold[RATED.name] == want
+        assert cold[REGION.name] == online[REGION.name][k]
+    assert any(online[RATED.name]) and any(online[REGION.name])
