@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from recsys.features.catalog import AGE_BUCKETS
+from recsys.features.catalog import CATALOG
 from towers.baselines import Popularity, _check_split, _latest, best_of
 from towers.evaluate import EvalSplit, ScoreFn, item_index, rank_metrics
 
@@ -33,24 +34,35 @@ SEGMENTATIONS: Mapping[str, tuple[str, ...]] = {
 MIN_SEGMENT_USERS = 20  # smaller segments get the global ranking: too few users to count on
 
 
-def age_bucket(age: pd.Series) -> pd.Series:
-    """``recsys.features.AGE_BUCKETS`` labels of ages (the user feature's buckets); NaN stays."""
-    out = pd.Series("56+", index=age.index, dtype=object)
-    for hi, name in reversed(AGE_BUCKETS):
-        out[age < hi] = name
-    out[age.isna()] = None
-    return out
+def _op(name: str) -> Any:
+    """The declared op of user feature ``name``; None for a raw profile column."""
+    try:
+        return CATALOG.feature(name).op
+    except KeyError:
+        return None
+
+
+def profile_feature(users: pd.DataFrame, name: str) -> pd.Series:
+    """A static user feature (``recsys.features.catalog``) of each profile row, computed
+    from the raw columns by its declared op, as the feature tables and the cold-start row
+    compute it (missing stays None); a name the catalogue does not declare is a raw column."""
+    op = _op(name)
+    if op is None:
+        return users[name].astype(object)
+    raw = users.astype(object).where(users.notna(), None)
+    values = [op.py(row) for row in raw.to_dict("records")]
+    return pd.Series(values, index=users.index, dtype=object)
 
 
 def segment_labels(users: pd.DataFrame, by: Sequence[str]) -> pd.Series:
     """user_id -> segment label (fields joined by " | "); None where a field is missing."""
-    need = {"user_id"} | {"age" if f == "age_bucket" else f for f in by}
+    need = {"user_id"} | {f if (op := _op(f)) is None else op.column for f in by}
     missing = need - set(users.columns)
     if missing:
         raise ValueError(f"users profile lacks column(s) {sorted(missing)} needed by {list(by)}")
     if users["user_id"].duplicated().any():
         raise ValueError("users profile has duplicate user_id rows: one profile per user")
-    fields = [age_bucket(users["age"]) if f == "age_bucket" else users[f] for f in by]
+    fields = [profile_feature(users, f) for f in by]
     frame = pd.concat([f.astype(object).rename(i) for i, f in enumerate(fields)], axis=1)
     labels = frame.astype(str).agg(" | ".join, axis=1).where(frame.notna().all(axis=1), None)
     return pd.Series(labels.to_numpy(), index=users["user_id"].to_numpy(np.int64))
@@ -60,7 +72,7 @@ class SegmentPopularity:
     """Popularity within the user's profile segment; global popularity where that is thin."""
 
     def __init__(self, by: Sequence[str], min_users: int = MIN_SEGMENT_USERS) -> None:
-        self.by = tuple(by)  # profile fields defining a segment ("age_bucket" from age)
+        self.by = tuple(by)  # user_profile features defining a segment (from the raw profile)
         self.min_users = min_users
 
     def fit(

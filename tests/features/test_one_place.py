@@ -1,7 +1,8 @@
 """A feature declared once reaches every consumer of the catalogue: a new event feature and
 a new static one, added to the catalogue only, appear in the feature tables, the Feast views
 and services, the point-in-time training set, the online store after materialization and
-the cold-start row, each with the value its op defines."""
+the cold-start row, each with the value its op defines, and the towers' inputs: an encoder
+fitted on the training set encodes both, from a batch and from one request's row alike."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -16,8 +18,10 @@ import pytest
 from recsys import store as feast_store
 from recsys.features import catalog
 from recsys.features.build import compute_features
+from recsys.features.encoding import FeatureEncoder
 from recsys.features.online import Interaction, ItemGenres, cold_start_row
 from recsys.features.ops import Count, Prefix
+from recsys.features.row_encoding import RowEncoder
 from recsys.features.spec import Catalog, Encoding, Feature
 from recsys.settings import Paths
 from recsys.training_set import entity_rows, historical_features
@@ -70,7 +74,8 @@ def test_a_feature_declared_once_reaches_every_consumer(
 
     # The point-in-time training set: events strictly before each row's time.
     rows = entity_rows(dataset, manifest.as_of)
-    training = historical_features(store, rows).to_pylist()
+    training_table = historical_features(store, rows)
+    training = training_table.to_pylist()
     assert len(training) == len(events)
     for row in training:
         before = sum(
@@ -109,3 +114,36 @@ def test_a_feature_declared_once_reaches_every_consumer(
         assert cold[RATED.name] == want
         assert cold[REGION.name] == online[REGION.name][k]
     assert any(online[RATED.name]) and any(online[REGION.name])
+
+    # The towers: the encoder fitted on the training set has one more categorical and one
+    # more numeric input, with the values its encodings define.
+    encoder = FeatureEncoder.fit(training_table, manifest.genres, manifest.recent_items,
+                                 catalog=cat)  # fmt: skip
+    cats, nums = list(encoder.columns.user_cats), [n for n, _ in encoder.columns.user_nums]
+    assert REGION.name in cats and RATED.name in nums
+    batch = encoder.encode_users(training_table)
+    vocabulary = encoder.cats[REGION.name]
+    regions = [r[REGION.name] for r in training]
+    assert batch["cats"][:, cats.index(REGION.name)].tolist() == [
+        0 if v is None else vocabulary.index(v) + 1 for v in regions
+    ]
+    counts = np.array([np.nan if r[RATED.name] is None else r[RATED.name] for r in training])
+    mean, std = encoder.stats[RATED.name]
+    k = nums.index(RATED.name)
+    np.testing.assert_allclose(
+        batch["nums"][:, k], np.where(np.isnan(counts), 0.0, (np.log1p(counts) - mean) / std),
+        rtol=1e-6, atol=1e-6,
+    )  # fmt: skip
+    assert batch["nums"][:, len(nums) + k].tolist() == np.isnan(counts).astype(float).tolist()
+    # One request's row (the online store's) encodes as the batch of the same rows does.
+    now = manifest.as_of.timestamp()
+    frame = pa.Table.from_pydict(
+        {"user_id": ids, **{c: online[c] for c in online if c != "user_id"}}
+    )
+    served = encoder.encode_users(frame.to_pandas(), now)
+    one = RowEncoder(encoder)
+    for j, u in enumerate(ids):
+        row = {c: online[c][j] for c in online}
+        arrays = one.arrays(u, row, now)
+        for name in ("cats", "nums"):
+            assert np.array_equal(arrays[name][0], served[name][j]), (u, name)

@@ -46,11 +46,12 @@ def score_column(reg: ModelRegistry, version: str, profile: dict) -> str:
 
 def profile_of(data: Path, user: int) -> dict:
     """A known user's profile as the online features carry it (age as its bucket)."""
-    from towers.segments import age_bucket
+    from towers.segments import profile_feature
 
     users = pd.read_parquet(data / "dataset" / "users.parquet").set_index("user_id")
     row = users.loc[user]
-    return {"age_bucket": age_bucket(pd.Series([row.age])).iloc[0], "gender": row.gender,
+    age = profile_feature(pd.DataFrame({"age": [row.age]}), "age_bucket").iloc[0]
+    return {"age_bucket": age, "gender": row.gender,
             "occupation": row.occupation}  # fmt: skip
 
 

@@ -11,8 +11,8 @@ from tests.towers.test_baselines import END, START, frame
 from towers.evaluate import build_eval_split, rank_metrics
 from towers.segments import (
     SegmentPopularity,
-    age_bucket,
     best_segmentation,
+    profile_feature,
     segment_labels,
     segmentation_search,
 )
@@ -26,7 +26,7 @@ def profiles(ids, gender, occupation, age=30) -> pd.DataFrame:
 
 def test_labels_use_the_feature_age_buckets_and_missing_fields_give_none():
     ages = pd.Series([17, 18, 24, 25, 49, 50, 55, 56, 70, np.nan])
-    assert age_bucket(ages).tolist() == [
+    assert profile_feature(pd.DataFrame({"age": ages}), "age_bucket").tolist() == [
         "<18", "18-24", "18-24", "25-34", "45-49", "50-55", "50-55", "56+", "56+", None,
     ]  # fmt: skip
     users = pd.DataFrame({"user_id": [1, 2, 3], "age": [20, np.nan, 40],
