@@ -53,7 +53,8 @@ def online_features(pipeline: PipelineSettings, feast: FeastResource) -> Materia
     deps=["two_tower_model", "item_embeddings", "user_candidates", "online_features"],
     description="Promotion: the version this run built (gate passed, or the fallback "
     "baseline when no two-tower did; vectors and candidates complete) becomes current in "
-    "one atomic switch, its candidates go online; then "
+    "one atomic switch (published whole to the artifact store first, when one is set), "
+    "its candidates go online; then "
     "retention deletes the versions beyond current, previous and the last keep_versions.",
 )
 def promoted_model(
@@ -91,6 +92,8 @@ def promoted_model(
     candidates.write_table(table, settings.paths.candidates / "user_candidates.parquet")
     pushed = candidates.push_online(feast.store(), table)
     kind, reason = promotion_reason(reg.info(version))
+    if reg.store is not None:  # whole on the store before the pointer can name it
+        reg.store.publish(reg.path(version), lancedb.db_dir(), version)
     previous = reg.promote(version, run_id, reason=reason)
     kept = apply_retention(reg, lancedb.db_dir(), pipeline.keep_versions)
     if kept.deleted or kept.orphan_tables:
@@ -117,5 +120,6 @@ def promoted_model(
             "versions_kept": MetadataValue.json(kept.kept),
             "versions_deleted": MetadataValue.json(kept.deleted),
             "orphan_tables_deleted": MetadataValue.json(kept.orphan_tables),
+            "artifact_store": str(reg.store.url) if reg.store is not None else "none",
         }
     )
