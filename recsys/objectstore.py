@@ -10,6 +10,11 @@ find it. Layout under the prefix::
     models/current.json                the pointer: the local current.json, one PUT
     models/promotions/<at>-<v>.json    one object per switch (S3 has no append)
     lancedb/items_<v>.lance            the version's LanceDB table, tagged when complete
+    data/<name>/<id>/...               a published folder of the data folder (dataset,
+                                       features: what the version serves with), <id> the
+                                       name of the folder its link points at (recsys.io)
+    data/<name>/<id>/_manifest.json    written last, as for a version
+    data/<name>/current.json           {"id"}: the published one, one PUT after its manifest
 
 A version is visible whole or not at all: its files are uploaded first and the manifest
 last, and a version without a manifest is absent to every reader (a publication killed
@@ -37,10 +42,13 @@ from urllib.parse import urlsplit
 
 from recsys.io import atomic_write_json, read_json
 from recsys.registry import check_version
-from recsys.settings import Settings
+from recsys.settings import Paths, Settings
 
 MANIFEST = "_manifest.json"
 CHUNK = 1 << 20
+# The data folder's published folders a served version needs (seen items, items, as_of).
+SERVED_FOLDERS = ("dataset", "features")
+KEEP_DOWNLOADS = 2  # downloaded copies kept per kind: the served one and the one before
 
 
 class VersionNotPublished(LookupError):
@@ -68,6 +76,15 @@ def folder_manifest(folder: Path, version: str) -> dict[str, Any]:
         if path.is_file() and path.name != MANIFEST
     }  # fmt: skip
     return {"version": version, "files": files}
+
+
+def _prune(parent: Path, keep: Path) -> None:
+    """Delete downloaded copies under ``parent`` but ``keep`` and the newest others, up to
+    KEEP_DOWNLOADS in all (a worker may still be loading the previous one)."""
+    others = sorted((p for p in parent.iterdir() if p.is_dir() and p != keep),
+                    key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
+    for old in others[KEEP_DOWNLOADS - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def artifact_store(settings: Settings) -> ArtifactStore | None:
@@ -234,24 +251,28 @@ class ArtifactStore:
 
     def fetch_version(self, version: str, cache: Path) -> Path:
         """The store's ``version`` as a local folder ``cache/versions/<v>``, downloaded and
-        checked against its manifest (sizes, SHA-256) the first time; a staging folder is
-        renamed into place only once every file is verified."""
+        checked against its manifest (sizes, SHA-256) the first time."""
         manifest = self.manifest(version)
         if manifest is None:
             raise VersionNotPublished(f"version {version} is not published on {self}")
         target = Path(cache) / "versions" / version
+        return self._download(self.version_key(version), manifest, target, Path(cache))
+
+    def _download(self, key: str, manifest: dict[str, Any], target: Path, cache: Path) -> Path:
+        """The files of ``manifest`` under ``key`` into ``target``: into a staging folder,
+        each checked, renamed into place only once every file is verified."""
         if (target / MANIFEST).exists() and read_json(target / MANIFEST) == manifest:
             return target
-        staging = Path(cache) / ".staging" / f"{version}-{uuid.uuid4().hex[:12]}"
+        staging = cache / ".staging" / f"{target.name}-{uuid.uuid4().hex[:12]}"
         try:
             for name, expected in manifest["files"].items():
                 path = staging / name
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self.client.download_file(self.bucket, self.version_key(version, name), str(path))
+                self.client.download_file(self.bucket, f"{key}/{name}", str(path))
                 size, digest = path.stat().st_size, sha256_file(path)
                 if size != expected["size"] or digest != expected["sha256"]:
                     raise CorruptArtifact(
-                        f"{version}/{name} from {self}: {size} bytes, sha256 {digest[:12]}; "
+                        f"{key}/{name} from {self}: {size} bytes, sha256 {digest[:12]}; "
                         f"manifest: {expected['size']} bytes, sha256 {expected['sha256'][:12]}"
                     )
             atomic_write_json(staging / MANIFEST, manifest)
@@ -264,7 +285,45 @@ class ArtifactStore:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        _prune(target.parent, target)
         return target
+
+    # --- published folders of the data folder -----------------------------------------
+    def folder_key(self, name: str, folder_id: str = "") -> str:
+        return self.key("data", check_version(name), folder_id and check_version(folder_id))
+
+    def publish_folder(self, link: Path, name: str) -> str:
+        """Publish the folder a data folder link (``recsys.io.publish_dir``) points at as
+        ``data/<name>/<id>``: files, manifest, then the pointer. Returns its id."""
+        real = Path(link).resolve()
+        folder_id = check_version(real.name)
+        key = self.folder_key(name, folder_id)
+        manifest = folder_manifest(real, folder_id)
+        if self.get_bytes(f"{key}/{MANIFEST}") is None:
+            for file in manifest["files"]:
+                self.upload_file(real / file, f"{key}/{file}")
+            self.put_bytes(f"{key}/{MANIFEST}", json.dumps(manifest, sort_keys=True).encode())
+        self.put_bytes(f"{self.folder_key(name)}/current.json",
+                       json.dumps({"id": folder_id}).encode())  # fmt: skip
+        return folder_id
+
+    def publish_served_folders(self, paths: Paths) -> dict[str, str]:
+        """Publish the dataset and feature folders serving reads; {name: id}."""
+        return {name: self.publish_folder(getattr(paths, name), name) for name in SERVED_FOLDERS}
+
+    def fetch_folder(self, name: str, cache: Path) -> Path | None:
+        """The published ``name`` folder as a verified local copy under ``cache/data/<name>``,
+        downloaded when it changed; None when the store has none."""
+        raw = self.get_bytes(f"{self.folder_key(name)}/current.json")
+        if raw is None:
+            return None
+        folder_id = check_version(str(json.loads(raw)["id"]))
+        key = self.folder_key(name, folder_id)
+        manifest_raw = self.get_bytes(f"{key}/{MANIFEST}")
+        if manifest_raw is None:
+            raise VersionNotPublished(f"{key} on {self} has no manifest")
+        target = Path(cache) / "data" / name / folder_id
+        return self._download(key, dict(json.loads(manifest_raw)), target, Path(cache))
 
     def delete_version(self, version: str) -> None:
         """Delete a version: its manifest first (it disappears whole), then its files and

@@ -38,7 +38,7 @@ def load_fallback(paths: Paths, version: str, info: dict[str, Any], search_mode:
     """``version`` (a fallback, per its version.json ``info``, files in ``folder``) loaded
     whole and warmed up; ``started``: when ``serving.load.load_version`` began (for its load
     time); ``store``: where its item table is (None: the data folder)."""
-    key = source_key(paths, version)
+    key = source_key(paths, version, store)
     dataset, features = Path(key[1]), Path(key[2])
     manifest = read_json(features / "manifest.json")
     as_of = pd.Timestamp(manifest["as_of"]).to_pydatetime()

@@ -66,11 +66,21 @@ def attribute_columns(index: ItemIndex) -> dict[str, list[Any]]:
     return {name: [row.get(name) for row in rows] for name in ITEM_FIELDS}
 
 
-def source_key(paths: Paths, version: str) -> tuple[str, str, str]:
+def source_key(
+    paths: Paths, version: str, store: ArtifactStore | None = None
+) -> tuple[str, str, str]:
     """What a loaded version depends on: the version and the published dataset and feature
     folders (each a symlink switched atomically by ``recsys.io.publish_dir``). A feature
-    refresh publishes new folders, and the seen-items map is reloaded with them."""
-    return (version, os.path.realpath(paths.dataset), os.path.realpath(paths.features))
+    refresh publishes new folders, and the seen-items map is reloaded with them. With a
+    ``store``, the folders published there (downloaded, verified), else the data folder's."""
+    dataset, features = paths.dataset, paths.features
+    if store is not None:
+        try:
+            dataset = store.fetch_folder("dataset", paths.artifact_cache) or dataset
+            features = store.fetch_folder("features", paths.artifact_cache) or features
+        except (VersionNotPublished, CorruptArtifact) as exc:
+            raise VersionLoadError(str(exc)) from exc
+    return (version, os.path.realpath(dataset), os.path.realpath(features))
 
 
 def load_version(
@@ -85,7 +95,7 @@ def load_version(
     and warm it up, so that the object is ready for traffic the moment it is swapped in.
     ``store``: the artifact store the version is published on (None: the data folder)."""
     started = time.perf_counter()
-    key = source_key(paths, version)
+    key = source_key(paths, version, store)
     folder, info = version_folder(paths, version, store)
     checkpoint = folder / "checkpoint.pt"
     if info.get("state") == "rejected":

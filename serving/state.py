@@ -120,7 +120,11 @@ class ServingState:
             if version is None:
                 self.failure = Failure(None, "no model version promoted yet", time.monotonic())
                 return self.loaded
-            key = source_key(self.paths, version)
+            try:
+                key = source_key(self.paths, version, self.artifacts)
+            except Exception as exc:  # the store's dataset or features: keep serving
+                self.failure = Failure(None, f"{type(exc).__name__}: {exc}", time.monotonic())
+                return self.loaded
             served = self.loaded
             if served is not None and served.source == key:
                 self.failure = None  # e.g. a rollback to the served version after a failure

@@ -93,6 +93,7 @@ def promoted_model(
     pushed = candidates.push_online(feast.store(), table)
     kind, reason = promotion_reason(reg.info(version))
     if reg.store is not None:  # whole on the store before the pointer can name it
+        reg.store.publish_served_folders(settings.paths)
         reg.store.publish(reg.path(version), lancedb.db_dir(), version)
     previous = reg.promote(version, run_id, reason=reason)
     kept = apply_retention(reg, lancedb.db_dir(), pipeline.keep_versions)

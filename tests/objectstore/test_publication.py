@@ -5,14 +5,17 @@ complete one, downloads are checked, retention deletes on the store too."""
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from recsys.index.search import ItemIndex
 from recsys.index.table import write_item_table
+from recsys.io import publish_dir, staging_dir
 from recsys.objectstore import (
     MANIFEST,
     ArtifactStore,
@@ -168,6 +171,29 @@ def test_retention_deletes_on_the_store(store: ArtifactStore, tmp_path: Path) ->
     assert store.table_versions(include_unpublished=True) == versions[1:]
     assert list(store.keys(store.version_key(versions[0]) + "/")) == []
     assert store.current() == versions[2]
+
+
+def test_published_folders_follow_the_data_folders_links(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    """The dataset a version serves with: published whole, downloaded when its link moves."""
+    data = tmp_path / "data"
+    assert store.fetch_folder("dataset", tmp_path / "cache") is None
+    ids = []
+    for rows in (3, 5):
+        with staging_dir(data, "dataset") as staging:
+            pd.DataFrame({"user_id": range(rows)}).to_parquet(staging / "users.parquet")
+            publish_dir(staging, data / "dataset")
+        ids.append(store.publish_folder(data / "dataset", "dataset"))
+        copy = store.fetch_folder("dataset", tmp_path / "cache")
+        assert copy is not None and copy.name == ids[-1] == (data / "dataset").resolve().name
+        assert len(pd.read_parquet(copy / "users.parquet")) == rows
+    assert ids[0] != ids[1]
+    key = store.folder_key("dataset", ids[1])
+    store.put_bytes(f"{key}/users.parquet", b"not parquet")
+    shutil.rmtree(tmp_path / "cache")
+    with pytest.raises(CorruptArtifact, match="users.parquet"):
+        store.fetch_folder("dataset", tmp_path / "cache")
 
 
 def test_settings_name_the_store(store: ArtifactStore, tmp_path: Path) -> None:

@@ -1,15 +1,15 @@
 """Serving from the artifact store: the whole Dagster graph publishes its version on a local
-S3 server (moto), and a server on a data folder *without* models/ and lancedb/ (another
-host's: dataset, features and the Feast store only) downloads the version the store's
-pointer names, opens its item table on the store, answers as a server on the building
-folder does, and switches when a new version is published."""
+S3 server (moto), and a server on a data folder holding only the Feast store (another
+host's: under the cluster profile that is Redis and Postgres) downloads the version the
+store's pointer names and the dataset and features it serves with, opens its item table on
+the store, answers as a server on the building folder does, and switches when a new version
+is published."""
 
 from __future__ import annotations
 
 import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -50,12 +50,10 @@ def published(
 
 @pytest.fixture(scope="module")
 def replica(published: tuple[Pipeline, dict[str, str]]) -> Iterator[Server]:
-    """A server on a copy of the data folder without its model versions and item tables."""
+    """A server on a data folder holding a copy of the Feast store only."""
     pipeline, env = published
     folder = pipeline.data.parent / "replica"
-    skip = {"models", "lancedb", ".staging", ".lock"}
-    shutil.copytree(pipeline.data, folder, symlinks=True,
-                    ignore=lambda d, names: skip & set(names) if d == str(pipeline.data) else [])  # fmt: skip
+    shutil.copytree(pipeline.data / "feast", folder / "feast")
     server = start_server(folder, folder.parent / "replica.log", env=env)
     try:
         yield server
@@ -89,11 +87,15 @@ def test_replica_serves_the_stores_version(
     published: tuple[Pipeline, dict[str, str]], replica: Server
 ) -> None:
     pipeline, _ = published
-    folder = Path(str(pipeline.data.parent / "replica"))
-    assert not (folder / "models").exists() and not (folder / "lancedb").exists()
+    folder = pipeline.data.parent / "replica"
+    assert sorted(p.name for p in folder.iterdir()) == [".artifact_cache", "feast"]
     status, ready = replica.get("/readyz")
     assert status == 200 and ready["model_version"] == pipeline.version, ready
-    assert (folder / ".artifact_cache" / "versions" / pipeline.version / "checkpoint.pt").exists()
+    cache = folder / ".artifact_cache"
+    assert (cache / "versions" / pipeline.version / "checkpoint.pt").exists()
+    for name in ("dataset", "features"):
+        (copy,) = (cache / "data" / name).iterdir()
+        assert copy.name == (pipeline.data / name).resolve().name
     users = pd.read_parquet(pipeline.data / "dataset" / "interactions.parquet").user_id.unique()
     local = start_server(pipeline.data, pipeline.data.parent / "local.log")
     try:
