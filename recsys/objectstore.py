@@ -41,7 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from recsys.io import atomic_write_json, read_json
-from recsys.registry import check_version
+from recsys.registry import ModelRegistry, check_version
 from recsys.settings import Paths, Settings
 
 MANIFEST = "_manifest.json"
@@ -351,6 +351,18 @@ class ArtifactStore:
         self.put_bytes(self.key("models", "current.json"), body)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         self.put_bytes(self.key("models", "promotions", f"{stamp}-{version}.json"), body)
+
+    def publish_current(self, registry: ModelRegistry, db_dir: Path, paths: Paths) -> bool:
+        """Publish the registry's current version and point the store at it when the store's
+        pointer names another: a store newly set on a data folder, or a run killed between
+        the local switch and the store's. Returns whether it did."""
+        current = registry.current()
+        if current is None or self.current() == current:
+            return False
+        self.publish_served_folders(paths)
+        self.publish(registry.path(current), db_dir, current)
+        self.write_pointer(dict(read_json(registry.root / "current.json")))
+        return True
 
     def pointer(self) -> dict[str, Any] | None:
         raw = self.get_bytes(self.key("models", "current.json"))

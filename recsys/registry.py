@@ -299,11 +299,8 @@ class ModelRegistry:
         writing run at a time, so those runs ended before promoting them. Returns them.
 
         First the states follow current.json, the one switch, where a run died during
-        ``_switch``: the version it names is promoted, any other promoted one retired, and
-        the store's pointer is put again where it lags behind the local one."""
+        ``_switch``: the version it names is promoted, any other promoted one retired."""
         current = self.current()
-        if self.store is not None and current and self.store.current() != current:
-            self.store.write_pointer(dict(read_json(self.root / "current.json")))
         for version in self.recorded():
             state = self.state(version)
             if version == current and state != PROMOTED:

@@ -80,8 +80,12 @@ def promoted_model(
     version = reg.built_by(run_id, EMBEDDED)
     current = reg.current()
     if version is None:
+        synced = reg.store is not None and reg.store.publish_current(
+            reg, lancedb.db_dir(), settings.paths
+        )  # the store lagging behind: newly set, or a run killed between the two switches
         return MaterializeResult(metadata={"current": current or "none",
-                                           "status": "no new version in this run"})  # fmt: skip
+                                           "status": "no new version in this run",
+                                           "published_to_store": synced})  # fmt: skip
     # Consistency before the switch: the version's vectors and candidates are complete.
     index = ItemIndex.open(lancedb.db_dir(), version, mode="matrix")
     table = pq.read_table(reg.path(version) / "candidates.parquet")

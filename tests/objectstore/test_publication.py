@@ -141,16 +141,23 @@ def test_pointer_needs_the_item_table_on_the_store(store: ArtifactStore, tmp_pat
     assert store.current() == version
 
 
-def test_a_lagging_store_pointer_is_put_again(store: ArtifactStore, tmp_path: Path) -> None:
-    """A run killed between the local switch and the store's: the next run puts it."""
-    lancedb = tmp_path / "lancedb"
-    local_only = ModelRegistry(tmp_path / "models")
-    version, run = embedded_version(local_only, lancedb, seed=6)
-    store.publish(local_only.path(version), lancedb, version)
-    local_only.promote(version, run)  # as if killed before the store's PUT
+def test_a_lagging_store_catches_up(store: ArtifactStore, tmp_path: Path) -> None:
+    """A store set on a data folder whose current version it lacks (or a run killed between
+    the local switch and the store's): the next promotion step publishes it whole."""
+    data = tmp_path / "data"
+    for name in ("dataset", "features"):
+        with staging_dir(data, name) as staging:
+            (staging / "manifest.json").write_text("{}")
+            publish_dir(staging, data / name)
+    local_only = ModelRegistry(data / "models")
+    version, run = embedded_version(local_only, data / "lancedb", seed=6)
+    local_only.promote(version, run)
     assert store.current() is None
-    ModelRegistry(tmp_path / "models", store=store).abandon_unfinished("next run")
-    assert store.current() == version
+    paths = Settings(data_dir=data).paths
+    assert store.publish_current(local_only, data / "lancedb", paths)
+    assert store.current() == version and store.versions() == [version]
+    assert store.fetch_folder("features", tmp_path / "cache") is not None
+    assert not store.publish_current(local_only, data / "lancedb", paths)
 
 
 def test_retention_deletes_on_the_store(store: ArtifactStore, tmp_path: Path) -> None:
