@@ -331,7 +331,7 @@ class ArtifactStore:
         from recsys.index.table import drop_item_table
 
         self.delete_keys([self.version_key(version, MANIFEST)])
-        self.delete_keys([k for k in self.keys(self.version_key(version) + "/")])
+        self.delete_keys(list(self.keys(self.version_key(version) + "/")))
         drop_item_table(self.lancedb_uri, version, self.storage_options)
 
     # --- the pointer ------------------------------------------------------------------
