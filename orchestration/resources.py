@@ -100,9 +100,11 @@ class ModelRegistryResource(ConfigurableResource):
     pipeline: ResourceDependency[PipelineSettings]
 
     def registry(self) -> Any:
+        from recsys.objectstore import artifact_store
         from recsys.registry import ModelRegistry
 
-        return ModelRegistry(self.pipeline.settings().paths.models)
+        settings = self.pipeline.settings()
+        return ModelRegistry(settings.paths.models, store=artifact_store(settings))
 
 
 def resources_for(pipeline: PipelineSettings) -> dict[str, Any]:

@@ -28,6 +28,10 @@ killed run is never promoted by a later one: the next training run rejects it as
 Item vectors live in LanceDB (``recsys.index``, table ``items_<version>``); old versions go
 with their tables (``recsys.retention``). A version id, ``<UTC time>-<fingerprint[:8]>``, is
 safe as a file and table name, and sorting ids sorts versions by creation.
+
+With an artifact store (``recsys.objectstore``), every switch of current.json is also put on
+the store, after the local one, and only to a version published there whole (manifest and
+item table): replicas on other hosts follow the store's pointer. The states stay local.
 """
 
 from __future__ import annotations
@@ -42,9 +46,12 @@ import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsys.io import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from recsys.objectstore import ArtifactStore
 
 VERSION_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 
@@ -94,8 +101,9 @@ def _read_only(folder: Path) -> None:
 class ModelRegistry:
     """Versions of the two-tower model in a folder (see the module docstring)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store: ArtifactStore | None = None) -> None:
         self.root = Path(root)
+        self.store = store  # where switches are published too (None: local only)
         self.versions_dir = self.root / "versions"
         self.staging_root = self.root / ".staging"
         self.states_dir = self.root / "states"
@@ -252,8 +260,12 @@ class ModelRegistry:
         """current.json first (the switch itself), then the states that follow from it; a
         run killed in between is reconciled by the next run (``abandon_unfinished``)."""
         previous, now = self.current(), _now()
-        atomic_write_json(self.root / "current.json",
-                          {"version": version, "promoted_at": now, "previous": previous})  # fmt: skip
+        pointer = {"version": version, "promoted_at": now, "previous": previous}
+        if self.store is not None:  # refused before anything moves when it is not there
+            self.store.check_publishable(version)
+        atomic_write_json(self.root / "current.json", pointer)
+        if self.store is not None:
+            self.store.write_pointer(pointer)
         self._write_state(version, PROMOTED, run_id, reason, builder=None, before=before)
         if previous and previous != version and self.state(previous) == PROMOTED:
             self.transition(previous, RETIRED, run_id, f"replaced by {version}")

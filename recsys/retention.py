@@ -7,6 +7,10 @@ every other finished version (``rejected`` or ``retired``) is deleted whole: its
 ``items_<version>`` and its HNSW graph cache. LanceDB tables of versions the registry no
 longer knows (a run killed while writing vectors) go too. A version still in progress
 (staged, gated, embedded) is never touched here.
+
+With an artifact store (the registry's ``store``), a deleted version goes from the store too
+(manifest first, so it disappears whole; then its files and its table), and so do the
+store's versions and tables the registry no longer knows (a publication killed half-way).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class Retention:
     kept: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)  # versions removed with their table
     orphan_tables: list[str] = field(default_factory=list)  # tables of unknown versions
+    orphan_store_versions: list[str] = field(default_factory=list)  # on the store only
 
 
 def apply_retention(registry: ModelRegistry, lancedb_dir: Path, keep: int) -> Retention:
@@ -42,11 +47,20 @@ def apply_retention(registry: ModelRegistry, lancedb_dir: Path, keep: int) -> Re
             result.kept.append(version)  # in progress: not retention's to judge
             continue
         drop_item_table(lancedb_dir, version)
+        if registry.store is not None:
+            registry.store.delete_version(version)
         registry.forget(version, f"retention: outside current, previous and the last {keep}")
         result.deleted.append(version)
     for version in list_versions(lancedb_dir, include_unpublished=True):
         if version not in known:
             drop_item_table(lancedb_dir, version)
             result.orphan_tables.append(version)
+    if registry.store is not None:
+        store = registry.store
+        on_store = set(store.versions(include_incomplete=True))
+        on_store |= set(store.table_versions(include_unpublished=True))
+        for version in sorted(on_store - set(known)):
+            store.delete_version(version)
+            result.orphan_store_versions.append(version)
     result.kept.sort()
     return result

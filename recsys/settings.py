@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     # path (recsys.store.feast_project), so two data folders never share online values;
     # set it when replicas on other hosts mount the data folder at another path.
     feast_project: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+    # Where model versions, their LanceDB item tables and the registry's pointer are
+    # published for other hosts (recsys.objectstore): "s3://bucket/prefix" on S3 or any
+    # S3-compatible store. None: they live only in data_dir, as on one machine. Credentials
+    # come from the AWS chain (AWS_ACCESS_KEY_ID..., ~/.aws), never from these settings.
+    artifact_store: str | None = Field(
+        None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+    )
+    # The S3 API's URL of an S3-compatible store (MinIO, moto, Ceph...); None: AWS's own.
+    s3_endpoint_url: str | None = None
+    # The store's region; None: the AWS chain's (AWS_REGION, ~/.aws/config), else us-east-1.
+    s3_region: str | None = None
 
     @field_validator("as_of", "val_start", "test_start")
     @classmethod
@@ -160,3 +171,9 @@ class Paths:
         """The current version's top-K candidates, the batch source of Feast's
         ``user_candidates`` view."""
         return self.data_dir / "candidates"
+
+    @property
+    def artifact_cache(self) -> Path:
+        """Model versions downloaded from the artifact store, verified by their manifest
+        (recsys.objectstore), and the HNSW graphs of the store's item tables."""
+        return self.data_dir / ".artifact_cache"

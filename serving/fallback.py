@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,24 +22,28 @@ from recsys import fallback
 from recsys.features.online import ItemGenres
 from recsys.index.search import SearchMode
 from recsys.io import read_json
-from recsys.registry import ModelRegistry
 from recsys.settings import Paths
 from serving.load import attribute_columns, open_index, source_key
 from serving.loaded import Loaded, SeenItems, VersionLoadError
+
+if TYPE_CHECKING:
+    from recsys.objectstore import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 
 def load_fallback(paths: Paths, version: str, info: dict[str, Any], search_mode: SearchMode,
-                  hnsw_ef: int, started: float) -> Loaded:  # fmt: skip
-    """``version`` (a fallback, per its version.json ``info``) loaded whole and warmed up;
-    ``started``: when ``serving.load.load_version`` began (for its load time)."""
-    key = source_key(paths, version)
+                  hnsw_ef: int, started: float, folder: Path,
+                  store: ArtifactStore | None = None) -> Loaded:  # fmt: skip
+    """``version`` (a fallback, per its version.json ``info``, files in ``folder``) loaded
+    whole and warmed up; ``started``: when ``serving.load.load_version`` began (for its load
+    time); ``store``: where its item table is (None: the data folder)."""
+    key = source_key(paths, version, store)
     dataset, features = Path(key[1]), Path(key[2])
     manifest = read_json(features / "manifest.json")
     as_of = pd.Timestamp(manifest["as_of"]).to_pydatetime()
-    index = open_index(paths, version, search_mode, hnsw_ef)
-    names = fallback.segments(ModelRegistry(paths.models).path(version))
+    index = open_index(paths, version, search_mode, hnsw_ef, store)
+    names = fallback.segments(folder)
     if index.dim != 1 + len(names):
         raise VersionLoadError(f"item table of fallback version {version} has {index.dim}-d "
                                f"vectors; its ranking has 1 + {len(names)} score columns")  # fmt: skip

@@ -18,6 +18,11 @@ Version switch, in order:
 A version that fails to load (a missing table, a corrupt checkpoint) is not swapped in: the
 previous version keeps serving, ``/readyz`` turns 503 and names the error, and the load is
 retried every ``retry_failed_seconds``.
+
+With an artifact store (``RECSYS_ARTIFACT_STORE``, ``recsys.objectstore``), the watcher reads
+the store's pointer instead of the data folder's ``current.json``, and a version is
+downloaded from the store (checked against its manifest) and its item table opened there;
+the switch is the same.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from recsys.objectstore import artifact_store
 from recsys.registry import ModelRegistry
 from recsys.settings import Paths, Settings
 from serving.load import load_version, source_key
@@ -54,6 +60,8 @@ class ServingState:
         self.settings = settings
         self.paths = Paths(settings.data_dir)
         self.registry = ModelRegistry(self.paths.models)
+        folder: dict[str, Any] = {"data_dir": settings.data_dir}
+        self.artifacts = artifact_store(Settings(**folder))  # None: versions in data_dir
         self.metrics = metrics
         self.loaded: Loaded | None = None  # the one reference a switch replaces
         self.store: Any = None  # feast.FeatureStore
@@ -105,14 +113,18 @@ class ServingState:
         (or its dataset/features were republished). Returns the served version."""
         with self._refresh_lock:
             try:
-                version = self.registry.current()
+                version = self.current()
             except Exception as exc:  # unreadable current.json: keep serving what we have
                 self.failure = Failure(None, f"cannot read current.json: {exc}", time.monotonic())
                 return self.loaded
             if version is None:
                 self.failure = Failure(None, "no model version promoted yet", time.monotonic())
                 return self.loaded
-            key = source_key(self.paths, version)
+            try:
+                key = source_key(self.paths, version, self.artifacts)
+            except Exception as exc:  # the store's dataset or features: keep serving
+                self.failure = Failure(None, f"{type(exc).__name__}: {exc}", time.monotonic())
+                return self.loaded
             served = self.loaded
             if served is not None and served.source == key:
                 self.failure = None  # e.g. a rollback to the served version after a failure
@@ -132,6 +144,7 @@ class ServingState:
                     self.settings.search_mode,
                     self.settings.hnsw_ef,
                     self.settings.compute_threads,
+                    self.artifacts,
                 )
             except Exception as exc:
                 log.exception("cannot load model version %s; still serving %s", version,
@@ -157,6 +170,10 @@ class ServingState:
             if served is not None and served.version != loaded.version:
                 log.info("switched from model version %s to %s", served.version, loaded.version)
             return loaded
+
+    def current(self) -> str | None:
+        """The version to serve: the artifact store's pointer, else the data folder's."""
+        return self.artifacts.current() if self.artifacts else self.registry.current()
 
     def start_watcher(self) -> None:
         self._stop.clear()
@@ -184,7 +201,7 @@ class ServingState:
         missing, or the version ``current.json`` names failed to load."""
         loaded, failure = self.loaded, self.failure
         try:
-            current: str | None = self.registry.current()
+            current: str | None = self.current()
         except Exception as exc:
             current, failure = None, Failure(None, f"cannot read current.json: {exc}", 0.0)
         body: dict[str, Any] = {

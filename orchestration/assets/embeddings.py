@@ -111,6 +111,8 @@ def user_candidates(
     else:
         candidates.write_table(table, settings.paths.candidates / "user_candidates.parquet")
         pushed = candidates.push_online(store, table)
+        if reg.store is not None:  # replicas reload the seen items with the new dataset
+            reg.store.publish_served_folders(settings.paths)
     return MaterializeResult(
         metadata={
             "version": version,

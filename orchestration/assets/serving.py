@@ -53,7 +53,8 @@ def online_features(pipeline: PipelineSettings, feast: FeastResource) -> Materia
     deps=["two_tower_model", "item_embeddings", "user_candidates", "online_features"],
     description="Promotion: the version this run built (gate passed, or the fallback "
     "baseline when no two-tower did; vectors and candidates complete) becomes current in "
-    "one atomic switch, its candidates go online; then "
+    "one atomic switch (published whole to the artifact store first, when one is set), "
+    "its candidates go online; then "
     "retention deletes the versions beyond current, previous and the last keep_versions.",
 )
 def promoted_model(
@@ -79,8 +80,12 @@ def promoted_model(
     version = reg.built_by(run_id, EMBEDDED)
     current = reg.current()
     if version is None:
+        synced = reg.store is not None and reg.store.publish_current(
+            reg, lancedb.db_dir(), settings.paths
+        )  # the store lagging behind: newly set, or a run killed between the two switches
         return MaterializeResult(metadata={"current": current or "none",
-                                           "status": "no new version in this run"})  # fmt: skip
+                                           "status": "no new version in this run",
+                                           "published_to_store": synced})  # fmt: skip
     # Consistency before the switch: the version's vectors and candidates are complete.
     index = ItemIndex.open(lancedb.db_dir(), version, mode="matrix")
     table = pq.read_table(reg.path(version) / "candidates.parquet")
@@ -91,6 +96,9 @@ def promoted_model(
     candidates.write_table(table, settings.paths.candidates / "user_candidates.parquet")
     pushed = candidates.push_online(feast.store(), table)
     kind, reason = promotion_reason(reg.info(version))
+    if reg.store is not None:  # whole on the store before the pointer can name it
+        reg.store.publish_served_folders(settings.paths)
+        reg.store.publish(reg.path(version), lancedb.db_dir(), version)
     previous = reg.promote(version, run_id, reason=reason)
     kept = apply_retention(reg, lancedb.db_dir(), pipeline.keep_versions)
     if kept.deleted or kept.orphan_tables:
@@ -117,5 +125,6 @@ def promoted_model(
             "versions_kept": MetadataValue.json(kept.kept),
             "versions_deleted": MetadataValue.json(kept.deleted),
             "orphan_tables_deleted": MetadataValue.json(kept.orphan_tables),
+            "artifact_store": str(reg.store.url) if reg.store is not None else "none",
         }
     )

@@ -63,7 +63,9 @@ from recsys.index.table import (
     ID_COLUMN,
     METRIC,
     VECTOR_COLUMN,
+    DbLocation,
     column_numpy,
+    graph_root,
     open_published,
     vectors_numpy,
 )
@@ -141,7 +143,7 @@ class ItemIndex:
     @classmethod
     def open(
         cls,
-        db_dir: Path,
+        db_dir: DbLocation,
         version: str,
         mode: SearchMode = "auto",
         *,
@@ -150,15 +152,18 @@ class ItemIndex:
         ef: int = ANN_EF,
         refine_factor: int = ANN_REFINE_FACTOR,
         hnsw_ef: int = HNSW_EF_SEARCH,
+        storage_options: dict[str, str] | None = None,
+        graph_dir: Path | None = None,
     ) -> ItemIndex:
-        """Open the published table of ``version``.
+        """Open the published table of ``version`` (``db_dir`` a folder or an object store
+        URI with its ``storage_options``; ``graph_dir``: recsys.index.table.graph_root).
 
         Raises ``FileNotFoundError`` when the version has no table and
         :class:`recsys.index.table.IncompleteTableError` when its table was never published.
         """
         if mode not in ("auto", "lance", "matrix", "hnsw"):
             raise ValueError(f"mode must be 'auto', 'lance', 'matrix' or 'hnsw', got {mode!r}")
-        table, meta = open_published(db_dir, version)
+        table, meta = open_published(db_dir, version, storage_options)
         rows, dim = int(meta["rows"]), int(meta["dim"])
 
         resolved: ResolvedMode
@@ -170,6 +175,7 @@ class ItemIndex:
                 resolved = "hnsw" if rows >= hnsw_min_rows else "matrix"
         else:
             resolved = mode
+        graphs = graph_root(db_dir, graph_dir)
         if resolved != "lance":
             data = table.to_arrow()
         else:
@@ -195,7 +201,9 @@ class ItemIndex:
             refine_factor=refine_factor,
             hnsw_ef=hnsw_ef,
             hnsw=(
-                load_or_build(vectors, graph_path(db_dir, version, table.version))
+                load_or_build(
+                    vectors, graph_path(graphs, version, table.version) if graphs else None
+                )
                 if resolved == "hnsw" and vectors is not None
                 else None
             ),

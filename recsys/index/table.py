@@ -37,6 +37,11 @@ the hardest case), recall@20 vs exact, p50 on this 2-core machine while another 
   only 0.65 at ef=100 and a 100 s build.
 
 Tables below ``ann_min_rows`` (default 50,000) get no index: LanceDB then scans exactly.
+
+Where: ``db_dir`` is a local folder, or the URI of a database on an object store
+(``s3://bucket/prefix/lancedb``, :mod:`recsys.objectstore`) opened with ``storage_options``
+(endpoint, region...). The HNSW graph cache is a local file: beside a local database, in
+``graph_dir`` for a remote one (none given: the graph is built in memory, not kept).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import lancedb
 import numpy as np
@@ -67,6 +72,9 @@ METRIC: Literal["dot"] = "dot"
 
 ANN_INDEX_TYPE = "IVF_HNSW_SQ"
 ANN_MIN_ROWS = 50_000
+
+
+DbLocation: TypeAlias = Path | str  # a local folder or a URI such as s3://bucket/prefix/lancedb
 
 
 class IncompleteTableError(LookupError):
@@ -92,8 +100,22 @@ def table_name(version: str) -> str:
     return TABLE_PREFIX + version
 
 
-def connect(db_dir: Path) -> Any:
-    """The LanceDB database of ``db_dir``."""
+def is_remote(db_dir: DbLocation) -> bool:
+    """Whether ``db_dir`` is an object store URI rather than a local folder."""
+    return isinstance(db_dir, str) and "://" in db_dir
+
+
+def graph_root(db_dir: DbLocation, graph_dir: Path | None = None) -> Path | None:
+    """The folder of ``db_dir``'s HNSW graph cache: ``graph_dir``, else a local ``db_dir``."""
+    if graph_dir is not None:
+        return Path(graph_dir)
+    return None if is_remote(db_dir) else Path(db_dir)
+
+
+def connect(db_dir: DbLocation, storage_options: dict[str, str] | None = None) -> Any:
+    """The LanceDB database of ``db_dir`` (a folder, or a URI with its ``storage_options``)."""
+    if is_remote(db_dir):
+        return lancedb.connect(str(db_dir), storage_options=storage_options)
     return lancedb.connect(Path(db_dir))
 
 
@@ -153,7 +175,7 @@ def _check_inputs(
 
 
 def write_item_table(
-    db_dir: Path,
+    db_dir: DbLocation,
     version: str,
     item_ids: np.ndarray,
     vectors: np.ndarray,
@@ -161,6 +183,8 @@ def write_item_table(
     *,
     ann_min_rows: int = ANN_MIN_ROWS,
     hnsw_min_rows: int = HNSW_MIN_ROWS,
+    storage_options: dict[str, str] | None = None,
+    graph_dir: Path | None = None,
 ) -> IndexInfo:
     """Write (or rewrite) the item table of ``version`` and publish it once complete.
 
@@ -194,7 +218,7 @@ def write_item_table(
     data = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
 
     t0 = time.perf_counter()
-    db = connect(db_dir)
+    db = connect(db_dir, storage_options)
     table = db.create_table(name, data, mode="overwrite")
     if use_ann:
         table.create_index(
@@ -203,10 +227,11 @@ def write_item_table(
         )
     if table.count_rows() != rows:  # paranoia: the committed version must hold every row
         raise RuntimeError(f"{name}: wrote {table.count_rows()} rows, expected {rows}")
-    graph = rows >= hnsw_min_rows
-    if graph:  # rows in ItemIndex order (ascending ids), keyed by this table version
+    graphs = graph_root(db_dir, graph_dir)
+    graph = rows >= hnsw_min_rows and graphs is not None
+    if graph and graphs is not None:  # rows in ItemIndex order (ascending ids), per table version
         order = np.argsort(ids, kind="stable")
-        load_or_build(vecs[order], graph_path(db_dir, version, table.version))
+        load_or_build(vecs[order], graph_path(graphs, version, table.version))
     # The last step: readers only open the tagged version.
     if PUBLISHED_TAG in table.tags.list():
         table.tags.update(PUBLISHED_TAG, table.version)
@@ -222,19 +247,30 @@ def write_item_table(
     )
 
 
-def drop_item_table(db_dir: Path, version: str) -> None:
+def drop_item_table(
+    db_dir: DbLocation,
+    version: str,
+    storage_options: dict[str, str] | None = None,
+    graph_dir: Path | None = None,
+) -> None:
     """Delete a version's table (published or not); a missing table is not an error."""
     name = table_name(version)
-    connect(db_dir).drop_table(name, ignore_missing=True)
-    drop_graphs(db_dir, version)
+    connect(db_dir, storage_options).drop_table(name, ignore_missing=True)
+    if (graphs := graph_root(db_dir, graph_dir)) is not None:
+        drop_graphs(graphs, version)
 
 
-def list_versions(db_dir: Path, *, include_unpublished: bool = False) -> list[str]:
+def list_versions(
+    db_dir: DbLocation,
+    *,
+    include_unpublished: bool = False,
+    storage_options: dict[str, str] | None = None,
+) -> list[str]:
     """Model versions with a published item table, sorted; ``include_unpublished`` adds the
     tables of killed or failed writes (which a retry overwrites or a drop removes)."""
-    if not Path(db_dir).exists():
+    if not is_remote(db_dir) and not Path(db_dir).exists():
         return []
-    db = connect(db_dir)
+    db = connect(db_dir, storage_options)
     versions = []
     for name in all_tables(db):
         if not name.startswith(TABLE_PREFIX):
@@ -247,14 +283,16 @@ def list_versions(db_dir: Path, *, include_unpublished: bool = False) -> list[st
     return sorted(versions)
 
 
-def open_published(db_dir: Path, version: str) -> tuple[Any, dict[str, Any]]:
+def open_published(
+    db_dir: DbLocation, version: str, storage_options: dict[str, str] | None = None
+) -> tuple[Any, dict[str, Any]]:
     """The LanceDB table of ``version`` checked out at its published version, and its metadata.
 
     Raises ``FileNotFoundError`` when the version has no table and
     :class:`IncompleteTableError` when its table was never published.
     """
     name = table_name(version)
-    db = connect(db_dir)
+    db = connect(db_dir, storage_options)
     if name not in all_tables(db):
         raise FileNotFoundError(f"no item table for model version {version!r} in {db_dir}")
     try:
