@@ -64,10 +64,11 @@ def launch_of(settings: Any) -> Launch | None:
     """The settings' launch, or None when training stays in this process."""
     if settings.train_processes * settings.train_nnodes == 1:
         return None
+    # Several hosts share the job folder through the data folder; one host keeps it in tmp.
+    shared = settings.paths.data_dir / ".ddp" if settings.train_nnodes > 1 else None
     return Launch(processes=settings.train_processes, nnodes=settings.train_nnodes,
                   rdzv_endpoint=settings.train_rdzv_endpoint,
-                  timeout_seconds=settings.train_timeout_seconds,
-                  workdir=settings.paths.data_dir / ".ddp")  # fmt: skip
+                  timeout_seconds=settings.train_timeout_seconds, workdir=shared)  # fmt: skip
 
 
 class _Towers(torch.nn.Module):
