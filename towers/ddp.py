@@ -44,6 +44,7 @@ from recsys.settings import PROJECT_ROOT
 from towers.config import TowerConfig
 from towers.data import TowerData, take
 from towers.losses import bce_loss, softmax_loss, triplet_loss
+from towers.model import TwoTower
 from towers.train import Training, TrainResult, build_model, evaluate_window
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def launch_of(settings: Any) -> Launch | None:
 class _Towers(torch.nn.Module):
     """Both towers in one forward, so that DistributedDataParallel sees every step."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: TwoTower) -> None:
         super().__init__()
         self.model = model
 
@@ -87,7 +88,9 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's ``tensor`` (b, ...) concatenated in rank order (N * b, ...), gradients
     flowing back to the rank that computed each part. (torch 2.13 deprecates
     ``torch.distributed.nn.functional.all_gather`` for this one.)"""
-    return all_gather_single_autograd(tensor, 0, dist.group.WORLD)
+    world = dist.group.WORLD
+    assert world is not None, "the process group is not initialised"
+    return all_gather_single_autograd(tensor, 0, world)
 
 
 def _gather_ids(tensor: torch.Tensor) -> torch.Tensor:
