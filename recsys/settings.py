@@ -77,6 +77,21 @@ class Settings(BaseSettings):
     # The store's region; None: the AWS chain's (AWS_REGION, ~/.aws/config), else us-east-1.
     s3_region: str | None = None
 
+    # Distributed training (towers.ddp): processes per host that train the release's refits
+    # (the served checkpoint, and the test-window refit when asked) under torch.distributed
+    # over gloo, launched by torchrun as a subprocess; 1 trains in this process, as always.
+    train_processes: int = Field(1, ge=1)
+    # Hosts taking part. With more than one, this host's torchrun meets the others at
+    # train_rdzv_endpoint, and each other host runs the command towers.ddp logs (the same
+    # job folder, under data_dir/.ddp, on a shared mount).
+    train_nnodes: int = Field(1, ge=1)
+    # host:port of the c10d rendezvous (any host's free port) when train_nnodes > 1; None
+    # with one host: a standalone rendezvous on a free local port.
+    train_rdzv_endpoint: str | None = Field(None, pattern=r"^[^:\s]+:[0-9]+$")
+    # A collective that waits longer than this fails the run instead of hanging it (a rank
+    # that died on another host; torchrun stops this host's ranks itself).
+    train_timeout_seconds: float = Field(1800.0, gt=0)
+
     @field_validator("as_of", "val_start", "test_start")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
@@ -91,6 +106,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"val_start ({self.val_start}) must be before test_start ({self.test_start})"
             )
+        if self.train_nnodes > 1 and self.train_rdzv_endpoint is None:
+            raise ValueError("train_nnodes > 1 needs train_rdzv_endpoint (host:port)")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave room for training")
         return self

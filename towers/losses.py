@@ -29,14 +29,17 @@ def softmax_loss(
     extra_ids: torch.Tensor | None = None,
     extra_log_q: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
-    """In-batch sampled softmax: row i's positive is item i; the other items of the batch
-    (and the `extra` uniform negatives) are its negatives. ``weights`` (B,): a weighted mean
-    over the rows instead of the plain mean.
+    """In-batch sampled softmax: row i's positive is item ``offset + i``; the other items of
+    the batch (and the `extra` uniform negatives) are its negatives. ``weights`` (B,): a
+    weighted mean over the rows instead of the plain mean. ``offset``: where the rows' own
+    items start among the candidates (a rank's rows in the global batch, ``towers.ddp``).
 
-    users, items: (B, d); item_ids: (B,) catalogue indices, so that another row with the
-    same item is not counted as a negative; log_q: (B,) log sampling probability of each
-    in-batch item, subtracted from its logit when logQ correction is on.
+    users: (B, d); items: (G, d), the batch's items (G = B unless the batch is a shard of a
+    global one); item_ids: (G,) catalogue indices, so that another row with the same item is
+    not counted as a negative; log_q: (G,) log sampling probability of each in-batch item,
+    subtracted from its logit when logQ correction is on.
     """
     candidates, ids, lq = items, item_ids, log_q
     if extra is not None:
@@ -55,25 +58,29 @@ def softmax_loss(
     scores = torch.addmm(
         shift.unsqueeze(0), users, candidates[:, :d].T, alpha=1.0 / cfg.temperature
     )  # (B, B + M)
-    hit_rows, hit_cols = accidental_hits(item_ids, ids)
+    own = item_ids[offset : offset + len(users)]  # (B,) the rows' positives
+    hit_rows, hit_cols = accidental_hits(own, ids, offset)
     scores[hit_rows, hit_cols] = float("-inf")  # in place: addmm keeps its inputs, not this
-    rows = torch.arange(len(users), device=users.device)
+    rows = torch.arange(offset, offset + len(users), device=users.device)
     if weights is None:
         return F.cross_entropy(scores, rows)
     return _weighted_mean(F.cross_entropy(scores, rows, reduction="none"), weights)
 
 
-def accidental_hits(item_ids: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def accidental_hits(
+    item_ids: torch.Tensor, ids: torch.Tensor, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, columns) of the candidates ``ids`` (C,) holding row i's item ``item_ids[i]``
-    (B,), other than column i (candidates start with the rows' own items). Found in the
-    sorted candidates: a few pairs, instead of comparing all B x C of them."""
+    (B,), other than column ``offset + i`` (the rows' own items start there among the
+    candidates). Found in the sorted candidates: a few pairs, instead of comparing all
+    B x C of them."""
     ordered, order = torch.sort(ids, stable=True)  # (C,), (C,)
     first = torch.searchsorted(ordered, item_ids)  # (B,) each row's run of equal candidates
     counts = torch.searchsorted(ordered, item_ids, right=True) - first  # (B,) >= 1
     rows = torch.repeat_interleave(torch.arange(len(item_ids), device=ids.device), counts)
     starts = torch.repeat_interleave(first - (torch.cumsum(counts, 0) - counts), counts)
     cols = order[starts + torch.arange(len(rows), device=ids.device)]  # (P,)
-    keep = cols != rows
+    keep = cols != rows + offset
     return rows[keep], cols[keep]
 
 

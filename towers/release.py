@@ -36,7 +36,8 @@ import pyarrow.compute as pc
 from towers.baseline_scores import BASELINE_NOTES, baselines
 from towers.checkpoint import save_checkpoint
 from towers.config import TowerConfig
-from towers.data import TowerSource, load_source, tower_data
+from towers.data import TowerData, TowerSource, load_source, tower_data
+from towers.ddp import launch_of, train_distributed
 from towers.evaluate import aggregate
 from towers.report import report
 from towers.train import TrainResult, train
@@ -100,12 +101,22 @@ def train_release(
     (train + val + test), so the newest users and items have embeddings. It is not scored:
     no window is left that it has not seen. An epoch is one pass over the rows, so the refit
     runs as many passes as were chosen on validation (more steps on more rows), the
-    convention when a model is retrained on all data after early stopping.
+    convention when a model is retrained on all data after early stopping. The refits run
+    under ``towers.ddp`` when ``settings.train_processes`` (or ``train_nnodes``) asks for more
+    than one process; tuning on validation stays in this process (many short runs advanced a
+    few epochs each).
     """
     from recsys.io import atomic_write_bytes
     from towers.rescore import per_user_of
 
     base = base or TowerConfig()
+    launch = launch_of(settings)  # the refits' processes (towers.ddp); None: this one
+
+    def fit(cfg: TowerConfig, data: TowerData, epochs: int) -> TrainResult:
+        if launch is None:
+            return train(cfg, data, progress=progress, epochs=epochs)
+        return train_distributed(cfg, data, launch, epochs)
+
     out_dir = Path(out_dir or settings.paths.data_dir / "evaluation")
     seconds: dict[str, float] = {}  # wall time of each phase, in runs.json
     clock = time.perf_counter()
@@ -137,7 +148,7 @@ def train_release(
         runs[loss], tuning[loss], priors[loss] = tune(cfg, data, temperatures, progress)
         lap("tune on validation")
         chosen, epochs = runs[loss].config, runs[loss].best_epoch
-        final = train(chosen, final_data, progress=progress, epochs=epochs) if refit else runs[loss]
+        final = fit(chosen, final_data, epochs) if refit else runs[loss]
         assert final_data.test is not None
         name = f"two-tower ({loss})"
         scores = per_user_of(final.model, final_data.test)
@@ -152,7 +163,7 @@ def train_release(
                          "evaluated": {"checkpoint": evaluated_file,
                                        **fit_span(source, fit_on)}}  # fmt: skip
         if all_data is not None:
-            served = train(chosen, all_data, progress=progress, epochs=epochs)
+            served = fit(chosen, all_data, epochs)
             save_checkpoint(served, out_dir / served_file)
             choices[name]["served"] = {"checkpoint": served_file,
                                        **fit_span(source, ("train", "val", "test"))}  # fmt: skip

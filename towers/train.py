@@ -199,12 +199,39 @@ class Training:
         """Run one more epoch; returns its history entry and sets ``done`` at the end."""
         if self.done:
             raise RuntimeError("this training run has ended")
-        cfg, data, model = self.cfg, self.data, self.model
+        cfg, data = self.cfg, self.data
         started, outside = time.perf_counter(), torch.get_rng_state()
         torch.set_rng_state(self.rng)
-        n = len(data.train_items["item"])
         epoch = len(self.history) + 1
-        model.train()
+        self.model.train()
+        loss = self.train_epoch(epoch)
+        self.rng = torch.get_rng_state()
+        torch.set_rng_state(outside)
+        entry: dict[str, Any] = {"epoch": epoch, "loss": loss}
+        if data.val is not None:
+            entry["val"] = self.validate()
+        self.seconds += time.perf_counter() - started
+        entry["seconds"] = round(self.seconds, 2)
+        self.history.append(entry)
+        last = self.fixed or cfg.epochs
+        if self.fixed is not None:  # fixed length: keep the last weights
+            self.best_epoch, self.done = epoch, epoch >= last
+            log.info("epoch %d loss %.4f", epoch, loss)
+            return entry
+        score = self.score()
+        log.info("epoch %d loss %.4f val recall@%d %.4f", epoch, loss, cfg.select_k, score)
+        if score > self.best:
+            self.best, self.best_epoch, self.stale = score, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.stale += 1
+        self.done = epoch >= last or self.stale >= cfg.patience
+        return entry
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the training rows in a fresh order; the mean loss per row."""
+        cfg, data, model = self.cfg, self.data, self.model
+        n = len(data.train_items["item"])
         order = torch.randperm(n, generator=self.gen)
         # The training rows gathered into this epoch's order once: each batch is then a slice
         # (a view) instead of a dozen small gathers per step.
@@ -223,29 +250,12 @@ class Training:
             loss.backward()
             self.optimizer.step()
             total += loss.item() * (rows.stop - rows.start)
-        del shuffled
-        self.rng = torch.get_rng_state()
-        torch.set_rng_state(outside)
-        entry: dict[str, Any] = {"epoch": epoch, "loss": total / n}
-        if data.val is not None:
-            entry["val"] = evaluate_window(model, data.val)["all"]
-        self.seconds += time.perf_counter() - started
-        entry["seconds"] = round(self.seconds, 2)
-        self.history.append(entry)
-        last = self.fixed or cfg.epochs
-        if self.fixed is not None:  # fixed length: keep the last weights
-            self.best_epoch, self.done = epoch, epoch >= last
-            log.info("epoch %d loss %.4f", epoch, total / n)
-            return entry
-        score = self.score()
-        log.info("epoch %d loss %.4f val recall@%d %.4f", epoch, total / n, cfg.select_k, score)
-        if score > self.best:
-            self.best, self.best_epoch, self.stale = score, epoch, 0
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            self.stale += 1
-        self.done = epoch >= last or self.stale >= cfg.patience
-        return entry
+        return total / n
+
+    def validate(self) -> dict[str, Any]:
+        """Validation metrics of the current weights (all users)."""
+        assert self.data.val is not None
+        return evaluate_window(self.model, self.data.val)["all"]
 
     def result(self, copy: bool = False) -> TrainResult:
         """The run as it stands: the best epoch's weights (the last ones for a fixed length),
