@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     # path (recsys.store.feast_project), so two data folders never share online values;
     # set it when replicas on other hosts mount the data folder at another path.
     feast_project: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+    # The offline engine: what computes the feature tables and the training set's
+    # point-in-time join. None: "spark" under the cluster profile, "duckdb" under local
+    # (see `engine`). Both write the same tables from the same declarations.
+    offline_engine: Literal["duckdb", "spark"] | None = None
+    # Spark master URL: local[N] runs in this process's JVM; spark://host:7077 or k8s://...
+    # for a cluster.
+    spark_master: str = "local[2]"
+    # The Spark driver's heap (spark.driver.memory); the features' collect to Arrow lands here.
+    spark_driver_memory: str = "2g"
+    # Spark shuffle partitions: a few per core on local[2]; raise it on a cluster.
+    spark_shuffle_partitions: int = Field(4, ge=1)
 
     @field_validator("as_of", "val_start", "test_start")
     @classmethod
@@ -87,6 +98,13 @@ class Settings(BaseSettings):
     @cached_property
     def paths(self) -> Paths:
         return Paths(self.data_dir)
+
+    @property
+    def engine(self) -> Literal["duckdb", "spark"]:
+        """The offline engine in effect: ``offline_engine``, else the profile's default."""
+        if self.offline_engine is not None:
+            return self.offline_engine
+        return "spark" if self.profile == "cluster" else "duckdb"
 
 
 def settings_from(**values: Any) -> Settings:
@@ -138,6 +156,11 @@ class Paths:
     def training(self) -> Path:
         """Point-in-time training set with its temporal split."""
         return self.data_dir / "training"
+
+    @property
+    def spark(self) -> Path:
+        """Spark's scratch space (shuffle spills, warehouse) when the offline engine is Spark."""
+        return self.data_dir / ".spark"
 
     @property
     def incoming(self) -> Path:
