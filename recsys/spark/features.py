@@ -5,16 +5,14 @@ single parquet file DuckDB writes (same columns, order, types, rows sorted by ke
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from recsys.features.dialect import to_spark
 from recsys.features.spec import ARROW_TYPES, View
+from recsys.spark.io import write_parquet
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -31,17 +29,7 @@ def view_schema(view: View, columns: list[str]) -> pa.Schema:
 
 
 def write_view(spark: SparkSession, view: View, duckdb_sql: str, out: Path) -> int:
-    """Run ``view``'s query on Spark and write its rows, sorted by key and time, to ``out``
-    (a temp name, then renamed); the number of rows."""
+    """Run ``view``'s query on Spark and write its rows, sorted by key and time, to ``out``;
+    the number of rows."""
     frame = spark.sql(to_spark(duckdb_sql)).orderBy(view.key, "event_timestamp")
-    # (rows, columns) collected to the driver as Arrow; Spark names list children "element"
-    # and marks some columns not-null, so the table is cast to DuckDB's schema.
-    table = frame.toArrow()
-    table = table.cast(view_schema(view, table.column_names))
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return table.num_rows
+    return write_parquet(frame, out, view_schema(view, frame.columns))
