@@ -350,7 +350,9 @@ def _pull(
 
     _require_parquet([source])
     path = _source_path(source, config.repo_path)
-    names = list(dict.fromkeys([*keys, *features, timestamp_field] + ([created] if created else [])))
+    names = list(
+        dict.fromkeys([*keys, *features, timestamp_field] + ([created] if created else []))
+    )
     rows = _spark(config).read.parquet(path).select(*names)
     if start is not None:
         rows = rows.where(F.col(timestamp_field) >= F.lit(start))

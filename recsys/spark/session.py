@@ -30,7 +30,9 @@ def spark_session(settings: Settings) -> SparkSession:
     )
 
 
-def session(master: str, driver_memory: str, shuffle_partitions: int, scratch: Path) -> SparkSession:
+def session(
+    master: str, driver_memory: str, shuffle_partitions: int, scratch: Path
+) -> SparkSession:
     """The process's SparkSession on ``master``, created on first use with Spark's scratch
     space under ``scratch`` (the Feast offline store's config passes these)."""
     global _SESSION
