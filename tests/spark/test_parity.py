@@ -146,7 +146,7 @@ def test_synthetic_100k_same_tables(synthetic_pair):
     for view in CATALOG.views:
         a = _without_created(duck.paths.features, view.name)
         b = _without_created(on_spark.paths.features, view.name)
-        assert a.num_rows > 1_000, view.name
+        assert a.num_rows >= 1_000, view.name
         # Written sorted by key and time on both engines, so no sort is needed here.
         assert a.schema.equals(b.schema), view.name
         assert a.equals(b), view.name
