@@ -185,7 +185,11 @@ class SparkRetrievalJob(RetrievalJob):
         )
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
-        return self._to_arrow_internal(timeout).to_pandas()
+        # Converted by DuckDB, as the DuckDB store's frames are (nullable Int64, NA for a
+        # missing list): consumers get the same pandas frame whatever the engine.
+        from recsys.sql import connect
+
+        return connect().from_arrow(self._to_arrow_internal(timeout)).df()
 
     def to_parquet(self, path: str | Path) -> Path:
         """Write the result into one parquet file (Spark's parts streamed into it)."""

@@ -18,6 +18,7 @@ from recsys.features.build import build_features
 from recsys.features.catalog import CATALOG
 from recsys.ingest import ingest
 from recsys.settings import Settings
+from recsys.training_set import FEATURE_SERVICE as SERVICE
 from recsys.training_set import build_training_set, historical_features
 from tests.conftest import SYNTHETIC_AS_OF, ts
 from tests.spark.conftest import differing_views
@@ -75,6 +76,15 @@ def test_join_cases_ties_ttl_future(spark, tmp_path):
     )
     got = historical_features(store, entity).to_pandas()
     assert list(got.columns[:3]) == ["user_id", "item_id", "event_timestamp"]
+    # The pandas frame (what towers.data reads) is the DuckDB store's: values and dtypes.
+    frames = [
+        s.get_historical_features(entity_df=entity, features=s.get_feature_service(SERVICE))
+        .to_df()
+        .sort_values(["user_id", "event_timestamp"], ignore_index=True)
+        for s in (store, feast_store.feature_store(settings.paths, settings=Settings(
+            data_dir=settings.data_dir)))
+    ]  # fmt: skip
+    pd.testing.assert_frame_equal(*frames)
     got = got.set_index(["user_id", "event_timestamp"])["user_interaction_count"]
     for user_id, when, right, *_ in JOIN_CASES:
         answer = got.loc[(user_id, when)]
