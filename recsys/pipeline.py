@@ -70,6 +70,7 @@ def _build(settings: Settings, materialize_online: bool) -> BuildResult:
         as_of=settings.as_of,
         recent_items=settings.recent_items,
         memory_limit=settings.duckdb_memory_limit,
+        settings=settings,
     )
     step("features", t)
     t = time.perf_counter()

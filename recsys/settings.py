@@ -92,6 +92,18 @@ class Settings(BaseSettings):
     # that died on another host; torchrun stops this host's ranks itself).
     train_timeout_seconds: float = Field(1800.0, gt=0)
 
+    # The offline engine: what computes the feature tables and the training set's
+    # point-in-time join. None: "spark" under the cluster profile, "duckdb" under local
+    # (see `engine`). Both write the same tables from the same declarations.
+    offline_engine: Literal["duckdb", "spark"] | None = None
+    # Spark master URL: local[N] runs in this process's JVM; spark://host:7077 or k8s://...
+    # for a cluster.
+    spark_master: str = "local[2]"
+    # The Spark driver's heap (spark.driver.memory); the features' collect to Arrow lands here.
+    spark_driver_memory: str = "2g"
+    # Spark shuffle partitions: a few per core on local[2]; raise it on a cluster.
+    spark_shuffle_partitions: int = Field(4, ge=1)
+
     @field_validator("as_of", "val_start", "test_start")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
@@ -115,6 +127,13 @@ class Settings(BaseSettings):
     @cached_property
     def paths(self) -> Paths:
         return Paths(self.data_dir)
+
+    @property
+    def engine(self) -> Literal["duckdb", "spark"]:
+        """The offline engine in effect: ``offline_engine``, else the profile's default."""
+        if self.offline_engine is not None:
+            return self.offline_engine
+        return "spark" if self.profile == "cluster" else "duckdb"
 
 
 def settings_from(**values: Any) -> Settings:
@@ -166,6 +185,11 @@ class Paths:
     def training(self) -> Path:
         """Point-in-time training set with its temporal split."""
         return self.data_dir / "training"
+
+    @property
+    def spark(self) -> Path:
+        """Spark's scratch space (shuffle spills, warehouse) when the offline engine is Spark."""
+        return self.data_dir / ".spark"
 
     @property
     def incoming(self) -> Path:

@@ -106,12 +106,25 @@ def _cluster(raw: dict[str, Any], settings: Settings, paths: Paths) -> dict[str,
     }
 
 
+def spark_offline_store(settings: Settings) -> dict[str, Any]:
+    """The ``offline_store`` block of the Spark engine (`recsys.spark.offline_store`)."""
+    return {
+        "type": "recsys.spark.offline_store.SparkAsofOfflineStore",
+        "master": settings.spark_master,
+        "driver_memory": settings.spark_driver_memory,
+        "shuffle_partitions": settings.spark_shuffle_partitions,
+        "scratch": str(settings.paths.spark),
+    }
+
+
 def repo_config(
     paths: Paths, offline_store: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> Any:
     """``feature_store.yaml`` for the data folder ``paths``, with the engines of
     ``settings``' profile (default: the ``RECSYS_*`` environment's): under ``local`` the
-    registry and the online store are files moved into ``paths``."""
+    registry and the online store are files moved into ``paths``. The offline store is
+    ``offline_store`` if given, else the Spark store under engine "spark", else the file's
+    (the project's DuckDB store)."""
     from feast.repo_config import RepoConfig
 
     if settings is None:
@@ -124,6 +137,8 @@ def repo_config(
     else:
         raw["registry"] = str(paths.feast / "registry.db")
         raw["online_store"] = {**raw["online_store"], "path": str(paths.feast / "online_store.db")}
+    if offline_store is None and settings.engine == "spark":
+        offline_store = spark_offline_store(settings)
     if offline_store is not None:
         raw["offline_store"] = offline_store
     return RepoConfig(repo_path=FEATURE_REPO, **raw)
@@ -138,10 +153,10 @@ def feature_store(
 
 
 def feature_store_for(settings: Settings) -> FeatureStore:
-    """The store of ``settings``' data folder, with its DuckDB memory limit applied to the
-    project's offline store."""
+    """The store of ``settings``' data folder, with its offline engine's store (DuckDB's with
+    its memory limit)."""
     offline = None
-    if settings.duckdb_memory_limit:
+    if settings.duckdb_memory_limit and settings.engine == "duckdb":
         raw = yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())["offline_store"]
         if raw.get("type") == "recsys.offline_store.DuckDBAsofOfflineStore":
             offline = {**raw, "memory_limit": settings.duckdb_memory_limit}

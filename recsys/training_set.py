@@ -94,17 +94,26 @@ def historical_features(store: Any, rows: Any) -> pa.Table:
     return training_job(store, rows).to_arrow()
 
 
-def _streams(store: Any) -> bool:
-    """Whether the store is the project's DuckDB store (SQL entity rows, parquet streaming)."""
-    from recsys.offline_store import DuckDBAsofOfflineStoreConfig
-
-    return isinstance(store.config.offline_store, DuckDBAsofOfflineStoreConfig)
+def _engine(store: Any) -> str | None:
+    """Which of the project's offline stores ``store`` has: "duckdb" or "spark" (SQL entity
+    rows, streamed to parquet), else None (another Feast store: a DataFrame in memory)."""
+    kind = store.config.offline_store.type
+    if kind == "recsys.offline_store.DuckDBAsofOfflineStore":
+        return "duckdb"
+    if kind == "recsys.spark.offline_store.SparkAsofOfflineStore":
+        return "spark"
+    return None
 
 
 def _join_to_parquet(store: Any, dataset: Path, as_of: datetime, out: Path) -> None:
-    streams = _streams(store)
-    job = training_job(store, entity_rows(dataset, as_of, as_sql=streams))
-    if streams:
+    engine = _engine(store)
+    rows = entity_rows(dataset, as_of, as_sql=engine is not None)
+    if engine == "spark":
+        from recsys.features.dialect import to_spark
+
+        rows = to_spark(rows)
+    job = training_job(store, rows)
+    if engine is not None:
         job.to_parquet(out)
     else:
         pq.write_table(job.to_arrow(), out)

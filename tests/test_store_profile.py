@@ -33,9 +33,11 @@ def test_cluster_profile_renders_redis_and_sql_registry(tmp_path: Path) -> None:
         "redis.example:6380,socket_timeout=0.5,socket_connect_timeout=2.0,db=3,password=s@cret"
     )
     assert online_store_description(config) == "redis at redis.example:6380 db 3"
-    # The offline store is the same under both profiles.
+    # The offline engine follows the profile (Spark under cluster) unless set.
+    assert config.offline_store.type == "recsys.spark.offline_store.SparkAsofOfflineStore"
     local = repo_config(settings.paths, settings=Settings(data_dir=settings.data_dir))
-    assert config.offline_store == local.offline_store
+    duck = Settings(data_dir=settings.data_dir, profile="cluster", offline_engine="duckdb")
+    assert repo_config(duck.paths, settings=duck).offline_store == local.offline_store
 
     other = Settings(data_dir=tmp_path / "b", profile="cluster")
     projects = {repo_config(s.paths, settings=s).project for s in (settings, other)}

@@ -35,6 +35,7 @@ def features(context: AssetExecutionContext, pipeline: PipelineSettings) -> Mate
         manifest = build_features(
             paths.dataset, paths.features, paths.data_dir, as_of=settings.as_of,
             recent_items=settings.recent_items, memory_limit=settings.duckdb_memory_limit,
+            settings=settings,
         )  # fmt: skip
     except AuditFailed as failed:  # nothing published: the blocking checks say why
         context.log.error(str(failed))

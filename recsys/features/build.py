@@ -1,5 +1,6 @@
 """Feature tables: from the canonical dataset to one parquet time series per view of the
-catalogue, computed by DuckDB with the SQL rendered from the declarations
+catalogue, computed by the settings' offline engine (DuckDB, or Spark through
+`recsys.spark.features`) with the SQL rendered from the declarations
 (`recsys.features.render`), plus a manifest of what the build used."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -17,6 +19,7 @@ from recsys.features.ops import Params, TrailingCount
 from recsys.features.render import view_sqls
 from recsys.features.spec import Catalog
 from recsys.io import atomic_write_json, staging_dir
+from recsys.settings import Settings
 from recsys.sql import connect, one, parquet, string
 
 log = logging.getLogger(__name__)
@@ -75,43 +78,70 @@ def compute_features(
     built_at: datetime | None = None,
     memory_limit: str | None = None,
     catalog: Catalog = CATALOG,
+    settings: Settings | None = None,
 ) -> FeatureManifest:
     """Write a table per view of ``catalog`` from ``dataset`` into ``out_dir`` (an existing
-    folder).
+    folder), on the offline engine of ``settings`` (None: DuckDB).
 
-    The event-derived views partition every window by user or by item, so they are computed
-    in hash partitions of that key (one per ``EVENTS_PER_PART`` interactions), each written
-    sorted by key and time and streamed into the view's single parquet file.
+    On DuckDB the event-derived views partition every window by user or by item, so they are
+    computed in hash partitions of that key (one per ``EVENTS_PER_PART`` interactions), each
+    written sorted by key and time and streamed into the view's single parquet file. Spark
+    spills on its own and runs each view's query whole.
     """
     as_of = as_of or default_as_of(dataset)
     built_at = built_at or datetime.now(UTC)
     genres = genre_vocabulary(dataset)
     con = connect(memory_limit)
     con.execute("SET preserve_insertion_order = false")  # lets DuckDB stream and spill
+    spark = settings is not None and settings.engine == "spark"
     (events,) = one(con, f"SELECT count(*) FROM {parquet(dataset, 'interactions')}")
-    parts = max(1, -(-events // EVENTS_PER_PART))
+    parts = 1 if spark else max(1, -(-events // EVENTS_PER_PART))
     params = Params(tuple(genres), recent_items)
     queries = {
         view.name: view_sqls(view, dataset, as_of, built_at, params, parts)
         for view in catalog.views
     }
-    rows = {}
-    for view, sqls in queries.items():
-        key = catalog.view(view).key
-        files = []
-        for k, sql in enumerate(tqdm(sqls, desc=view, disable=None, leave=False)):
-            files.append(Path(out_dir) / f".{view}.part{k}.parquet")
-            con.execute(
-                f"COPY (SELECT * FROM ({sql}) ORDER BY {key}, event_timestamp) "
-                f"TO {string(str(files[-1]))} (FORMAT parquet, COMPRESSION zstd)"
-            )
-        rows[view] = _concat(files, Path(out_dir) / f"{view}.parquet")
-        log.info("feature view %s: %d rows", view, rows[view])
+    if settings is not None and spark:
+        rows = _spark_tables(settings, catalog, queries, Path(out_dir))
+    else:
+        rows = _duckdb_tables(con, catalog, queries, Path(out_dir))
     manifest = FeatureManifest(
         as_of, built_at, genres, recent_items, _windows(catalog), rows, dataset_version(dataset)
     )
     atomic_write_json(Path(out_dir) / "manifest.json", asdict(manifest))
     return manifest
+
+
+def _duckdb_tables(
+    con: Any, catalog: Catalog, queries: dict[str, list[str]], out_dir: Path
+) -> dict[str, int]:
+    rows = {}
+    for view, sqls in queries.items():
+        key = catalog.view(view).key
+        files = []
+        for k, sql in enumerate(tqdm(sqls, desc=view, disable=None, leave=False)):
+            files.append(out_dir / f".{view}.part{k}.parquet")
+            con.execute(
+                f"COPY (SELECT * FROM ({sql}) ORDER BY {key}, event_timestamp) "
+                f"TO {string(str(files[-1]))} (FORMAT parquet, COMPRESSION zstd)"
+            )
+        rows[view] = _concat(files, out_dir / f"{view}.parquet")
+        log.info("feature view %s: %d rows", view, rows[view])
+    return rows
+
+
+def _spark_tables(
+    settings: Settings, catalog: Catalog, queries: dict[str, list[str]], out_dir: Path
+) -> dict[str, int]:
+    from recsys.spark.features import write_view
+    from recsys.spark.session import spark_session
+
+    spark = spark_session(settings)
+    rows = {}
+    for view, (sql,) in queries.items():
+        rows[view] = write_view(spark, catalog.view(view), sql, out_dir / f"{view}.parquet")
+        log.info("feature view %s: %d rows (spark)", view, rows[view])
+    return rows
 
 
 def _concat(parts: list[Path], out: Path) -> int:

@@ -124,7 +124,8 @@ def view_sqls(
     view: View, dataset: Path, as_of: datetime, built_at: datetime, params: Params, parts: int
 ) -> list[str]:
     """The queries whose rows, together, are ``view``'s table: one for a static view, one per
-    hash partition of the key for an event view."""
+    hash partition of the key for an event view. DuckDB SQL; `recsys.features.dialect`
+    translates it for Spark."""
     if view.kind == ViewKind.STATIC:
         return [static_sql(view, dataset, built_at)]
     if view.kind == ViewKind.USER_EVENTS:
