@@ -112,6 +112,17 @@ def train_release(
     base = base or TowerConfig()
     launch = launch_of(settings)  # the refits' processes (towers.ddp); None: this one
 
+    # Who trained the refits, recorded with each checkpoint: processes in all (towers.ddp).
+    trained_by = (
+        {"processes": 1}
+        if launch is None
+        else {
+            "processes": launch.processes * launch.nnodes,
+            "backend": "gloo",
+            "launcher": "torchrun",
+        }
+    )
+
     def fit(cfg: TowerConfig, data: TowerData, epochs: int) -> TrainResult:
         if launch is None:
             return train(cfg, data, progress=progress, epochs=epochs)
@@ -160,12 +171,13 @@ def train_release(
                          "recency_half_life_days": chosen.recency_half_life_days,
                          "popularity_prior": prior_key(chosen.popularity_prior,
                                                        chosen.popularity_feature),
-                         "evaluated": {"checkpoint": evaluated_file,
+                         "evaluated": {"checkpoint": evaluated_file, "trained_by": trained_by
+                                       if refit else {"processes": 1},
                                        **fit_span(source, fit_on)}}  # fmt: skip
         if all_data is not None:
             served = fit(chosen, all_data, epochs)
             save_checkpoint(served, out_dir / served_file)
-            choices[name]["served"] = {"checkpoint": served_file,
+            choices[name]["served"] = {"checkpoint": served_file, "trained_by": trained_by,
                                        **fit_span(source, ("train", "val", "test"))}  # fmt: skip
             lap("refit on all data")
     notes = BASELINE_NOTES + (

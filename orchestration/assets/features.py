@@ -58,6 +58,7 @@ def features(context: AssetExecutionContext, pipeline: PipelineSettings) -> Mate
             **{f"rows/{view}": int(n) for view, n in manifest.rows.items()},
             "latest_feature_timestamp": MetadataValue.json(freshness),
             "dataset_version": manifest.dataset_version,
+            "engine": settings.engine,
             "published": True,
             "seconds": round(seconds, 2),
         },

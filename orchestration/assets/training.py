@@ -64,8 +64,9 @@ def training_set(
         return MaterializeResult(metadata={"published": False},
                                  check_results=audit_checks(inputs) + audit_checks(skipped))  # fmt: skip
     start = time.perf_counter()
+    store = feast.store()
     try:
-        summary = build_training_set(settings, feast.store())
+        summary = build_training_set(settings, store)
     except AuditFailed as failed:
         context.log.error(str(failed))
         return MaterializeResult(
@@ -84,6 +85,8 @@ def training_set(
             "cold_test_users": summary.cold_test_users,
             "cuts": MetadataValue.json({k: str(v) for k, v in vars(summary.cuts).items()}),
             "feature_coverage": MetadataValue.json(summary.feature_coverage),
+            # The Feast offline store that ran the point-in-time join (DuckDB's or Spark's).
+            "offline_store": store.config.offline_store.type,
             "published": True,
             "seconds": round(time.perf_counter() - start, 2),
         },
