@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ def scaled_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[Path, Any, dict[str, str]]]:  # fmt: skip
     """(data folder, the Dagster result, the environment) of one run of the whole graph."""
+    # One Feast project for both folders: by default it derives from the folder's path.
     env = {**cluster_env, **CREDENTIALS, "RECSYS_TRAIN_PROCESSES": "2",
-           "RECSYS_S3_ENDPOINT_URL": s3_endpoint}  # fmt: skip
+           "RECSYS_S3_ENDPOINT_URL": s3_endpoint,
+           "RECSYS_FEAST_PROJECT": f"scale_out_{uuid.uuid4().hex[:8]}"}  # fmt: skip
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     env["RECSYS_ARTIFACT_STORE"] = new_bucket(s3_endpoint)
