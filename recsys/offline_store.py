@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from abc import abstractmethod
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,42 @@ def _timestamp_column(columns: dict[str, str]) -> str:
     return stamps[0]
 
 
-class DuckDBRetrievalJob(RetrievalJob):
+class ParquetRetrievalJob(RetrievalJob):
+    """Feast's plumbing shared by this project's retrieval jobs (DuckDB's, Spark's): the
+    feature-name mode, no on-demand views, ``persist`` as a parquet file, lazy metadata.
+    A subclass runs the query: ``_to_arrow_internal``, ``_to_df_internal``, ``to_parquet``."""
+
+    def __init__(self, full_feature_names: bool = False, metadata_fn: Any = None) -> None:
+        self._full_feature_names = full_feature_names
+        self._metadata_fn = metadata_fn
+
+    @abstractmethod
+    def to_parquet(self, path: str | Path) -> Path: ...
+
+    @property
+    def full_feature_names(self) -> bool:
+        return self._full_feature_names
+
+    @property
+    def on_demand_feature_views(self) -> list:
+        return []
+
+    def persist(
+        self, storage: Any, allow_overwrite: bool = False, timeout: int | None = None
+    ) -> None:
+        target = Path(storage.file_options.uri)
+        if target.exists() and not allow_overwrite:
+            from feast.errors import SavedDatasetLocationAlreadyExists
+
+            raise SavedDatasetLocationAlreadyExists(location=str(target))
+        self.to_parquet(target)
+
+    @property
+    def metadata(self) -> RetrievalMetadata | None:
+        return self._metadata_fn() if self._metadata_fn else None
+
+
+class DuckDBRetrievalJob(ParquetRetrievalJob):
     """A query not yet run: to Arrow, to pandas, as Arrow batches, or streamed to parquet."""
 
     def __init__(
@@ -129,9 +165,8 @@ class DuckDBRetrievalJob(RetrievalJob):
         full_feature_names: bool = False,
         metadata_fn: Any = None,
     ) -> None:
+        super().__init__(full_feature_names, metadata_fn)
         self.con, self.sql = con, sql
-        self._full_feature_names = full_feature_names
-        self._metadata_fn = metadata_fn
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
         return self.con.sql(self.sql).to_arrow_table()
@@ -159,28 +194,6 @@ class DuckDBRetrievalJob(RetrievalJob):
 
     def to_sql(self) -> str:
         return self.sql
-
-    @property
-    def full_feature_names(self) -> bool:
-        return self._full_feature_names
-
-    @property
-    def on_demand_feature_views(self) -> list:
-        return []
-
-    def persist(
-        self, storage: Any, allow_overwrite: bool = False, timeout: int | None = None
-    ) -> None:
-        target = Path(storage.file_options.uri)
-        if target.exists() and not allow_overwrite:
-            from feast.errors import SavedDatasetLocationAlreadyExists
-
-            raise SavedDatasetLocationAlreadyExists(location=str(target))
-        self.to_parquet(target)
-
-    @property
-    def metadata(self) -> RetrievalMetadata | None:
-        return self._metadata_fn() if self._metadata_fn else None
 
 
 class DuckDBAsofOfflineStore(DuckDBOfflineStore):

@@ -40,7 +40,12 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from pydantic import StrictInt, StrictStr
 
 from recsys.asof import ViewSpec, view_spec
-from recsys.offline_store import _is_parquet_file_source, _looks_like_path, _source_path
+from recsys.offline_store import (
+    ParquetRetrievalJob,
+    _is_parquet_file_source,
+    _looks_like_path,
+    _source_path,
+)
 from recsys.spark.io import cast_batch, write_parquet
 
 
@@ -164,7 +169,7 @@ def asof_frame(entity: Any, specs: list[ViewSpec]) -> Any:
     return joined.select(*cols, *selects)
 
 
-class SparkRetrievalJob(RetrievalJob):
+class SparkRetrievalJob(ParquetRetrievalJob):
     """A Spark DataFrame not yet run, whose result has ``schema``'s Arrow types."""
 
     def __init__(
@@ -174,9 +179,8 @@ class SparkRetrievalJob(RetrievalJob):
         full_feature_names: bool = False,
         metadata_fn: Any = None,
     ) -> None:
+        super().__init__(full_feature_names, metadata_fn)
         self.frame, self.schema = frame, schema
-        self._full_feature_names = full_feature_names
-        self._metadata_fn = metadata_fn
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
         table = self.frame.toArrow()
@@ -198,28 +202,6 @@ class SparkRetrievalJob(RetrievalJob):
 
     def to_spark_df(self) -> Any:
         return self.frame
-
-    @property
-    def full_feature_names(self) -> bool:
-        return self._full_feature_names
-
-    @property
-    def on_demand_feature_views(self) -> list:
-        return []
-
-    def persist(
-        self, storage: Any, allow_overwrite: bool = False, timeout: int | None = None
-    ) -> None:
-        target = Path(storage.file_options.uri)
-        if target.exists() and not allow_overwrite:
-            from feast.errors import SavedDatasetLocationAlreadyExists
-
-            raise SavedDatasetLocationAlreadyExists(location=str(target))
-        self.to_parquet(target)
-
-    @property
-    def metadata(self) -> RetrievalMetadata | None:
-        return self._metadata_fn() if self._metadata_fn else None
 
 
 def _arrow_schema(frame: Any, typed: dict[str, pa.DataType]) -> pa.Schema:
