@@ -7,7 +7,8 @@ Their first N events are the history a cold-start ``POST`` would carry: the feat
 built by ``recsys.features.online.cold_start_row`` and encoded by ``recsys.features.row_encoding``
 with the unknown-user slot, exactly as the API does; EASE and ItemKNN fold the same N events
 in (``towers.baselines.HistoryScorer.fold_in_fn``); every model is scored on the rest of
-the user's window, the N items removed from its ranking.
+the user's window, the N items removed from its ranking. The ``new items`` group (items
+first taken in the window) is ``evaluation.backtest_new_items``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 
 from evaluation.backtest import (
     COLD,
+    CONTENT,
+    NEW_ITEMS,
     ORACLE,
     TWO_TOWER,
     WARM,
@@ -33,6 +36,8 @@ from evaluation.backtest import (
     Progress,
     Window,
 )
+from evaluation.backtest_new_items import new_items_cut
+from towers.baselines import best_of
 from towers.evaluate import EvalSplit, ScoreFn, item_index, per_user_metrics
 
 
@@ -224,4 +229,15 @@ def run_cut(
     per_user = _score(fns, test, new, cfg)
     counts = {g: len(next(iter(m.values()))) for g, m in per_user[TWO_TOWER].items()}
     done("score", ", ".join(f"{g} {n}" for g, n in counts.items()))
-    return CutResult(window, per_user, choices, seconds)
+
+    full = {name: on_test for name, (on_test, _) in fns.items()}
+    best_full = (
+        best_of(choices["validation recall@20"]) if choices["validation recall@20"] else None
+    )
+    on_new, choices[CONTENT], info = new_items_cut(source, final.encoder.columns.item_genres,
+                                                   full, best_full, cfg.ks)  # fmt: skip
+    for name, metrics in on_new.items():
+        per_user.setdefault(name, {})[NEW_ITEMS] = metrics
+    done("new items", f"{info['items']} item(s), {info['users']} user(s), reach@20 "
+                      + ", ".join(f"{m} {v:.2f}" for m, v in info["reach@20"].items()))  # fmt: skip
+    return CutResult(window, per_user, choices, seconds, info)
