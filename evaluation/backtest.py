@@ -43,7 +43,8 @@ TWO_TOWER = "two-tower"
 ORACLE = "oracle (planted factors)"
 WARM, COLD = "warm", "cold"
 NEW_ITEMS = "new items"  # evaluation.backtest_new_items: items first taken after the cut
-CONTENT = "genre baseline (chosen on validation)"  # the new items' baseline
+# The new items' baseline: genre popularity or genre affinity, as validation chose per window.
+CONTENT = "genre baseline"
 Progress = Callable[[str], None]
 
 

@@ -9,7 +9,8 @@ or cold) who takes at least one, the candidate set is the window's new items and
 the ones they took, scored by ``towers.evaluate.per_user_metrics`` like every other group.
 
 The content baselines (``towers.baselines.GenrePopularity``, ``GenreAffinity``) and their
-trailing windows are chosen on the validation window's new items (no event before
+trailing windows are chosen (recall@20, ties broken by NDCG@20) on the validation window's
+new items (no event before
 ``val_start``, taken in ``[val_start, cut)``), fitted on the events before that, then refitted
 on the events before the cut. **Reach**: the share of the window's new items that appear in
 at least one test user's full-catalogue top 20 (does a new item reach anyone at all?).
@@ -81,13 +82,14 @@ def content_baselines(
         days = best_of({d: v for (n, d), v in tried.items() if n == name})
         model = cls(days).fit(interactions, item_ids, genres_test, before=test.start)
         fns[name] = model.score_fn(test)
-        chosen[name] = {"window_days": days, f"val_recall@{k}": tried[(name, days)]}
-    best = best_of({n: c[f"val_recall@{k}"] for n, c in chosen.items()})
+        recall, ndcg = tried[(name, days)]
+        chosen[name] = {"window_days": days, f"val_recall@{k}": recall, f"val_ndcg@{k}": ndcg}
+    best = best_of({n: tried[(n, c["window_days"])] for n, c in chosen.items()})
     fns[CONTENT] = fns[best]
     choices = {"chosen": best, **chosen, "validation users": len(val.user_ids),
                "validation new items": len(val.item_ids),
-               f"val_recall@{k}": {f"{n} {'all' if d is None else f'{d:g}'}": v
-                                   for (n, d), v in tried.items()}}  # fmt: skip
+               f"val (recall@{k}, ndcg@{k})": {f"{n} {'all' if d is None else f'{d:g}'}": v
+                                               for (n, d), v in tried.items()}}  # fmt: skip
     return fns, choices
 
 

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.backtest import CONTENT, ORACLE, TWO_TOWER, BacktestConfig, CutResult
+from evaluation.backtest import (
+    CONTENT,
+    NEW_ITEMS,
+    ORACLE,
+    TWO_TOWER,
+    BacktestConfig,
+    CutResult,
+)
 from recsys.gate import LEVEL, Interval
 
 KEY = "recall@20"
@@ -142,6 +149,12 @@ def _fmt(cell: dict[str, Any] | None, intervals: bool = True) -> str:
     return f"{cell['mean']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}]"
 
 
+def _in_group(summary: dict[str, Any], group: str) -> list[str]:
+    """The models scored on ``group`` in at least one window (the genre baselines score only
+    the new items; the others not those)."""
+    return [m for m in summary["models"] if group in summary["mean"][m]]
+
+
 def group_rows(summary: dict[str, Any], group: str, metric: str = KEY) -> list[list[str]]:
     """Header and one row per model: the metric per window, then the mean over windows."""
     n = [w["metrics"][TWO_TOWER].get(group, {}).get(metric, {}).get("users", 0)
@@ -149,7 +162,7 @@ def group_rows(summary: dict[str, Any], group: str, metric: str = KEY) -> list[l
     head = ["model"] + [f"w{w['index']} (n={k})" for w, k in zip(summary["windows"], n,
                                                                    strict=True)] + ["mean"]  # fmt: skip
     rows = [head]
-    for model in summary["models"]:
+    for model in _in_group(summary, group):
         cells = [_fmt(w["metrics"].get(model, {}).get(group, {}).get(metric))
                  for w in summary["windows"]]  # fmt: skip
         rows.append([model, *cells, _fmt(summary["mean"][model].get(group, {}).get(metric))])
@@ -180,13 +193,18 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["", f"Mean over windows, every metric ({group}):", "",
                   "| model | " + " | ".join(metrics) + " |",
                   "| --- |" + " ---: |" * len(metrics)]  # fmt: skip
-        for model in summary["models"]:
-            cells = summary["mean"][model].get(group, {})
+        for model in _in_group(summary, group):
+            cells = summary["mean"][model][group]
             lines.append(f"| {model} | " + " | ".join(_fmt(cells.get(m)) for m in metrics) + " |")
     lines += reach_lines(summary)
     if "oracle_share" in summary:
         lines += ["", "Two-tower's share of the oracle's recall@20 (mean over windows): "
                   + ", ".join(f"{g} {v:.0%}" for g, v in summary["oracle_share"].items())]  # fmt: skip
+    if NEW_ITEMS in summary["mean"][TWO_TOWER]:
+        lines += ["", f"{NEW_ITEMS}: items with no event before the cut taken in the window, "
+                  "ranked among themselves for the users who take them; genre baseline: genre "
+                  "popularity or genre affinity, as validation chose (recall@20, ties broken by "
+                  "NDCG@20) per window."]  # fmt: skip
     lines += ["", "Recall@K = hits / min(K, |truth|); intervals: percentile bootstrap over the "
               "users of each window (towers.evaluate, evaluation.backtest_report).", ""]  # fmt: skip
     return "\n".join(lines)
@@ -218,8 +236,8 @@ def plot(summary: dict[str, Any]) -> bytes:
     fig = Figure(figsize=(5 * len(groups) + 2, 4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(1, len(groups), sharey=True))
-    models = summary["models"]
     for ax, group in zip(axes, groups, strict=True):
+        models = _in_group(summary, group)
         for j, model in enumerate(models):
             xs: list[float] = []
             ys: list[float] = []
@@ -238,8 +256,9 @@ def plot(summary: dict[str, Any]) -> bytes:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("recall@20 (95% interval)")
     axes[0].set_ylim(bottom=0)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    legend = {label: handle for ax in axes for handle, label in zip(
+        *ax.get_legend_handles_labels(), strict=True)}  # fmt: skip
+    fig.legend(legend.values(), legend.keys(), loc="outside right upper", fontsize="small")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

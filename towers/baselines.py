@@ -316,13 +316,16 @@ GENRE_BASELINES = {"genre popularity": GenrePopularity, "genre affinity": GenreA
 def tune_genre_baselines(
     before_val: pd.DataFrame, val_split: EvalSplit, item_ids: np.ndarray,
     genres: Sequence[Any], windows: Sequence[float | None] = POPULARITY_WINDOWS, k: int = 20,
-) -> dict[tuple[str, float | None], float]:  # fmt: skip
-    """Validation recall@k of each genre baseline (:data:`GENRE_BASELINES`) with each trailing
-    window (days; None = all history), fitted on the events before the validation window."""
+) -> dict[tuple[str, float | None], tuple[float, float]]:  # fmt: skip
+    """Validation (recall@k, NDCG@k) of each genre baseline (:data:`GENRE_BASELINES`) with
+    each trailing window (days; None = all history), fitted on the events before the
+    validation window. NDCG breaks recall's ties: a window with at most k new items gives
+    every ranking a recall@k of 1, but not the same order."""
     _check_val(val_split)
-    tried: dict[tuple[str, float | None], float] = {}
+    tried: dict[tuple[str, float | None], tuple[float, float]] = {}
     for name, cls in GENRE_BASELINES.items():
         for days in windows:
             model = cls(days).fit(before_val, item_ids, genres, before=val_split.start)
-            tried[(name, days)] = val_recall(model.score_fn(val_split), val_split, k)
+            m = rank_metrics(model.score_fn(val_split), val_split, ks=(k,))["all"]
+            tried[(name, days)] = (m[f"recall@{k}"], m[f"ndcg@{k}"])
     return tried
