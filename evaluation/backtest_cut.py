@@ -167,6 +167,30 @@ def _score(
     return out
 
 
+def _reach_models(
+    fns: dict[str, tuple[ScoreFn, ScoreFn | None]], choices: dict[str, Any], final: Any,
+    data: Any,
+) -> dict[str, ScoreFn]:  # fmt: skip
+    """Full-catalogue score functions of the test users whose reach of the new items is
+    measured: the two-tower (the oracle), the baseline chosen on validation, and the
+    two-tower without its popularity prior (a new item has no count: the prior ranks it
+    below every counted item)."""
+    from towers.train import tower_scores
+
+    out = {name: fns[name][0] for name in (TWO_TOWER, ORACLE) if name in fns}
+    if choices["validation recall@20"]:
+        best = best_of(choices["validation recall@20"])
+        out[best] = fns[best][0]
+    cfg = final.model.cfg
+    if cfg.popularity_prior:
+        final.model.set_config(replace(cfg, popularity_prior=0.0))
+        assert data.test is not None
+        out[f"{TWO_TOWER} without prior"] = tower_scores(final.model, data.test.users,
+                                                         data.test.items)  # fmt: skip
+        final.model.set_config(cfg)  # tower_scores embedded both towers already
+    return out
+
+
 def run_cut(
     window: Window, dataset: Path, folder: Path, cfg: BacktestConfig,
     truth: Any = None, step: Progress | None = None,
@@ -230,12 +254,9 @@ def run_cut(
     counts = {g: len(next(iter(m.values()))) for g, m in per_user[TWO_TOWER].items()}
     done("score", ", ".join(f"{g} {n}" for g, n in counts.items()))
 
-    full = {name: on_test for name, (on_test, _) in fns.items()}
-    best_full = (
-        best_of(choices["validation recall@20"]) if choices["validation recall@20"] else None
-    )
     on_new, choices[CONTENT], info = new_items_cut(source, final.encoder.columns.item_genres,
-                                                   full, best_full, cfg.ks)  # fmt: skip
+                                                   _reach_models(fns, choices, final, data),
+                                                   cfg.ks)  # fmt: skip
     for name, metrics in on_new.items():
         per_user.setdefault(name, {})[NEW_ITEMS] = metrics
     done("new items", f"{info['items']} item(s), {info['users']} user(s), reach@20 "

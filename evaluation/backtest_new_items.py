@@ -103,19 +103,17 @@ def reach(scores: ScoreFn, test: EvalSplit, new: EvalSplit, k: int = REACH_K) ->
 
 
 def new_items_cut(
-    source: Any, genres: str, full: dict[str, ScoreFn], best_full: str | None,
-    ks: tuple[int, ...],
+    source: Any, genres: str, full: dict[str, ScoreFn], ks: tuple[int, ...],
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any], dict[str, Any]]:  # fmt: skip
     """One window's new-item group: ``source`` is the cut's ``towers.data.TowerSource``,
     ``genres`` its items' genre column, ``full`` score functions of the test split's users
-    over the whole catalogue (the two-tower, the oracle if any, and ``best_full``: the
-    full-catalogue baseline chosen on validation). Returns (model -> metric -> (users,),
-    the content baselines' choices, counts and reach@20)."""
+    over the whole catalogue (the two-tower and the oracle if any are scored on the group;
+    the reach of every one is measured). Returns (model -> metric -> (users,), the content
+    baselines' choices, counts and reach@20)."""
     (val, _, val_items), (test, _, test_items) = source.windows["val"], source.windows["test"]
     new = new_item_split(source.interactions, source.item_ids, test.start, test.end)
     info: dict[str, Any] = {"items": len(new.item_ids), "users": len(new.user_ids)}
-    info[f"reach@{REACH_K}"] = {name: reach(full[name], test, new)
-                                for name in (TWO_TOWER, best_full) if name is not None}  # fmt: skip
+    info[f"reach@{REACH_K}"] = {name: reach(fn, test, new) for name, fn in full.items()}
     if not len(new.user_ids):
         return {}, {}, info
     per_user = {name: per_user_metrics(restricted(fn, test, new), new, ks)
