@@ -64,6 +64,9 @@ class BacktestConfig:
     # pipeline's defaults, orchestration.resources.PipelineSettings).
     max_epochs: int = 30
     temperatures: tuple[float, ...] = (0.05, 1.0)
+    # The item tower's id-dropout (what teaches it to embed an unknown id from content);
+    # None: towers.config.TowerConfig's. For ablations (benchmarks/ablation_new_items.py).
+    item_id_dropout: float | None = None
     resamples: int = 1000  # bootstrap resamples of the users of each window
     ks: tuple[int, ...] = (10, 20, 50)
 

@@ -140,6 +140,8 @@ def _two_tower(source: Any, cfg: BacktestConfig) -> tuple[Any, Any, dict[str, An
     from towers.tuning import prior_key, tune
 
     tcfg = replace(TowerConfig(), epochs=cfg.max_epochs, seed=cfg.seed)
+    if cfg.item_id_dropout is not None:
+        tcfg = replace(tcfg, item_id_dropout=cfg.item_id_dropout)
     best, tried, priors = tune(tcfg, tower_data(source, ("train",), tcfg.history),
                                cfg.temperatures, progress=False)  # fmt: skip
     data = tower_data(source, ("train", "val"), tcfg.history)
