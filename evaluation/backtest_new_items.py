@@ -31,6 +31,7 @@ from towers.evaluate import (
     build_eval_split,
     item_index,
     per_user_metrics,
+    to_utc,
     top_k_items,
 )
 
@@ -45,11 +46,11 @@ def new_item_split(
     take at least one of them, their truth the ones they took."""
     when = pd.to_datetime(interactions["event_timestamp"], utc=True)
     items = interactions["item_id"].to_numpy(np.int64)
-    before = (when < start).to_numpy()
-    inside = ~before if end is None else ~before & (when < end).to_numpy()
-    taken = np.unique(items[inside & ~np.isin(items, items[before])])
+    before = (when < to_utc(start)).to_numpy()
+    inside = ~before if end is None else ~before & (when < to_utc(end)).to_numpy()
     index = item_index(item_ids)
-    new = index[np.sort(index.get_indexer(taken)[index.get_indexer(taken) >= 0])]
+    cols = index.get_indexer(np.unique(items[inside & ~np.isin(items, items[before])]))
+    new = index[np.sort(cols[cols >= 0])]
     # Events on other items fall outside this split's catalogue and are ignored there.
     return build_eval_split(interactions, new.to_numpy(np.int64), start, end)
 
@@ -72,7 +73,7 @@ def content_baselines(
 ) -> tuple[dict[str, ScoreFn], dict[str, Any]]:  # fmt: skip
     """Each genre baseline at its validation-chosen window, fitted on the events before the
     test window, as score functions of ``test`` (a new-item split), plus :data:`CONTENT`, the
-    one with the higher validation recall@``k``; ``genres_*[i]``: the genres of
+    one with the higher validation recall@``k`` (ties: NDCG@``k``); ``genres_*[i]``: the genres of
     ``item_ids[i]`` as of each window's start. Returns (score functions, choices)."""
     before_val = interactions[interactions.event_timestamp < val.start]
     tried = tune_genre_baselines(before_val, val, item_ids, genres_val, k=k)
