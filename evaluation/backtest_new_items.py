@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation.backtest import CONTENT, ORACLE, TWO_TOWER
-from towers.baselines import GENRE_BASELINES, best_of, tune_genre_baselines
+from towers.baselines import GENRE_BASELINES, tune_genre_baselines
 from towers.evaluate import (
     EvalSplit,
     ScoreFn,
@@ -67,6 +67,11 @@ def restricted(scores: ScoreFn, full: EvalSplit, part: EvalSplit) -> ScoreFn:
     return lambda r: np.asarray(scores(rows[r]))[:, cols]  # (B, M)
 
 
+def _best(tried: dict[Any, tuple[float, float]]) -> Any:
+    """The key with the highest (recall, NDCG); ties go to the first tried."""
+    return max(tried, key=tried.__getitem__)
+
+
 def content_baselines(
     interactions: pd.DataFrame, item_ids: np.ndarray, val: EvalSplit, test: EvalSplit,
     genres_val: list[Any], genres_test: list[Any], k: int = 20,
@@ -80,12 +85,12 @@ def content_baselines(
     fns: dict[str, ScoreFn] = {}
     chosen: dict[str, Any] = {}
     for name, cls in GENRE_BASELINES.items():
-        days = best_of({d: v for (n, d), v in tried.items() if n == name})
+        days = _best({d: v for (n, d), v in tried.items() if n == name})
         model = cls(days).fit(interactions, item_ids, genres_test, before=test.start)
         fns[name] = model.score_fn(test)
         recall, ndcg = tried[(name, days)]
         chosen[name] = {"window_days": days, f"val_recall@{k}": recall, f"val_ndcg@{k}": ndcg}
-    best = best_of({n: tried[(n, c["window_days"])] for n, c in chosen.items()})
+    best = _best({n: tried[(n, c["window_days"])] for n, c in chosen.items()})
     fns[CONTENT] = fns[best]
     choices = {"chosen": best, **chosen, "validation users": len(val.user_ids),
                "validation new items": len(val.item_ids),
