@@ -18,7 +18,10 @@ in the window, whose first N events are given as history through the cold-start 
 path (``recsys.features.online.cold_start_row``, encoded by ``recsys.features.row_encoding`` as a
 ``POST`` is) and who are scored on the rest of their window; EASE and ItemKNN fold those N
 events in as the user's history. On planted-factor synthetic data the planted ranking is
-scored too (the oracle). One cut: ``evaluation.backtest_cut``; summaries, files and plot:
+scored too (the oracle). ``new items``: the items first taken after the cut, ranked among
+themselves for the users who take them, against content baselines (genre popularity, the
+user's genre affinity) chosen on validation, and each new item's reach
+(``evaluation.backtest_new_items``). One cut: ``evaluation.backtest_cut``; summaries, files and plot:
 ``evaluation.backtest_report``.
 """
 
@@ -39,6 +42,9 @@ from towers.evaluate import to_utc
 TWO_TOWER = "two-tower"
 ORACLE = "oracle (planted factors)"
 WARM, COLD = "warm", "cold"
+NEW_ITEMS = "new items"  # evaluation.backtest_new_items: items first taken after the cut
+# The new items' baseline: genre popularity or genre affinity, as validation chose per window.
+CONTENT = "genre baseline"
 Progress = Callable[[str], None]
 
 
@@ -58,6 +64,9 @@ class BacktestConfig:
     # pipeline's defaults, orchestration.resources.PipelineSettings).
     max_epochs: int = 30
     temperatures: tuple[float, ...] = (0.05, 1.0)
+    # The item tower's id-dropout (what teaches it to embed an unknown id from content);
+    # None: towers.config.TowerConfig's. For ablations (benchmarks/ablation_new_items.py).
+    item_id_dropout: float | None = None
     resamples: int = 1000  # bootstrap resamples of the users of each window
     ks: tuple[int, ...] = (10, 20, 50)
 
@@ -67,7 +76,7 @@ class BacktestConfig:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return (WARM, COLD, self.new_group)
+        return (WARM, COLD, self.new_group, NEW_ITEMS)
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,8 @@ class CutResult:
     per_user: dict[str, dict[str, dict[str, np.ndarray]]]
     choices: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
+    # The window's new items: counts, and each model's reach (evaluation.backtest_new_items)
+    new_items: dict[str, Any] = field(default_factory=dict)
 
 
 def _us(when: pd.Timestamp) -> np.datetime64:
@@ -204,9 +215,12 @@ def _cut_line(result: CutResult, n: int, cfg: BacktestConfig) -> str:
     for group in cfg.groups:
         means = {m: float(g[group]["recall@20"].mean()) for m, g in result.per_user.items()
                  if group in g}  # fmt: skip
-        if TWO_TOWER in means:
-            best = best_baseline(means)
+        best = best_baseline(means)
+        if TWO_TOWER in means and best is not None:
             parts.append(f"{group} {means[TWO_TOWER]:.3f} vs {best} {means[best]:.3f}")
+    reach = result.new_items.get("reach@20", {})
+    if reach:
+        parts.append("new items' reach@20 " + ", ".join(f"{m} {v:.2f}" for m, v in reach.items()))
     w = result.window
     return (f"✓ cut {w.index}/{n} [{w.cut:%Y-%m-%d}, {w.end:%Y-%m-%d}) "
             f"{result.seconds['wall']:.1f} s  recall@20 two-tower vs best baseline: "

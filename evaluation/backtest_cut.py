@@ -7,7 +7,8 @@ Their first N events are the history a cold-start ``POST`` would carry: the feat
 built by ``recsys.features.online.cold_start_row`` and encoded by ``recsys.features.row_encoding``
 with the unknown-user slot, exactly as the API does; EASE and ItemKNN fold the same N events
 in (``towers.baselines.HistoryScorer.fold_in_fn``); every model is scored on the rest of
-the user's window, the N items removed from its ranking.
+the user's window, the N items removed from its ranking. The ``new items`` group (items
+first taken in the window) is ``evaluation.backtest_new_items``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 
 from evaluation.backtest import (
     COLD,
+    CONTENT,
+    NEW_ITEMS,
     ORACLE,
     TWO_TOWER,
     WARM,
@@ -33,6 +36,8 @@ from evaluation.backtest import (
     Progress,
     Window,
 )
+from evaluation.backtest_new_items import new_items_cut
+from towers.baselines import best_of
 from towers.evaluate import EvalSplit, ScoreFn, item_index, per_user_metrics
 
 
@@ -135,6 +140,8 @@ def _two_tower(source: Any, cfg: BacktestConfig) -> tuple[Any, Any, dict[str, An
     from towers.tuning import prior_key, tune
 
     tcfg = replace(TowerConfig(), epochs=cfg.max_epochs, seed=cfg.seed)
+    if cfg.item_id_dropout is not None:
+        tcfg = replace(tcfg, item_id_dropout=cfg.item_id_dropout)
     best, tried, priors = tune(tcfg, tower_data(source, ("train",), tcfg.history),
                                cfg.temperatures, progress=False)  # fmt: skip
     data = tower_data(source, ("train", "val"), tcfg.history)
@@ -159,6 +166,30 @@ def _score(
         out[name] = _split_groups(per_user_metrics(on_test, test, cfg.ks), test.warm)
         if on_new is not None:
             out[name][cfg.new_group] = per_user_metrics(on_new, new, cfg.ks)
+    return out
+
+
+def _reach_models(
+    fns: dict[str, tuple[ScoreFn, ScoreFn | None]], choices: dict[str, Any], final: Any,
+    data: Any,
+) -> dict[str, ScoreFn]:  # fmt: skip
+    """Full-catalogue score functions of the test users whose reach of the new items is
+    measured: the two-tower (the oracle), the baseline chosen on validation, and the
+    two-tower without its popularity prior (a new item has no count: the prior ranks it
+    below every counted item)."""
+    from towers.train import tower_scores
+
+    out = {name: fns[name][0] for name in (TWO_TOWER, ORACLE) if name in fns}
+    if choices["validation recall@20"]:
+        best = best_of(choices["validation recall@20"])
+        out[best] = fns[best][0]
+    cfg = final.model.cfg
+    if cfg.popularity_prior:
+        final.model.set_config(replace(cfg, popularity_prior=0.0))
+        assert data.test is not None
+        out[f"{TWO_TOWER} without prior"] = tower_scores(final.model, data.test.users,
+                                                         data.test.items)  # fmt: skip
+        final.model.set_config(cfg)  # tower_scores embedded both towers already
     return out
 
 
@@ -224,4 +255,12 @@ def run_cut(
     per_user = _score(fns, test, new, cfg)
     counts = {g: len(next(iter(m.values()))) for g, m in per_user[TWO_TOWER].items()}
     done("score", ", ".join(f"{g} {n}" for g, n in counts.items()))
-    return CutResult(window, per_user, choices, seconds)
+
+    on_new, choices[CONTENT], info = new_items_cut(source, final.encoder.columns.item_genres,
+                                                   _reach_models(fns, choices, final, data),
+                                                   cfg.ks)  # fmt: skip
+    for name, metrics in on_new.items():
+        per_user.setdefault(name, {})[NEW_ITEMS] = metrics
+    done("new items", f"{info['items']} item(s), {info['users']} user(s), reach@20 "
+                      + ", ".join(f"{m} {v:.2f}" for m, v in info["reach@20"].items()))  # fmt: skip
+    return CutResult(window, per_user, choices, seconds, info)

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.backtest import ORACLE, TWO_TOWER, BacktestConfig, CutResult
+from evaluation.backtest import (
+    CONTENT,
+    NEW_ITEMS,
+    ORACLE,
+    TWO_TOWER,
+    BacktestConfig,
+    CutResult,
+)
 from recsys.gate import LEVEL, Interval
 
 KEY = "recall@20"
@@ -54,14 +61,20 @@ def _cell(i: Interval) -> dict[str, float | int]:
             "users": i.users}  # fmt: skip
 
 
-def best_baseline(means: dict[str, float]) -> str:
-    """The baseline with the highest value (neither the two-tower nor the oracle)."""
+def best_baseline(means: dict[str, float]) -> str | None:
+    """The baseline chosen on validation when the group has one (the new items' content
+    baseline), else the baseline with the highest value (neither two-tower nor oracle);
+    None without baselines."""
+    if CONTENT in means:
+        return CONTENT
     baselines = {m: v for m, v in means.items() if m not in (TWO_TOWER, ORACLE)}
-    return max(baselines, key=lambda m: baselines[m])
+    return max(baselines, key=lambda m: baselines[m]) if baselines else None
 
 
 def _versus(means: dict[str, float]) -> dict[str, Any]:
     best = best_baseline(means)
+    if best is None:
+        return {}
     out: dict[str, Any] = {"model": best, KEY: round(means[best], 6)}
     if TWO_TOWER in means and means[best] > 0:
         out["two-tower ratio"] = round(means[TWO_TOWER] / means[best], 4)
@@ -72,7 +85,8 @@ def summarize(
     results: list[CutResult], cfg: BacktestConfig, dataset: str, oracle: bool
 ) -> dict[str, Any]:
     """Everything ``backtest.json`` holds (see the module docstring)."""
-    models = list(results[0].per_user)
+    # Models in first-seen order: one that scores only the new items may miss a window.
+    models = list(dict.fromkeys(m for r in results for m in r.per_user))
     metrics = [f"{m}@{k}" for m in ("recall", "ndcg") for k in cfg.ks]
     windows: list[dict[str, Any]] = []
     mean: dict[str, dict[str, Any]] = {}
@@ -84,11 +98,12 @@ def summarize(
         best = {g: _versus({m: c[g][KEY]["mean"] for m, c in cells.items() if g in c})
                 for g in cfg.groups if g in cells[TWO_TOWER]}  # fmt: skip
         windows.append({**r.window.as_dict(), "seconds": r.seconds, "choices": r.choices,
-                        "metrics": cells, "best_baseline": best})  # fmt: skip
+                        "metrics": cells, "best_baseline": best,
+                        "new_items": r.new_items})  # fmt: skip
     for model in models:
         mean[model] = {}
         for g in cfg.groups:
-            per = [r.per_user[model][g] for r in results if g in r.per_user[model]]
+            per = [r.per_user[model][g] for r in results if g in r.per_user.get(model, {})]
             if per:
                 mean[model][g] = {
                     name: {**_cell(window_bootstrap([p[name] for p in per], cfg.resamples,
@@ -106,6 +121,7 @@ def summarize(
         "windows": windows,
         "mean": mean,
         "best_baseline_mean": best_mean,
+        "new_items_reach_mean": _mean_reach(results),
     }
     if oracle:
         out["oracle_share"] = {
@@ -113,6 +129,16 @@ def summarize(
             for g in cfg.groups if g in mean[ORACLE] and mean[ORACLE][g][KEY]["mean"] > 0
         }  # fmt: skip
     return out
+
+
+def _mean_reach(results: list[CutResult]) -> dict[str, float]:
+    """Mean over windows of each model's reach@20 of the new items (windows with any)."""
+    per: dict[str, list[float]] = {}
+    for r in results:
+        for model, value in r.new_items.get("reach@20", {}).items():
+            if math.isfinite(value):
+                per.setdefault(model, []).append(value)
+    return {m: round(float(np.mean(v)), 6) for m, v in per.items()}
 
 
 def _fmt(cell: dict[str, Any] | None, intervals: bool = True) -> str:
@@ -123,6 +149,12 @@ def _fmt(cell: dict[str, Any] | None, intervals: bool = True) -> str:
     return f"{cell['mean']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}]"
 
 
+def _in_group(summary: dict[str, Any], group: str) -> list[str]:
+    """The models scored on ``group`` in at least one window (the genre baselines score only
+    the new items; the others not those)."""
+    return [m for m in summary["models"] if group in summary["mean"][m]]
+
+
 def group_rows(summary: dict[str, Any], group: str, metric: str = KEY) -> list[list[str]]:
     """Header and one row per model: the metric per window, then the mean over windows."""
     n = [w["metrics"][TWO_TOWER].get(group, {}).get(metric, {}).get("users", 0)
@@ -130,8 +162,9 @@ def group_rows(summary: dict[str, Any], group: str, metric: str = KEY) -> list[l
     head = ["model"] + [f"w{w['index']} (n={k})" for w, k in zip(summary["windows"], n,
                                                                    strict=True)] + ["mean"]  # fmt: skip
     rows = [head]
-    for model in summary["models"]:
-        cells = [_fmt(w["metrics"][model].get(group, {}).get(metric)) for w in summary["windows"]]
+    for model in _in_group(summary, group):
+        cells = [_fmt(w["metrics"].get(model, {}).get(group, {}).get(metric))
+                 for w in summary["windows"]]  # fmt: skip
         rows.append([model, *cells, _fmt(summary["mean"][model].get(group, {}).get(metric))])
     best = [w["best_baseline"].get(group, {}) for w in summary["windows"]]
     overall = summary["best_baseline_mean"].get(group, {})
@@ -160,15 +193,38 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["", f"Mean over windows, every metric ({group}):", "",
                   "| model | " + " | ".join(metrics) + " |",
                   "| --- |" + " ---: |" * len(metrics)]  # fmt: skip
-        for model in summary["models"]:
-            cells = summary["mean"][model].get(group, {})
+        for model in _in_group(summary, group):
+            cells = summary["mean"][model][group]
             lines.append(f"| {model} | " + " | ".join(_fmt(cells.get(m)) for m in metrics) + " |")
+    lines += reach_lines(summary)
     if "oracle_share" in summary:
         lines += ["", "Two-tower's share of the oracle's recall@20 (mean over windows): "
                   + ", ".join(f"{g} {v:.0%}" for g, v in summary["oracle_share"].items())]  # fmt: skip
+    if NEW_ITEMS in summary["mean"][TWO_TOWER]:
+        lines += ["", f"{NEW_ITEMS}: items with no event before the cut taken in the window, "
+                  "ranked among themselves for the users who take them; genre baseline: genre "
+                  "popularity or genre affinity, as validation chose (recall@20, ties broken by "
+                  "NDCG@20) per window."]  # fmt: skip
     lines += ["", "Recall@K = hits / min(K, |truth|); intervals: percentile bootstrap over the "
               "users of each window (towers.evaluate, evaluation.backtest_report).", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def reach_lines(summary: dict[str, Any]) -> list[str]:
+    """New items per window and their reach@20: the share of them in at least one test
+    user's full-catalogue top 20, per model (the two-tower, the best full-catalogue baseline
+    chosen on validation)."""
+    lines = []
+    for w in summary["windows"]:
+        info = w.get("new_items", {})
+        if info:
+            lines.append(f"window {w['index']}: {info['items']} new item(s), {info['users']} "
+                         "user(s) taking them; reach@20 " + ", ".join(
+                             f"{m} {v:.2f}" for m, v in info["reach@20"].items()))  # fmt: skip
+    if summary.get("new_items_reach_mean"):
+        lines.append("new items' reach@20, mean over windows: " + ", ".join(
+            f"{m} {v:.2f}" for m, v in summary["new_items_reach_mean"].items()))  # fmt: skip
+    return ["", *lines] if lines else []
 
 
 def plot(summary: dict[str, Any]) -> bytes:
@@ -180,14 +236,14 @@ def plot(summary: dict[str, Any]) -> bytes:
     fig = Figure(figsize=(5 * len(groups) + 2, 4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(1, len(groups), sharey=True))
-    models = summary["models"]
     for ax, group in zip(axes, groups, strict=True):
+        models = _in_group(summary, group)
         for j, model in enumerate(models):
             xs: list[float] = []
             ys: list[float] = []
             err: list[list[float]] = [[], []]  # below, above the mean
             for w in summary["windows"]:
-                cell = w["metrics"][model].get(group, {}).get(KEY)
+                cell = w["metrics"].get(model, {}).get(group, {}).get(KEY)
                 if cell is None:
                     continue
                 xs.append(w["index"] + (j - (len(models) - 1) / 2) * 0.08)
@@ -200,8 +256,9 @@ def plot(summary: dict[str, Any]) -> bytes:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("recall@20 (95% interval)")
     axes[0].set_ylim(bottom=0)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    legend = {label: handle for ax in axes for handle, label in zip(
+        *ax.get_legend_handles_labels(), strict=True)}  # fmt: skip
+    fig.legend(legend.values(), legend.keys(), loc="outside right upper", fontsize="small")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
@@ -242,6 +299,7 @@ def table(summary: dict[str, Any]) -> str:
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         out.append(f"{group} — recall@20 [95% interval]")
         out += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    out += reach_lines(summary)
     if "oracle_share" in summary:
         out.append("two-tower / oracle recall@20 (mean over windows): "
                    + ", ".join(f"{g} {v:.0%}" for g, v in summary["oracle_share"].items()))  # fmt: skip

@@ -236,3 +236,21 @@ def aggregate(per_user: dict[str, np.ndarray], split: EvalSplit) -> dict[str, di
         }
         result[segment]["users"] = n
     return result
+
+
+def top_k_items(
+    scores: np.ndarray | ScoreFn, split: EvalSplit, k: int, block_size: int = 1024, seed: int = 0
+) -> np.ndarray:
+    """(U, min(k, N)) item indices of each user's top ``k``, best first: ranked as
+    :func:`per_user_metrics` ranks them (seen items removed, the same random tie-break)."""
+    n_users, n_items = len(split.user_ids), len(split.item_ids)
+    k = min(k, n_items)
+    order = np.random.default_rng(seed).permutation(n_items)  # (N,) as per_user_metrics
+    out = np.empty((n_users, k), np.int64)
+    for lo in range(0, n_users, block_size):
+        rows = np.arange(lo, min(lo + block_size, n_users))
+        s = _block_scores(scores, rows, n_items)  # (B, N)
+        seen = split.seen[lo : rows[-1] + 1]
+        s[np.repeat(np.arange(len(rows)), np.diff(seen.indptr)), seen.indices] = -np.inf
+        out[lo : lo + len(rows)] = order[_top_k(s[:, order], k)]
+    return out

@@ -45,7 +45,8 @@ def _floats(text: str) -> tuple[float, ...]:
     group_name="evaluation",
     description="Rolling-origin backtest: features, training set, two-tower and baselines "
     "rebuilt as of each cut from the events before it; recall and NDCG per window and over "
-    "windows with bootstrap intervals, for warm, cold and new-after-N users.",
+    "windows with bootstrap intervals, for warm, cold and new-after-N users, and for the "
+    "items first taken after each cut against genre baselines (with their reach@20).",
 )
 def backtest(context: AssetExecutionContext, config: BacktestRunConfig) -> MaterializeResult:
     from evaluation.backtest import BacktestConfig, canonical_dataset, oracle_truth, run_backtest
@@ -72,6 +73,8 @@ def backtest(context: AssetExecutionContext, config: BacktestRunConfig) -> Mater
             "windows": len(summary["windows"]),
             "cuts": MetadataValue.json([w["cut"] for w in summary["windows"]]),
             "best_baseline_mean": MetadataValue.json(summary["best_baseline_mean"]),
+            "new_items": MetadataValue.json([w["new_items"] for w in summary["windows"]]),
+            "new_items_reach_mean": MetadataValue.json(summary["new_items_reach_mean"]),
             "wall_seconds": summary["wall_seconds"],
             "path": MetadataValue.path(str(out / "backtest.json")),
             **recall_metadata(summary),

@@ -198,6 +198,7 @@ def test_dagster_asset_materializes_with_metadata_and_same_seed_same_numbers(
     assert "data:image/png;base64," in metadata["plot"].value
     assert "two-tower / best baseline" in metadata["table"].value
     assert 0 <= metadata[f"backtest_recall@20/{TWO_TOWER}/{WARM}"].value <= 1
+    assert len(metadata["new_items"].value) == 2  # one entry per window (counts, reach)
     assert not (tmp_path / "data").exists()  # nothing written outside its output folder
     # Same seed, same numbers: every metric and interval, the choices, the cuts.
     again = json.loads((tmp_path / "out" / "backtest.json").read_text())
