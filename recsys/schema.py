@@ -62,7 +62,6 @@ ITEMS_UNSTAMPED = ITEMS.remove(ITEMS.get_field_index(VALID_FROM))
 TABLES: dict[str, pa.Schema] = {"users": USERS, "items": ITEMS, "interactions": INTERACTIONS}
 # The optional tables of superseded user / item versions: the entity table's schema.
 HISTORY = {"users": "users_history", "items": "items_history"}
-ENTITY_TABLES = tuple(HISTORY)
 # An optional interactions column: the sender's own id of each event. A dataset that has it
 # identifies events by it (re-sent events are recognised by id); one without it identifies
 # them by (user_id, item_id, event_timestamp).

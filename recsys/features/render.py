@@ -8,8 +8,10 @@ t, the latest feature row stamped ``<= t``. So a value that includes the events 
 entity row at ``ts`` itself sees only the value before, never the events it shares a
 timestamp with (on MovieLens-100K 75% of ratings share their (user, second) with another).
 
-- ``STATIC``: one row per entity of its table, stamped at the Unix epoch: known from the
-  start, never derived from events.
+- ``STATIC``: one row per version of each entity of its table (the current row and the
+  superseded ones of ``<table>_history.parquet``), stamped at its ``valid_from``: never derived
+  from events, so a training row at t sees the version in force at t. A dataset published
+  before versions were recorded (no ``valid_from``) has one row per entity at the epoch.
 - ``USER_EVENTS``: one row per (user, distinct event time), stamped ``ts + 1 µs``: each
   (user, second) group is aggregated first, so ties enter a value together.
 - ``ITEM_EVENTS``: a trailing count changes when an event enters the window and again when
@@ -41,11 +43,23 @@ def _part(key: str, part: tuple[int, int]) -> str:
 
 
 def static_sql(view: View, dataset: Path, built_at: datetime) -> str:
+    import pyarrow.parquet as pq
+
+    from recsys.schema import HISTORY, TABLES, VALID_FROM
+
+    table = ENTITY_TABLES[view.entity]
     select = ", ".join(f"{f.op.sql()} AS {f.name}" for f in view.features)
+    versions, stamp = parquet(dataset, table), timestamp(EPOCH)
+    if VALID_FROM in pq.read_schema(Path(dataset) / f"{table}.parquet").names:
+        stamp = f"COALESCE({VALID_FROM}, {stamp})"
+        if (Path(dataset) / f"{HISTORY[table]}.parquet").exists():
+            columns = ", ".join(TABLES[table].names)
+            versions = (f"(SELECT {columns} FROM {versions} UNION ALL "
+                        f"SELECT {columns} FROM {parquet(dataset, HISTORY[table])})")  # fmt: skip
     return f"""
         SELECT {view.key}, {select},
-               {timestamp(EPOCH)} AS event_timestamp, {timestamp(built_at)} AS created_timestamp
-        FROM {parquet(dataset, ENTITY_TABLES[view.entity])}
+               {stamp} AS event_timestamp, {timestamp(built_at)} AS created_timestamp
+        FROM {versions}
     """
 
 
