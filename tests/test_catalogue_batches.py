@@ -260,6 +260,15 @@ def test_item_change_is_visible_after_it_and_not_before(built):
     assert cells(rows, 2, 10, "item_genres") == [["Drama"], ["Comedy"]]  # T1, then T2
 
 
+def test_user_genre_shares_use_the_genres_in_force_at_each_event(built):
+    settings, _, rows = built
+    genres = json.loads((settings.paths.features / "manifest.json").read_text())["genres"]
+    assert genres == ["Action", "Comedy", "Drama", "Horror"]  # Drama only in the history
+    # User 2 at T2: item 11 (Action) at T0 and item 10 at T1, a drama then (a comedy later).
+    (shares,) = cells(rows, 2, 10, "user_genre_affinity")[1:]
+    assert shares == pytest.approx([0.5, 0.0, 0.5, 0.0])
+
+
 def test_new_user_and_item_have_their_attributes(built):
     _, _, rows = built
     assert cells(rows, 3, 13, "age_bucket") == ["18-24"]

@@ -57,10 +57,11 @@ def default_as_of(dataset_dir: Path) -> datetime:
 
 
 def genre_vocabulary(dataset: Path) -> list[str]:
+    """Every genre of every item version (current and superseded), sorted."""
     con = connect()
-    rows = con.execute(
-        f"SELECT DISTINCT unnest(genres) AS g FROM {parquet(dataset, 'items')} ORDER BY g"
-    ).fetchall()
+    tables = ["items"] + (["items_history"] if (dataset / "items_history.parquet").exists() else [])
+    scans = " UNION ALL ".join(f"SELECT genres FROM {parquet(dataset, t)}" for t in tables)
+    rows = con.execute(f"SELECT DISTINCT unnest(genres) AS g FROM ({scans}) ORDER BY g").fetchall()
     return [r[0] for r in rows if r[0] is not None]
 
 

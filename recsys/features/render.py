@@ -13,7 +13,8 @@ timestamp with (on MovieLens-100K 75% of ratings share their (user, second) with
   from events, so a training row at t sees the version in force at t. A dataset published
   before versions were recorded (no ``valid_from``) has one row per entity at the epoch.
 - ``USER_EVENTS``: one row per (user, distinct event time), stamped ``ts + 1 µs``: each
-  (user, second) group is aggregated first, so ties enter a value together.
+  (user, second) group is aggregated first, so ties enter a value together. An event's item
+  attributes (its genres) are those of the item's version in force at the event.
 - ``ITEM_EVENTS``: a trailing count changes when an event enters the window and again when
   it leaves, so each event adds a row at ``ts + 1 µs`` and takes it back at
   ``ts + window + 1 µs``; running sums give exact values at every change point (window =
@@ -42,20 +43,44 @@ def _part(key: str, part: tuple[int, int]) -> str:
     return f"AND hash({key}) % {of} = {k}" if of > 1 else ""
 
 
+def _versions(dataset: Path, table: str) -> str | None:
+    """Every version of ``table`` (current ∪ history) as a subquery, or None when the dataset
+    has no history of it."""
+    from recsys.schema import HISTORY, TABLES
+
+    if not (Path(dataset) / f"{HISTORY[table]}.parquet").exists():
+        return None
+    columns = ", ".join(TABLES[table].names)
+    return (f"(SELECT {columns} FROM {parquet(dataset, table)} UNION ALL "
+            f"SELECT {columns} FROM {parquet(dataset, HISTORY[table])})")  # fmt: skip
+
+
+def _items_at_event(dataset: Path) -> str:
+    """The join of each event to its item's attributes: the version in force at the event
+    (the first version for an event before it), so a later change never reaches back."""
+    versions = _versions(dataset, "items")
+    if versions is None:
+        return f"LEFT JOIN {parquet(dataset, 'items')} i USING (item_id)"
+    return f"""LEFT JOIN (
+                SELECT *, lag(valid_from) OVER v IS NULL AS first_version,
+                       lead(valid_from) OVER v AS valid_to
+                FROM {versions} WINDOW v AS (PARTITION BY item_id ORDER BY valid_from)
+            ) i ON i.item_id = e.item_id
+                 AND (i.first_version OR i.valid_from <= e.event_timestamp)
+                 AND (i.valid_to IS NULL OR e.event_timestamp < i.valid_to)"""
+
+
 def static_sql(view: View, dataset: Path, built_at: datetime) -> str:
     import pyarrow.parquet as pq
 
-    from recsys.schema import HISTORY, TABLES, VALID_FROM
+    from recsys.schema import VALID_FROM
 
     table = ENTITY_TABLES[view.entity]
     select = ", ".join(f"{f.op.sql()} AS {f.name}" for f in view.features)
     versions, stamp = parquet(dataset, table), timestamp(EPOCH)
     if VALID_FROM in pq.read_schema(Path(dataset) / f"{table}.parquet").names:
         stamp = f"COALESCE({VALID_FROM}, {stamp})"
-        if (Path(dataset) / f"{HISTORY[table]}.parquet").exists():
-            columns = ", ".join(TABLES[table].names)
-            versions = (f"(SELECT {columns} FROM {versions} UNION ALL "
-                        f"SELECT {columns} FROM {parquet(dataset, HISTORY[table])})")  # fmt: skip
+        versions = _versions(dataset, table) or versions
     return f"""
         SELECT {view.key}, {select},
                {stamp} AS event_timestamp, {timestamp(built_at)} AS created_timestamp
@@ -83,7 +108,7 @@ def user_events_sql(
         WITH grp AS (
             SELECT e.{key}, e.event_timestamp AS ts, {grouped}
             FROM {parquet(dataset, "interactions")} e
-            LEFT JOIN {parquet(dataset, "items")} i USING (item_id)
+            {_items_at_event(dataset)}
             WHERE e.event_timestamp < {timestamp(as_of)} {_part(f"e.{key}", part)}
             GROUP BY e.{key}, e.event_timestamp
         )
