@@ -78,7 +78,9 @@ def static_sql(view: View, dataset: Path, built_at: datetime) -> str:
     table = ENTITY_TABLES[view.entity]
     select = ", ".join(f"{f.op.sql()} AS {f.name}" for f in view.features)
     versions, stamp = parquet(dataset, table), timestamp(EPOCH)
-    if VALID_FROM in pq.read_schema(Path(dataset) / f"{table}.parquet").names:
+    path = Path(dataset) / f"{table}.parquet"
+    # Not written yet (a query rendered ahead): the canonical columns, valid_from among them.
+    if not path.exists() or VALID_FROM in pq.read_schema(path).names:
         stamp = f"COALESCE({VALID_FROM}, {stamp})"
         versions = _versions(dataset, table) or versions
     return f"""
