@@ -116,14 +116,14 @@ def table_of(path: Path) -> str:
     return path.parent.name if path.parent.name in ENTITY_FOLDERS else "interactions"
 
 
-def _name(path: Path) -> str:
+def display_name(path: Path) -> str:
     """A pending file's name in reports and records: ``users/<file>`` for user versions."""
     return f"{path.parent.name}/{path.name}" if table_of(path) != "interactions" else path.name
 
 
 def batch_key(files: list[Path]) -> str:
     """A key for these files as they are now (names, sizes, modification times)."""
-    parts = [f"{_name(f)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    parts = [f"{display_name(f)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -162,19 +162,6 @@ def known_files(paths: Paths) -> dict[str, str]:
     return known
 
 
-def _known(paths: Paths, table: str, key: str, batch: pd.DataFrame | None) -> Any:
-    """The ids of ``table``: the dataset's, the waiting batches' and this batch's."""
-    import numpy as np
-
-    files = [paths.dataset / f"{table}.parquet"]
-    files += [f for r in accepted_records(paths) for t, f in accepted_files(paths, r["batch"]).items()
-              if t == table]  # fmt: skip
-    ids = [pd.read_parquet(f, columns=[key])[key].to_numpy() for f in files]
-    if batch is not None and key in batch:
-        ids.append(batch[key].dropna().to_numpy())
-    return np.concatenate(ids)
-
-
 def _drop_orphans(paths: Paths) -> None:
     """Accepted parquet files without their record are from a run killed before its commit
     point: their files are still in incoming/, so they are staged again."""
@@ -187,6 +174,8 @@ def _drop_orphans(paths: Paths) -> None:
 
 def stage(settings: Settings, files: list[Path] | None = None) -> StagedBatch | None:
     """Recognise, validate and file the pending files as one batch (see the module doc)."""
+    from recsys.incoming_checks import report_of, validate
+
     paths = settings.paths
     files = pending(paths) if files is None else files
     if not files:
@@ -203,11 +192,11 @@ def stage(settings: Settings, files: list[Path] | None = None) -> StagedBatch | 
     fresh = [p for p in files if p not in resent]
     if resent:
         _file_resent(resent, paths.incoming / "duplicates" / batch_id)
-    duplicates = {_name(p): b for p, b in resent.items()}
+    duplicates = {display_name(p): b for p, b in resent.items()}
     if not fresh:
-        return StagedBatch(batch_id, files, 0, _report_of([], 0), None, "duplicate",
+        return StagedBatch(batch_id, files, 0, report_of([], 0), None, "duplicate",
                            duplicate_files=duplicates)  # fmt: skip
-    checked = _validate(settings, fresh)
+    checked = validate(settings, fresh)
     frame, report, casts = checked.events, checked.report, checked.casts
     if not report.success:
         _file_away(fresh, paths.incoming / "rejected" / batch_id, report, {"casts": casts})
@@ -233,126 +222,6 @@ def stage(settings: Settings, files: list[Path] | None = None) -> StagedBatch | 
                  len(frame))  # fmt: skip
     return StagedBatch(batch_id, fresh, len(frame), report, accepted, "accepted", dropped,
                        duplicates, casts, catalogue)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class _Checked:
-    events: pd.DataFrame  # the batch's interactions (empty when it has none)
-    report: Any  # every check's outcome, all tables together
-    casts: list[Any]
-    versions: dict[str, Any]  # users / items → recsys.versions.Versions (when checked)
-
-
-def _read_all(files: list[Path]) -> tuple[dict[str, list[pd.DataFrame]], list[str], list[Any]]:
-    """Each file read as its table's canonical columns; the unreadable ones; the casts."""
-    from recsys.schema import DatasetValidationError
-
-    frames: dict[str, list[pd.DataFrame]] = {}
-    unreadable, casts = [], []
-    for path in files:
-        table = table_of(path)
-        try:
-            frame = _read(path, table)
-        except DatasetValidationError as exc:
-            unreadable.append(str(exc))
-            continue
-        casts += [{"file": _name(path), **c} for c in frame.attrs.get("casts", [])]
-        if "event_id" in frame and pd.api.types.is_integer_dtype(frame["event_id"]):
-            # Integer ids are kept as text, as the dataset's are (recsys.schema).
-            casts.append({"file": path.name, "table": "interactions", "column": "event_id",
-                          "from_type": str(frame["event_id"].dtype), "to_type": "string",
-                          "rows": len(frame)})  # fmt: skip
-            frame["event_id"] = frame["event_id"].astype(str)
-        frames.setdefault(table, []).append(frame)
-    return frames, unreadable, casts
-
-
-def _validate(settings: Settings, files: list[Path]) -> _Checked:
-    """Read the files and run the batch checks (Great Expectations) of each table: user and
-    item versions first (the interactions may refer to them), then the interactions."""
-    from recsys.validation.report import ValidationReport
-    from recsys.validation.tables import validate_interactions, validate_versions, with_valid_from
-
-    paths = settings.paths
-    as_of = pd.Timestamp(settings.as_of or datetime.now(UTC))
-    frames, unreadable, casts = _read_all(files)
-    if unreadable:
-        return _Checked(pd.DataFrame(), _report_of(unreadable, 0), casts, {})
-    reports, versions, entities = [], {}, {}
-    for table in ENTITY_FOLDERS:
-        if table not in frames:
-            continue
-        frame = pd.concat(frames[table], ignore_index=True)
-        # No valid_from: true from the batch's arrival.
-        entities[table] = frame = with_valid_from(frame, _utc(as_of))
-        reports.append(validate_versions(table, frame, as_of))
-        if reports[-1].success:
-            versions[table] = _versions(paths, table, frame)
-            reports.append(_consistent(table, versions[table].conflicts, len(frame)))
-    events = pd.DataFrame()
-    if "interactions" in frames:
-        parts = frames["interactions"]
-        events = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-        reports.insert(0, validate_interactions(
-            events,
-            as_of=as_of,
-            known_users=_known(paths, "users", "user_id", entities.get("users")),
-            known_items=_known(paths, "items", "item_id", entities.get("items")),
-            max_user_share=None,  # a small batch may well come from one user
-            event_id=with_event_ids(paths),  # a batch has event ids exactly when the dataset has
-        ))  # fmt: skip
-    if len(reports) == 1:
-        return _Checked(events, reports[0], casts, versions)
-    outcomes = [o for r in reports for o in r.outcomes]
-    report = ValidationReport(" + ".join(dict.fromkeys(r.table for r in reports)),
-                              sum(r.rows for r in reports if r.outcomes), outcomes)  # fmt: skip
-    return _Checked(events, report, casts, versions)
-
-
-def _utc(when: pd.Timestamp) -> pd.Timestamp:
-    return when.tz_convert("UTC") if when.tzinfo else when.tz_localize("UTC")
-
-
-def _versions(paths: Paths, table: str, frame: pd.DataFrame) -> Any:
-    """The batch's versions against those of the dataset and of the waiting batches."""
-    from recsys.schema import PRIMARY_KEYS
-    from recsys.versions import classify, dataset_files, read_versions
-
-    waiting = [accepted_files(paths, r["batch"]).get(table) for r in accepted_records(paths)]
-    files = [*dataset_files(paths.dataset, table), *(f for f in waiting if f is not None)]
-    known = read_versions(files, table, frame[PRIMARY_KEYS[table]].unique().tolist())
-    return classify(table, frame, known)
-
-
-def _consistent(table: str, conflicts: list[str], rows: int) -> Any:
-    """A check outcome: no row gives a recorded (id, valid_from) other attributes."""
-    from recsys.schema import EXAMPLES
-    from recsys.validation.report import CheckOutcome, ValidationReport
-
-    detail = (f"{len(conflicts)} of {rows} rows change a version already recorded (send a "
-              f"change with a later valid_from instead): {'; '.join(conflicts[:EXAMPLES])}"
-              if conflicts else "no row changes a recorded version")  # fmt: skip
-    outcome = CheckOutcome(f"{table} versions consistent", table, "valid_from", not conflicts,
-                           len(conflicts), None, detail)  # fmt: skip
-    return ValidationReport(table, 0, [outcome])
-
-
-def _read(path: Path, table: str = "interactions") -> pd.DataFrame:
-    from recsys.validation.tables import read_batch
-
-    return read_batch(path, table)
-
-
-def _report_of(unreadable: list[str], rows: int) -> Any:
-    from recsys.validation.report import CheckOutcome, ValidationReport
-
-    outcomes = []
-    if unreadable:
-        outcomes.append(CheckOutcome(
-            name="interactions readable", table="interactions", column=None, success=False,
-            unexpected_count=len(unreadable), observed=None, detail="; ".join(unreadable),
-        ))  # fmt: skip
-    return ValidationReport(table="interactions", rows=rows, outcomes=outcomes)
 
 
 def _new_events(paths: Paths, frame: pd.DataFrame) -> pd.DataFrame:
@@ -416,7 +285,7 @@ def _write_accepted(
                            _parquet_bytes(to_arrow(table, frame)))  # fmt: skip
     atomic_write_bytes(accepted, _parquet_bytes(_canonical(new, _schema(paths))))
     record = {"batch": batch_id,
-              "files": [{"name": _name(p), "sha256": hashes[p]} for p in files],
+              "files": [{"name": display_name(p), "sha256": hashes[p]} for p in files],
               "accepted_at": datetime.now(UTC).isoformat(), **extra}  # fmt: skip
     atomic_write_json(accepted.with_suffix(".json"), record)
     return accepted
@@ -425,7 +294,7 @@ def _write_accepted(
 def _move(files: list[Path], folder: Path) -> None:
     """Move pending files into ``folder``, user and item versions into its users/ and items/."""
     for path in files:
-        target = folder / _name(path)
+        target = folder / display_name(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
 
@@ -435,11 +304,11 @@ def _file_resent(resent: dict[Path, str], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "report.json", {
         "status": "duplicate file: its content was already ingested",
-        "files": {_name(p): {"first_ingested_in_batch": b} for p, b in resent.items()},
+        "files": {display_name(p): {"first_ingested_in_batch": b} for p, b in resent.items()},
     })  # fmt: skip
     _move(list(resent), folder)
     log.warning("files already ingested, filed under %s: %s", folder,
-                {_name(p): b for p, b in resent.items()})  # fmt: skip
+                {display_name(p): b for p, b in resent.items()})  # fmt: skip
 
 
 def _file_away(files: list[Path], folder: Path, report: Any, extra: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from recsys import store as feast_store
 from recsys.dataset import append_accepted, ensure_dataset
 from recsys.features.build import build_features
 from recsys.features.ops import EPOCH
+from recsys.incoming_checks import catalogue_check_names
 from recsys.schema import DatasetValidationError
 from recsys.training_set import build_training_set
 from recsys.validation.folder import validate_dataset
@@ -108,6 +109,9 @@ def test_invalid_user_row_rejects_the_whole_batch(settings):
     assert set(failed) == {"users.age in range"}
     assert failed["users.age in range"].table == "users"
     assert failed["users.age in range"].unexpected_count == 1
+    # Every outcome of the user rows has a name a caller can declare a check for.
+    users = {o.name for o in staged.report.outcomes if o.table == "users"}
+    assert "users.age in range" in users and users <= set(catalogue_check_names())
     folder = settings.paths.incoming / "rejected" / staged.batch_id
     assert (folder / "users" / "b.parquet").exists() and (folder / "b.parquet").exists()
     report = json.loads((folder / "report.json").read_text())

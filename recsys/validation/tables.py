@@ -208,7 +208,11 @@ def validate_versions(table: str, frame: pd.DataFrame, as_of: pd.Timestamp) -> V
     """Check a batch of user or item versions (``table``: users or items): the checks of
     the table, one row per (id, valid_from) (rows repeated exactly are one row), and
     valid_from not after ``as_of``."""
-    frame = _distinct(frame)
+    return run(table, _distinct(frame), version_checks(table, as_of), TABLES[table])
+
+
+def version_checks(table: str, as_of: pd.Timestamp) -> list[Check]:
+    """The checks :func:`validate_versions` runs."""
     limit = pd.Timestamp(as_of)
     limit = limit.tz_localize("UTC") if limit.tzinfo is None else limit.tz_convert("UTC")
     checks = _entity_checks(table, table, one_per_entity=False)
@@ -223,7 +227,7 @@ def validate_versions(table: str, frame: pd.DataFrame, as_of: pd.Timestamp) -> V
             explain=explain_rows(f"have a valid_from after as_of {limit.isoformat()}"),
         )
     )
-    return run(table, frame, checks, TABLES[table])
+    return checks
 
 
 def _distinct(frame: pd.DataFrame) -> pd.DataFrame:
