@@ -9,6 +9,7 @@ join; a new user's profile reaches the online store. Bad batches are rejected wh
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -17,7 +18,7 @@ import pytest
 from recsys import incoming
 from recsys import store as feast_store
 from recsys.dataset import append_accepted, ensure_dataset
-from recsys.features.build import build_features
+from recsys.features.build import build_features, default_as_of
 from recsys.features.ops import EPOCH
 from recsys.incoming_checks import catalogue_check_names
 from recsys.schema import DatasetValidationError
@@ -182,6 +183,13 @@ def test_default_valid_from_is_the_arrival(settings_for, tmp_path):
     assert dataset(settings, "users").set_index("user_id").loc[5, "valid_from"] == ts(T4)
 
 
+def test_a_profile_newer_than_every_event_is_inside_the_default_as_of(settings):
+    drop(settings, "users", [changed(user(3, age=22), T4)])  # after the last event (T1)
+    incoming.stage(settings)
+    append_accepted(settings)
+    assert default_as_of(settings.paths.dataset) == ts(T4) + timedelta(microseconds=1)
+
+
 def test_dataset_without_valid_from_still_works(settings_for, tmp_path):
     """A folder published before versions were recorded: read as the epoch, appended to."""
     settings = settings_for(source(tmp_path))
@@ -281,7 +289,8 @@ def test_new_user_and_item_have_their_attributes(built):
 
 def test_online_store_holds_the_new_users_profile(built):
     settings, store, _ = built
-    feast_store.materialize(settings.paths, end=ts("2024-03-01 00:00:00"), store=store)
+    # As the pipeline does: up to the features' as_of.
+    feast_store.materialize(settings.paths, end=default_as_of(settings.paths.dataset), store=store)
     online = store.get_online_features(
         features=store.get_feature_service("user_tower_serving_v1"),
         entity_rows=[{"user_id": 3}, {"user_id": 1}, {"user_id": 99}],
