@@ -90,12 +90,10 @@ def attributes(table: str) -> list[str]:
 
 def stamped_at_epoch(table: pa.Table) -> pa.Table:
     """A source's user or item table with ``valid_from`` at the epoch: known from the start."""
-    import datetime as dt
+    import numpy as np
 
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    return table.append_column(
-        pa.field(VALID_FROM, VALID_FROM_TYPE), pa.array([epoch] * len(table), VALID_FROM_TYPE)
-    )
+    zeros = pa.array(np.zeros(len(table), dtype=np.int64), type=VALID_FROM_TYPE)  # the epoch
+    return table.append_column(pa.field(VALID_FROM, VALID_FROM_TYPE), zeros)
 
 
 EXAMPLES = 5  # example rows shown in an error
