@@ -100,6 +100,43 @@ def test_a_change_makes_the_old_row_history(settings):
     validate_dataset(settings.paths.dataset)  # history checked: older than the current row
 
 
+def test_files_of_a_batch_killed_before_its_record_are_staged_again(settings):
+    accepted = settings.paths.incoming / "accepted"
+    accepted.mkdir(parents=True)
+    for name in ("X.parquet", "X.users.parquet", "X.items.parquet"):  # no X.json: no commit
+        (accepted / name).write_bytes(b"partial")
+    drop(settings, "users", [changed(user(3), T2)])
+    staged = incoming.stage(settings)
+    assert staged.status == "accepted"
+    assert sorted(p.name for p in accepted.iterdir()) == sorted(
+        f"{staged.batch_id}{suffix}" for suffix in (".parquet", ".users.parquet", ".json")
+    )
+
+
+def test_a_run_killed_after_publishing_moves_the_versions_next_time(settings, monkeypatch):
+    import recsys.dataset as ds
+
+    drop(settings, "users", [changed(user(3), T2)])
+    staged = incoming.stage(settings)
+    finish = ds._finish
+
+    def killed(paths, records):
+        if records:
+            raise KeyboardInterrupt
+        finish(paths, records)
+
+    monkeypatch.setattr(ds, "_finish", killed)
+    with pytest.raises(KeyboardInterrupt):  # killed between the publish and the move
+        append_accepted(settings)
+    assert 3 in set(dataset(settings, "users").user_id)
+    monkeypatch.setattr(ds, "_finish", finish)
+    assert append_accepted(settings).appended == [staged.batch_id]
+    processed = settings.paths.incoming / "processed" / staged.batch_id
+    assert (processed / "normalised.users.parquet").exists()
+    assert not list((settings.paths.incoming / "accepted").iterdir())
+    assert len(dataset(settings, "users")) == 3  # appended once
+
+
 def test_invalid_user_row_rejects_the_whole_batch(settings):
     before = {t: dataset(settings, t) for t in ("users", "interactions")}
     drop(settings, "users", [changed(user(3, age=-4), T2)])
