@@ -106,13 +106,20 @@ def read_audit(folder: Path) -> Audit | None:
 # --- the audits of each artifact ------------------------------------------------------------
 def audit_dataset(folder: Path) -> Audit:
     """The dataset's blocking checks (Great Expectations, `recsys.validation`): every check
-    on users, items and interactions (nothing from the future, known ids, unique events)."""
+    on users, items and interactions (nothing from the future, known ids, unique events),
+    and on the users' and items' superseded versions when the folder has them (reported
+    with their table)."""
     import pandas as pd
 
+    from recsys.schema import HISTORY
     from recsys.validation.tables import validate_interactions, validate_items, validate_users
 
     users = pd.read_parquet(folder / "users.parquet")
     items = pd.read_parquet(folder / "items.parquet")
+    past = {
+        t: pd.read_parquet(folder / f"{h}.parquet") if (folder / f"{h}.parquet").exists() else None
+        for t, h in HISTORY.items()
+    }
     events = pd.read_parquet(folder / "interactions.parquet")
     reports = {
         "interactions": validate_interactions(
@@ -121,8 +128,8 @@ def audit_dataset(folder: Path) -> Audit:
             known_users=users.user_id.to_numpy(),
             known_items=items.item_id.to_numpy(),
         ),
-        "users": validate_users(users),
-        "items": validate_items(items),
+        "users": validate_users(users, past["users"]),
+        "items": validate_items(items, past["items"]),
     }
     return _from_reports("dataset", reports)
 

@@ -7,7 +7,9 @@ wrong one:
 - a value from the future (the latest row overall instead of the latest before t),
 - TTL ignored (a stale value instead of null),
 - a tie picked arbitrarily (rows with equal event time: the last created must win),
-- a trailing window off by its boundary.
+- a trailing window off by its boundary,
+- a profile or item attribute from a version not in force yet, or superseded (user 1 and
+  item 13 have an older version in the dataset's history tables).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from recsys.asof import asof_join_sql, prepare, view_specs, without_needless_tie
 from recsys.features.build import build_features
 from recsys.features.ops import EPOCH
 from recsys.ingest import ingest
+from recsys.schema import TABLES
 from recsys.sql import connect
 from recsys.training_set import build_training_set, historical_features
 from tests.conftest import event, item, ts, user, write_dataset
@@ -40,14 +43,16 @@ def seconds(text: str) -> int:
 
 @pytest.fixture
 def leakage_dataset(tmp_path):
-    return write_dataset(
+    folder = write_dataset(
         tmp_path / "leak",
-        users=[user(1, age=30), user(2, age=17), user(3, age=60)],
+        # User 1 is 17 until T1 (users_history below), item 13 a drama until T2: a training
+        # row sees the version in force at its time, the one starting then included.
+        users=[{**user(1, age=30), "valid_from": ts(T1)}, user(2, age=17), user(3, age=60)],
         items=[
             item(10, ["Drama"]),
             item(11, ["Comedy"]),
             item(12, ["Drama", "Comedy"]),
-            item(13, ["Action"]),
+            {**item(13, ["Action"]), "valid_from": ts(T2)},
         ],
         interactions=[
             event(1, 10, T0, 5.0),
@@ -59,6 +64,10 @@ def leakage_dataset(tmp_path):
             event(2, 11, T401D, 4.0),
         ],
     )
+    for name, row in (("users", user(1, age=17)), ("items", item(13, ["Drama"]))):
+        past = pa.Table.from_pylist([{**row, "valid_from": EPOCH}], schema=TABLES[name])
+        pq.write_table(past, folder / f"{name}_history.parquet")
+    return folder
 
 
 @pytest.fixture
@@ -106,11 +115,13 @@ def test_training_rows_see_only_strictly_earlier_events(built):
 
 def test_static_features_and_split(built):
     _, _, _, rows = built
-    assert rows.loc[(1, 12), "age_bucket"] == "25-34"
+    assert rows.loc[(1, 10), "age_bucket"] == "<18"  # T0: the version before T1
+    assert rows.loc[(1, 12), "age_bucket"] == "25-34"  # T1: the version from T1
     assert rows.loc[(2, 10), "age_bucket"] == "<18"
     assert rows.loc[(3, 10), "age_bucket"] == "56+"
     assert rows.loc[(1, 12), "zip_prefix"] == "100"
     assert list(rows.loc[(1, 12), "item_genres"]) == ["Drama", "Comedy"]
+    assert list(rows.loc[(1, 13), "item_genres"]) == ["Action"]  # T2: the version from T2
     assert rows["split"].value_counts().to_dict() == {"train": 4, "val": 1, "test": 2}
     assert set(rows.loc[rows.split == "test"].index) == {(3, 10), (2, 11)}
 

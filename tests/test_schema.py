@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestration import cli
+from recsys.features.ops import EPOCH
 from recsys.ingest import ingest
 from recsys.schema import TABLES, DatasetValidationError
 from recsys.validation.folder import normalize_dataset, validate_dataset
@@ -66,7 +67,11 @@ def variant(good: Path, tmp_path: Path) -> Callable[..., Path]:
 
 
 def canonical(name: str) -> pa.Table:
-    return pa.Table.from_pylist(ROWS[name], schema=TABLES[name])
+    """The fixture's table as normalised: users and items valid from the epoch."""
+    rows = (
+        ROWS[name] if name == "interactions" else [{**r, "valid_from": EPOCH} for r in ROWS[name]]
+    )
+    return pa.Table.from_pylist(rows, schema=TABLES[name])
 
 
 def with_column(name: str, column: str, values: pa.Array) -> pa.Table:
@@ -318,9 +323,11 @@ def test_compatible_types_are_normalised_to_canonical(tmp_path, unit, tz):
     out.mkdir()
     summary = normalize_dataset(src, out)
     assert (summary.users, summary.items, summary.interactions) == (3, 3, 3)
-    # Every column here is stored in a non-canonical type, and each cast is reported.
+    # Every column here is stored in a non-canonical type, and each cast is reported
+    # (valid_from is absent: the epoch is filled in, not cast).
     reported = {(c["table"], c["column"]) for c in summary.casts}
-    assert reported == {(name, column) for name, s in TABLES.items() for column in s.names}
+    columns = {(name, c) for name, s in TABLES.items() for c in s.names if c != "valid_from"}
+    assert reported == columns
     for name, schema in TABLES.items():
         got = pq.read_schema(out / f"{name}.parquet")
         assert got.names == schema.names, name

@@ -333,8 +333,9 @@ def items() -> pd.DataFrame:
 def test_clean_users_and_items_pass() -> None:
     for report in (validate_users(users()), validate_items(items())):
         assert report.success, report.markdown()
-        # not empty, columns, one type check per column, key not null, key unique, range
-        assert len(report.outcomes) == 5 + len(TABLES[report.table])
+        # not empty, columns, one type check per column, key and valid_from not null (absent:
+        # the epoch), key unique, range
+        assert len(report.outcomes) == 6 + len(TABLES[report.table])
 
 
 def test_duplicate_user() -> None:

@@ -31,8 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.schema import INTERACTIONS as INTERACTIONS_SCHEMA
-from recsys.schema import ITEMS as ITEMS_SCHEMA
-from recsys.schema import USERS as USERS_SCHEMA
+from recsys.schema import ITEMS_UNSTAMPED as ITEMS_SCHEMA
+from recsys.schema import USERS_UNSTAMPED as USERS_SCHEMA
+from recsys.schema import stamped_at_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,8 @@ def _users_table(df: pd.DataFrame) -> pa.Table:
     df = df.astype({"user_id": np.int64, "age": np.int64}).sort_values("user_id")
     # dtype=str on read keeps zip codes such as '05201' and 'T8H1N' as written.
     table = pa.Table.from_pandas(df[USERS_SCHEMA.names], schema=USERS_SCHEMA, preserve_index=False)
-    return table.replace_schema_metadata(None)  # no pandas metadata: same bytes from any source
+    # No pandas metadata: same bytes from any source.
+    return stamped_at_epoch(table.replace_schema_metadata(None))
 
 
 def _items_table(rows: list[tuple[int, str, int | None, list[str]]]) -> pa.Table:
@@ -185,7 +187,7 @@ def _items_table(rows: list[tuple[int, str, int | None, list[str]]]) -> pa.Table
         pa.array(list(col), type=field.type)
         for col, field in zip(columns, ITEMS_SCHEMA, strict=True)
     ]
-    return pa.Table.from_arrays(arrays, schema=ITEMS_SCHEMA)
+    return stamped_at_epoch(pa.Table.from_arrays(arrays, schema=ITEMS_SCHEMA))
 
 
 def _write_canonical(out_dir: Path, users: pa.Table, items: pa.Table, inter: pa.Table) -> None:

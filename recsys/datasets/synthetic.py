@@ -46,7 +46,9 @@ from recsys.datasets.planted import (
     default_sizes,
     gaussian_factors,
 )
-from recsys.schema import INTERACTIONS, ITEMS, USERS
+from recsys.schema import INTERACTIONS, stamped_at_epoch
+from recsys.schema import ITEMS_UNSTAMPED as ITEMS
+from recsys.schema import USERS_UNSTAMPED as USERS
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +233,8 @@ def generate_synthetic(
                  item_factors=world.item_factors, item_log_pop=world.item_log_pop,
                  temperature=np.float64(TEMPERATURE), user_archetype=world.user_arch)  # fmt: skip
     attr_rng = np.random.default_rng([seed, 1])
-    for name, table in (("users", _users_table(attr_rng, world)),
-                        ("items", _items_table(attr_rng, world))):  # fmt: skip
+    for name, table in (("users", stamped_at_epoch(_users_table(attr_rng, world))),
+                        ("items", stamped_at_epoch(_items_table(attr_rng, world)))):  # fmt: skip
         with _atomic(out_dir / f"{name}.parquet") as tmp:
             pq.write_table(table, tmp, compression="zstd")
     _write_events(world, out_dir / "interactions.parquet", n_interactions, seed, start_us,

@@ -48,19 +48,26 @@ class FeatureManifest:
 
 
 def default_as_of(dataset_dir: Path) -> datetime:
-    """Just after the last event, so that every event is visible."""
+    """Just after the last event, or the last user or item version when one is newer (a
+    profile that arrived after the last event), so that every event and version is visible
+    and materialized."""
     con = connect()
     (last,) = one(con, f"SELECT max(event_timestamp) FROM {parquet(dataset_dir, 'interactions')}")
     if last is None:
         raise ValueError(f"{dataset_dir}/interactions.parquet has no events")
+    for table in ("users", "items"):  # the current rows hold each entity's latest version
+        if "valid_from" in pq.read_schema(Path(dataset_dir) / f"{table}.parquet").names:
+            (latest,) = one(con, f"SELECT max(valid_from) FROM {parquet(dataset_dir, table)}")
+            last = max(last, latest) if latest is not None else last
     return last + ONE_US
 
 
 def genre_vocabulary(dataset: Path) -> list[str]:
+    """Every genre of every item version (current and superseded), sorted."""
     con = connect()
-    rows = con.execute(
-        f"SELECT DISTINCT unnest(genres) AS g FROM {parquet(dataset, 'items')} ORDER BY g"
-    ).fetchall()
+    tables = ["items"] + (["items_history"] if (dataset / "items_history.parquet").exists() else [])
+    scans = " UNION ALL ".join(f"SELECT genres FROM {parquet(dataset, t)}" for t in tables)
+    rows = con.execute(f"SELECT DISTINCT unnest(genres) AS g FROM ({scans}) ORDER BY g").fetchall()
     return [r[0] for r in rows if r[0] is not None]
 
 

@@ -8,10 +8,13 @@ t, the latest feature row stamped ``<= t``. So a value that includes the events 
 entity row at ``ts`` itself sees only the value before, never the events it shares a
 timestamp with (on MovieLens-100K 75% of ratings share their (user, second) with another).
 
-- ``STATIC``: one row per entity of its table, stamped at the Unix epoch: known from the
-  start, never derived from events.
+- ``STATIC``: one row per version of each entity of its table (the current row and the
+  superseded ones of ``<table>_history.parquet``), stamped at its ``valid_from``: never derived
+  from events, so a training row at t sees the version in force at t. A dataset published
+  before versions were recorded (no ``valid_from``) has one row per entity at the epoch.
 - ``USER_EVENTS``: one row per (user, distinct event time), stamped ``ts + 1 µs``: each
-  (user, second) group is aggregated first, so ties enter a value together.
+  (user, second) group is aggregated first, so ties enter a value together. An event's item
+  attributes (its genres) are those of the item's version in force at the event.
 - ``ITEM_EVENTS``: a trailing count changes when an event enters the window and again when
   it leaves, so each event adds a row at ``ts + 1 µs`` and takes it back at
   ``ts + window + 1 µs``; running sums give exact values at every change point (window =
@@ -40,12 +43,50 @@ def _part(key: str, part: tuple[int, int]) -> str:
     return f"AND hash({key}) % {of} = {k}" if of > 1 else ""
 
 
+def _versions(dataset: Path, table: str) -> str | None:
+    """Every version of ``table`` (current ∪ history) as a subquery, or None when the dataset
+    has no history of it."""
+    from recsys.schema import HISTORY, TABLES
+
+    if not (Path(dataset) / f"{HISTORY[table]}.parquet").exists():
+        return None
+    columns = ", ".join(TABLES[table].names)
+    return (f"(SELECT {columns} FROM {parquet(dataset, table)} UNION ALL "
+            f"SELECT {columns} FROM {parquet(dataset, HISTORY[table])})")  # fmt: skip
+
+
+def _items_at_event(dataset: Path) -> str:
+    """The join of each event to its item's attributes: the version in force at the event
+    (the first version for an event before it), so a later change never reaches back."""
+    versions = _versions(dataset, "items")
+    if versions is None:
+        return f"LEFT JOIN {parquet(dataset, 'items')} i USING (item_id)"
+    return f"""LEFT JOIN (
+                SELECT *, lag(valid_from) OVER v IS NULL AS first_version,
+                       lead(valid_from) OVER v AS valid_to
+                FROM {versions} WINDOW v AS (PARTITION BY item_id ORDER BY valid_from)
+            ) i ON i.item_id = e.item_id
+                 AND (i.first_version OR i.valid_from <= e.event_timestamp)
+                 AND (i.valid_to IS NULL OR e.event_timestamp < i.valid_to)"""
+
+
 def static_sql(view: View, dataset: Path, built_at: datetime) -> str:
+    import pyarrow.parquet as pq
+
+    from recsys.schema import VALID_FROM
+
+    table = ENTITY_TABLES[view.entity]
     select = ", ".join(f"{f.op.sql()} AS {f.name}" for f in view.features)
+    versions, stamp = parquet(dataset, table), timestamp(EPOCH)
+    path = Path(dataset) / f"{table}.parquet"
+    # Not written yet (a query rendered ahead): the canonical columns, valid_from among them.
+    if not path.exists() or VALID_FROM in pq.read_schema(path).names:
+        stamp = f"COALESCE({VALID_FROM}, {stamp})"
+        versions = _versions(dataset, table) or versions
     return f"""
         SELECT {view.key}, {select},
-               {timestamp(EPOCH)} AS event_timestamp, {timestamp(built_at)} AS created_timestamp
-        FROM {parquet(dataset, ENTITY_TABLES[view.entity])}
+               {stamp} AS event_timestamp, {timestamp(built_at)} AS created_timestamp
+        FROM {versions}
     """
 
 
@@ -69,7 +110,7 @@ def user_events_sql(
         WITH grp AS (
             SELECT e.{key}, e.event_timestamp AS ts, {grouped}
             FROM {parquet(dataset, "interactions")} e
-            LEFT JOIN {parquet(dataset, "items")} i USING (item_id)
+            {_items_at_event(dataset)}
             WHERE e.event_timestamp < {timestamp(as_of)} {_part(f"e.{key}", part)}
             GROUP BY e.{key}, e.event_timestamp
         )

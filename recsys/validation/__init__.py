@@ -3,9 +3,9 @@ Great Expectations, every check's outcome, not just the first.
 
 :func:`recsys.validation.folder.validate_dataset` (DuckDB, streaming) stops at the first problem
 of a dataset folder. The other modules are its complement for frames already in memory (a
-dataset table, a batch of new interactions, a feature table): they run a whole suite and report
-each check's outcome, so a Dagster blocking asset check can show everything that is wrong at
-once.
+dataset table, a batch of new interactions or of user and item versions, a feature table):
+they run a whole suite and report each check's outcome, so a Dagster blocking asset check can
+show everything that is wrong at once.
 
 Most checks are GX 1.x expectations run on one pandas batch in an ephemeral context. A few are
 computed in pandas and reported in the same :class:`CheckOutcome` shape:

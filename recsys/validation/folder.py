@@ -7,6 +7,11 @@ Compatible types are cast when no value changes (:mod:`recsys.casts` has the rul
 doubles to int64, nanoseconds to microseconds, naive or zoned timestamps to UTC, ISO-8601
 text to timestamps, ...); each cast is logged and returned, and :func:`check_casts` and
 :func:`read_canonical` apply the same rules to one file, such as an incoming batch.
+
+Users and items: a source without ``valid_from`` (or a row with it null) gets the Unix epoch;
+the optional ``users_history`` / ``items_history`` tables, when present, are checked (one row
+per (id, valid_from), every id in the current table, every version earlier than the current
+one) and copied too.
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ from recsys.casts import Cast, log_casts, rule, scan_values
 from recsys.schema import (
     EVENT_ID,
     EXAMPLES,
+    HISTORY,
     PRIMARY_KEYS,
     REQUIRED,
     TABLES,
+    VALID_FROM,
     DatasetValidationError,
     has_event_id,
 )
 from recsys.sql import connect, identifier, one, parquet, string
+
+EPOCH_SQL = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
 
 
 @dataclass(frozen=True)
@@ -196,7 +205,8 @@ class _Validator:
                 f"and interactions.parquet (columns: {', '.join(schema.names)})"
             )
         actual = _stored_schema(path)
-        missing = [c for c in schema.names if c not in actual.names]
+        optional = {VALID_FROM} if name in PRIMARY_KEYS else set()  # absent: the epoch
+        missing = [c for c in schema.names if c not in actual.names and c not in optional]
         if missing:
             # Example rows show what the file holds instead (often the column under another name).
             found = f"missing column(s) {missing}; found {actual.names}, expected {schema.names}"
@@ -226,6 +236,39 @@ class _Validator:
             )  # fmt: skip
         return casts
 
+    def check_history(self, table: str) -> list[Cast]:
+        """The superseded versions of ``table``'s entities, when the folder has them."""
+        name, key = HISTORY[table], PRIMARY_KEYS[table]
+        path, schema = self.path(name), TABLES[table]
+        if not path.is_file():
+            return []
+        actual = _stored_schema(path)
+        missing = [c for c in schema.names if c not in actual.names]
+        if missing:
+            found = f"missing column(s) {missing}; found {actual.names}, expected {schema.names}"
+            _fail(self.con, path, None, found, where="true")
+        casts = check_casts(path, table, self.con)
+        for column in (key, VALID_FROM):
+            self.fail_if(name, column, "has null values; it identifies the version",
+                         f"{column} IS NULL")  # fmt: skip
+        self.fail_if(
+            name, VALID_FROM, f"has duplicate ({key}, valid_from) values; one row per version",
+            f"({key}, {VALID_FROM}) IN (SELECT ({key}, {VALID_FROM}) FROM {_scan(path)} "
+            f"GROUP BY {key}, {VALID_FROM} HAVING count(*) > 1)",
+        )  # fmt: skip
+        current = (f"SELECT {key} AS _id, {_valid_from(self.path(table))} AS _vf "
+                   f"FROM {_scan(self.path(table))}")  # fmt: skip
+        self.fail_if(name, key, f"refers to {table} that are not in {table}.parquet",
+                     f"{key} NOT IN (SELECT _id FROM ({current}))")  # fmt: skip
+        self.fail_if(
+            name, VALID_FROM,
+            f"has versions not earlier than the current row in {table}.parquet (the current "
+            f"row is the latest version; move it here and the latest version there)",
+            f"EXISTS (SELECT 1 FROM ({current}) c WHERE c._id = {key} "
+            f"AND c._vf <= CAST({VALID_FROM} AS TIMESTAMPTZ))",
+        )  # fmt: skip
+        return casts
+
     def check_references(self) -> None:
         for entity in ("user", "item"):
             key = f"{entity}_id"
@@ -245,8 +288,16 @@ def validate_dataset(folder: Path) -> list[Cast]:
     """
     validator = _Validator(folder)
     casts = [c for name, schema in TABLES.items() for c in validator.check_file(name, schema)]
+    casts += [c for table in HISTORY for c in validator.check_history(table)]
     validator.check_references()
     return casts
+
+
+def _valid_from(path: Path) -> str:
+    """``valid_from`` of a user or item file as a timestamp: the epoch when absent or null."""
+    if VALID_FROM not in _stored_schema(path).names:
+        return EPOCH_SQL
+    return f"COALESCE(CAST({VALID_FROM} AS TIMESTAMPTZ), {EPOCH_SQL})"
 
 
 def normalize_dataset(src: Path, dest: Path) -> DatasetSummary:
@@ -256,12 +307,23 @@ def normalize_dataset(src: Path, dest: Path) -> DatasetSummary:
     """
     casts = validate_dataset(src)
     con = connect()
-    for name, schema in TABLES.items():
+    files = {**{n: n for n in TABLES}, **{h: t for t, h in HISTORY.items()}}  # file → schema
+    for name, table in files.items():
+        if not (src / f"{name}.parquet").is_file():
+            continue  # an absent history: no superseded versions
+        schema = TABLES[table]
         columns = _select(schema, schema.names)
         if name == "interactions" and has_event_id(src / "interactions.parquet"):
             columns += f", CAST({EVENT_ID} AS VARCHAR) AS {EVENT_ID}"
+        if table in PRIMARY_KEYS:
+            names = [n for n in schema.names if n != VALID_FROM]
+            columns = (
+                f"{_select(schema, names)}, {_valid_from(src / f'{name}.parquet')} AS {VALID_FROM}"
+            )
         # Interactions sorted by time: the feature SQL and Feast's time filters read less.
-        order = " ORDER BY event_timestamp, user_id, item_id" if name == "interactions" else ""
+        order = {"interactions": " ORDER BY event_timestamp, user_id, item_id"}.get(table, "")
+        if name != table:
+            order = f" ORDER BY {PRIMARY_KEYS[table]}, {VALID_FROM}"
         out = string(str(dest / f"{name}.parquet"))
         con.execute(
             f"COPY (SELECT {columns} FROM {parquet(src, name)}{order}) "

@@ -1,10 +1,12 @@
-"""The checks of each canonical table (interactions, users, items) and of feature tables, and
-reading a batch of interactions."""
+"""The checks of each canonical table (interactions, users, items, and the users' and items'
+history of superseded versions), of a batch of user or item versions, and of feature tables;
+and reading a batch."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,10 +14,13 @@ import pyarrow as pa
 
 from recsys.schema import (
     EVENT_ID,
+    EXAMPLES,
+    HISTORY,
     INTERACTIONS,
     INTERACTIONS_WITH_ID,
     PRIMARY_KEYS,
     TABLES,
+    VALID_FROM,
     DatasetValidationError,
 )
 from recsys.validation.checks import (
@@ -31,6 +36,7 @@ from recsys.validation.checks import (
     known_ids,
     not_empty,
     not_null,
+    plain,
     schema_checks,
     top_user_share,
 )
@@ -40,6 +46,8 @@ from recsys.validation.suite import run
 
 AGE_RANGE = (0, 120)
 RELEASE_YEAR_RANGE = (1800, 2100)
+RANGES = {"users": ("age", *AGE_RANGE), "items": ("release_year", *RELEASE_YEAR_RANGE)}
+EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
 
 def _as_of_for(frame: pd.DataFrame, as_of: pd.Timestamp) -> pd.Timestamp:
@@ -122,28 +130,110 @@ def validate_interactions(
     return run("interactions", frame, checks, schema)
 
 
-def _entity_checks(table: str, column: str, low: int, high: int) -> list[Check]:
+def with_valid_from(frame: pd.DataFrame, default: pd.Timestamp) -> pd.DataFrame:
+    """``frame`` with ``valid_from`` set to ``default`` where the column is absent: a table
+    published before versions were recorded (the epoch), a batch without it (its arrival)."""
+    return frame if VALID_FROM in frame.columns else frame.assign(**{VALID_FROM: default})
+
+
+def _entity_checks(table: str, name: str, *, one_per_entity: bool) -> list[Check]:
+    """The checks of user or item rows: one row per entity (the current table) or one per
+    (entity, valid_from) (a history, a batch); ``name`` is the table as reports name it."""
     key = PRIMARY_KEYS[table]
+    column, low, high = RANGES[table]
+    unique = (
+        is_unique(name, key)
+        if one_per_entity
+        else compound_unique(f"{name} versions unique", name, (key, VALID_FROM))
+    )
     return [
-        not_empty(table),
-        *schema_checks(table, TABLES[table]),
-        not_null(table, key),
-        is_unique(table, key),
-        between(table, column, low, high),
+        not_empty(name),
+        *schema_checks(name, TABLES[table]),
+        not_null(name, key),
+        not_null(name, VALID_FROM),
+        unique,
+        between(name, column, low, high),
     ]
 
 
-def validate_users(frame: pd.DataFrame) -> ValidationReport:
+def _validate_entities(
+    table: str, frame: pd.DataFrame, history: pd.DataFrame | None
+) -> ValidationReport:
+    frame = with_valid_from(frame, EPOCH)
+    report = run(table, frame, _entity_checks(table, table, one_per_entity=True), TABLES[table])
+    if history is None:
+        return report
+    name = HISTORY[table]
+    checks = [*_entity_checks(table, name, one_per_entity=False), _before_current(table, frame)]
+    past = run(name, history, checks, TABLES[table])
+    return ValidationReport(table, report.rows, [*report.outcomes, *past.outcomes])
+
+
+def _before_current(table: str, current: pd.DataFrame) -> Check:
+    """Every superseded version belongs to an entity of the current table and is older than
+    its current row (the current row is the latest version)."""
+    key, name = PRIMARY_KEYS[table], HISTORY[table]
+    latest = current.set_index(key)[VALID_FROM]
+
+    def compute(frame: pd.DataFrame) -> tuple[bool, int, Any, str]:
+        now = frame[key].map(latest)
+        bad = frame[now.isna() | (now <= frame[VALID_FROM])]
+        if bad.empty:
+            return True, 0, None, f"every {name} row is an older version of a current row"
+        examples = [plain(v) for v in bad[key].head(EXAMPLES)]
+        return (False, len(bad), examples,
+                f"{len(bad)} of {len(frame)} {name} rows are not older versions of a row in "
+                f"{table} (unknown {key}, or valid_from not before the current row's); "
+                f"e.g. {key} {examples}")  # fmt: skip
+
+    return Check(f"{name} before current", VALID_FROM, (key, VALID_FROM), compute=compute)
+
+
+def validate_users(frame: pd.DataFrame, history: pd.DataFrame | None = None) -> ValidationReport:
     """Check a users table: non-empty, canonical columns and dtypes, user_id not null and
-    unique, age within [0, 120] (nulls allowed)."""
-    return run("users", frame, _entity_checks("users", "age", *AGE_RANGE), TABLES["users"])
+    unique, valid_from not null (absent: the epoch), age within [0, 120] (nulls allowed); and
+    ``history``, when given, by the same checks per (user_id, valid_from), each row an older
+    version of a current user."""
+    return _validate_entities("users", frame, history)
 
 
-def validate_items(frame: pd.DataFrame) -> ValidationReport:
+def validate_items(frame: pd.DataFrame, history: pd.DataFrame | None = None) -> ValidationReport:
     """Check an items table: non-empty, canonical columns and dtypes, item_id not null and
-    unique, release_year within [1800, 2100] (nulls allowed)."""
-    checks = _entity_checks("items", "release_year", *RELEASE_YEAR_RANGE)
-    return run("items", frame, checks, TABLES["items"])
+    unique, valid_from not null (absent: the epoch), release_year within [1800, 2100] (nulls
+    allowed); and ``history`` as for :func:`validate_users`."""
+    return _validate_entities("items", frame, history)
+
+
+def validate_versions(table: str, frame: pd.DataFrame, as_of: pd.Timestamp) -> ValidationReport:
+    """Check a batch of user or item versions (``table``: users or items): the checks of
+    the table, one row per (id, valid_from) (rows repeated exactly are one row), and
+    valid_from not after ``as_of``."""
+    return run(table, _distinct(frame), version_checks(table, as_of), TABLES[table])
+
+
+def version_checks(table: str, as_of: pd.Timestamp) -> list[Check]:
+    """The checks :func:`validate_versions` runs."""
+    limit = pd.Timestamp(as_of)
+    limit = limit.tz_localize("UTC") if limit.tzinfo is None else limit.tz_convert("UTC")
+    checks = _entity_checks(table, table, one_per_entity=False)
+    checks.append(
+        Check(
+            f"{table}.valid_from not after as_of",
+            VALID_FROM,
+            (VALID_FROM,),
+            expectation=lambda: gxe().ExpectColumnValuesToBeBetween(
+                column=VALID_FROM, max_value=limit
+            ),
+            explain=explain_rows(f"have a valid_from after as_of {limit.isoformat()}"),
+        )
+    )
+    return checks
+
+
+def _distinct(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame without rows repeated exactly (list cells compared by value)."""
+    hashable = frame.map(lambda v: tuple(v) if isinstance(v, list | tuple | np.ndarray) else v)
+    return frame[~hashable.astype(str).duplicated()].reset_index(drop=True)
 
 
 def validate_feature_table(
@@ -168,8 +258,9 @@ def validate_feature_table(
     return run(table, frame, checks, pa.schema([(timestamp, pa.timestamp("us"))]), [key])
 
 
-def read_batch(path: Path) -> pd.DataFrame:
-    """Read a batch of interactions: one parquet file, or a folder's ``interactions.parquet``.
+def read_batch(path: Path, table: str = "interactions") -> pd.DataFrame:
+    """Read a batch of ``table`` (interactions, users or items): one parquet file, or a
+    folder's ``<table>.parquet``.
 
     The canonical columns are cast to their exact types when no value changes (the rules of
     :mod:`recsys.casts`, shared with dataset folders); the casts applied are in
@@ -181,12 +272,12 @@ def read_batch(path: Path) -> pd.DataFrame:
     every other problem of the batch.
     """
     path = Path(path)
-    file = path / "interactions.parquet" if path.is_dir() else path
+    file = path / f"{table}.parquet" if path.is_dir() else path
     if not file.is_file():
         raise DatasetValidationError(f"{file}: file is missing")
     if file.stat().st_size == 0:
         raise DatasetValidationError(f"{file}: file is empty (0 bytes), not a parquet file")
-    table, casts = read_canonical(file, "interactions")
-    frame = table.to_pandas()
+    read, casts = read_canonical(file, table)
+    frame = read.to_pandas()
     frame.attrs["casts"] = [cast.as_dict() for cast in casts]
     return frame

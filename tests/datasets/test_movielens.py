@@ -78,6 +78,10 @@ EXPECTED_ITEMS = [
     {"item_id": 1412, "title": "Land Before Time III: The Time of the Great Giving",
      "release_year": 1995, "genres": ["Animation", "Children's"]},
 ]  # fmt: skip
+# A source's first ingest: every user and item known from the epoch.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EXPECTED_USERS = [{**row, "valid_from": EPOCH} for row in EXPECTED_USERS]
+EXPECTED_ITEMS = [{**row, "valid_from": EPOCH} for row in EXPECTED_ITEMS]
 # Sorted by (event_timestamp, user_id, item_id).
 EXPECTED_INTERACTIONS = [
     {"user_id": u, "item_id": i, "rating": r, "event_timestamp": _ts(t)}

@@ -20,9 +20,10 @@ START = datetime(2023, 3, 1, tzinfo=UTC)
 DAYS = 90
 EXPECTED = {
     "users": [("user_id", pa.int64()), ("age", pa.int64()), ("gender", pa.string()),
-              ("occupation", pa.string()), ("zip_code", pa.string())],
+              ("occupation", pa.string()), ("zip_code", pa.string()),
+              ("valid_from", pa.timestamp("us", tz="UTC"))],
     "items": [("item_id", pa.int64()), ("title", pa.string()), ("release_year", pa.int64()),
-              ("genres", pa.list_(pa.string()))],
+              ("genres", pa.list_(pa.string())), ("valid_from", pa.timestamp("us", tz="UTC"))],
     "interactions": [("user_id", pa.int64()), ("item_id", pa.int64()), ("rating", pa.float64()),
                      ("event_timestamp", pa.timestamp("us", tz="UTC"))],
 }  # fmt: skip
