@@ -61,19 +61,14 @@ feature_refresh = define_asset_job(
     "materialization → candidates of the current version.",
 )
 
+# The catalogue refresh's steps, in order (also the CLI's progress lines).
+CATALOGUE_REFRESH_ASSETS = (
+    "incoming_batch", "dataset", "features", "feast_registry", "online_features",
+    "catalogue_version", "item_embeddings", "user_candidates", "promoted_model",
+)  # fmt: skip
 catalogue_refresh = define_asset_job(
     "catalogue_refresh",
-    AssetSelection.assets(
-        "incoming_batch",
-        "dataset",
-        "features",
-        "feast_registry",
-        "online_features",
-        "catalogue_version",
-        "item_embeddings",
-        "user_candidates",
-        "promoted_model",
-    ),  # fmt: skip
+    AssetSelection.assets(*CATALOGUE_REFRESH_ASSETS),
     description="New or changed items served without training: a version derived from the "
     "current one (same weights) whose item table embeds only them, its candidates, its "
     "promotion (evaluation.catalogue); nothing when the catalogue did not change.",
