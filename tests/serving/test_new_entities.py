@@ -73,7 +73,7 @@ def test_a_new_user_is_answered_from_the_online_store_with_the_history_used(tmp_
         items = published.item_id.value_counts().index[:5].to_numpy()
         events = pd.DataFrame({"user_id": new, "item_id": items, "rating": 4.0,
                                "event_timestamp": last - pd.to_timedelta(range(5, 0, -1), "min")})  # fmt: skip
-        second = source_with(data, tmp_path / "events", profile, events)
+        second = source_with(data, tmp_path / "events", profile.iloc[:0], events)
         assert feature_refresh(data, second).success
         status, body = wait_for(server, f"/recommendations/{new}?k=100",
                                 lambda a: a[0] == 200 and a[1]["history"])  # fmt: skip
