@@ -83,6 +83,18 @@ def with_new_items(data: Path, source: Path, n: int, seed: int) -> list[int]:
     return ids
 
 
+def new_item_reach(candidates: Path, ids: list[int]) -> str:
+    """How far the new items (no events yet) reach: users whose stored top-100 holds one,
+    and the best rank one gets."""
+    table = pd.read_parquet(candidates)
+    ranks = table.candidate_item_ids.map(
+        lambda row: min([r for r, i in enumerate(row) if i in set(ids)], default=-1)
+    )
+    held = ranks[ranks >= 0]
+    best = int(held.min()) + 1 if len(held) else None
+    return f"{len(held)} of {len(table)} users' top-100 hold a new item (best rank {best})"
+
+
 def served_version(base: tuple[str, int]) -> str | None:
     with urllib.request.urlopen(f"http://{base[0]}:{base[1]}/readyz", timeout=10) as r:
         return json.loads(r.read()).get("model_version")
@@ -138,8 +150,9 @@ def main() -> int:
             assert info["catalogue"]["new_item_ids"] == ids, info["catalogue"]
             steps = step_seconds(result)
             rows.append({"job": job, "served": served, **steps})
+            reach = new_item_reach(reg.path(str(version)) / "candidates.parquet", ids)
             print(f"round {r + 1}: {len(ids)} new items of {info['catalogue']['items']}; job "
-                  f"{job:.1f} s, served {served:.1f} s; steps "
+                  f"{job:.1f} s, served {served:.1f} s; {reach}; steps "
                   + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()), flush=True)  # fmt: skip
     finally:
         stop_server(server)
