@@ -20,6 +20,13 @@ existing items, titled ``New item <id>``) and times, in this process:
 The items arrive by republishing the source folder (``recsys.ingest`` re-ingests a changed
 source), not through ``incoming/items/``: the job's later steps do not depend on how the
 rows got there. Prints one line per round and the mean with min-max.
+
+Measured (MovieLens-100K, 20 new items a round, 3 rounds, under /tmp/measure.lock): job
+6.7-19.5 s (mean 11.1), served 7.2-19.9 s (mean 11.5); the first round pays Feast's first
+apply (feast_registry 5.5 s); later rounds are mostly the features rebuild (~5 s). The
+new items (no events yet) were in no user's top-100: the popularity prior and item bias
+rank an item without events last. At 100K synthetic items (400K events) the setup's
+training did not finish within 30 minutes on this machine, so no figure yet.
 """
 
 from __future__ import annotations
