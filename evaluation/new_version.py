@@ -71,7 +71,11 @@ def train_version(settings: Any, reg: Any, run_id: str, print_: str, base: Any,
     from towers.release import train_release
 
     version = reg.new_version(print_)
-    info: dict[str, Any] = {"fingerprint": print_}  # version.json, written when complete
+    from evaluation.catalogue import published_catalogue
+
+    # version.json, written when complete; its catalogue: what its item table will hold.
+    info: dict[str, Any] = {"fingerprint": print_,
+                            "catalogue": published_catalogue(settings.paths.dataset)}  # fmt: skip
     with reg.build(version, run_id, info) as folder:
         summary = train_release(settings, ("softmax",), base, folder, progress=False,
                           temperatures=temperatures, serve=True,
@@ -115,13 +119,15 @@ def build_fallback(settings: Any, reg: Any, run_id: str, print_: str, rejected: 
     version's validation scores)."""
     import pandas as pd
 
+    from evaluation.catalogue import published_catalogue
     from evaluation.fallback import build
     from recsys.settings import run_as_of
 
     paths = settings.paths
     version = reg.new_version(print_)
     why = build(
-        reg, version, run_id, {"fingerprint": print_, "rejected_two_tower": rejected},
+        reg, version, run_id, {"fingerprint": print_, "rejected_two_tower": rejected,
+                               "catalogue": published_catalogue(paths.dataset)},
         reg.path(rejected), pd.read_parquet(paths.dataset / "interactions.parquet"),
         pd.read_parquet(paths.dataset / "items.parquet").item_id.to_numpy(), run_as_of(settings),
         pd.read_parquet(paths.dataset / "users.parquet"), choice,

@@ -1,5 +1,5 @@
 """Command line: ``recsys pipeline`` runs the whole Dagster graph, recorded in a persistent
-Dagster instance; ``recsys build`` runs the foundation pipeline; ``recsys synth`` and
+Dagster instance, ``recsys catalogue-refresh`` its ``catalogue_refresh`` job; ``recsys build`` runs the foundation pipeline; ``recsys synth`` and
 ``recsys validate`` work on dataset folders; ``recsys backtest`` replays the pipeline as of
 several cuts (evaluation.backtest). Heavy imports happen inside the commands."""
 
@@ -54,11 +54,29 @@ def _pipeline(args: argparse.Namespace) -> int:
     """The whole Dagster graph (job ``full_pipeline``), in this process, recorded in the
     persistent Dagster instance of `dagster_home` (the UI started on it shows the run); one
     progress line per asset, then the summary."""
+    from orchestration.assets import ASSETS
+    from orchestration.definitions import full_pipeline
+
+    names = [k.to_user_string() for a in ASSETS for k in a.keys]
+    return _run_job(args, full_pipeline, names, "recsys pipeline")
+
+
+def _catalogue_refresh(args: argparse.Namespace) -> int:
+    """The ``catalogue_refresh`` job (new batches in; new or changed items embedded into a
+    version derived from the current one, promoted), as ``recsys pipeline`` runs its job."""
+    from orchestration.definitions import CATALOGUE_REFRESH_ASSETS, catalogue_refresh
+
+    return _run_job(args, catalogue_refresh, list(CATALOGUE_REFRESH_ASSETS),
+                    "recsys catalogue-refresh")  # fmt: skip
+
+
+def _run_job(args: argparse.Namespace, job_def: Any, names: list[str], command: str) -> int:
+    """Run ``job_def`` in this process under the data folder's writer lock, recorded in the
+    persistent Dagster instance; one progress line per asset of ``names``, then the summary."""
     from dagster import AssetCheckSeverity, DagsterInstance, Definitions, colored_console_logger
     from rich.console import Console
 
     from orchestration.assets import ASSETS
-    from orchestration.definitions import full_pipeline
     from orchestration.instance import POSTGRES_URL_VARIABLE, dagster_home, dagster_postgres_url
     from orchestration.progress import AssetProgress, progress_logger
     from orchestration.resources import PipelineSettings, resources_for
@@ -69,14 +87,14 @@ def _pipeline(args: argparse.Namespace) -> int:
         # LanceDB's Rust log (read once, when lancedb is first imported) warns on every new
         # table; errors only, unless the user set it.
         os.environ.setdefault("LANCEDB_LOG", "error")
-    fast = {k: v for k, v in (("temperatures", args.temperatures),
-                              ("max_epochs", args.max_epochs)) if v is not None}  # fmt: skip
-    if args.no_baseline_gate:
+    fast = {k: v for k in ("temperatures", "max_epochs")
+            if (v := getattr(args, k, None)) is not None}  # fmt: skip
+    if getattr(args, "no_baseline_gate", False):
         fast["gate_against_baseline"] = False
     pipeline = PipelineSettings(
         data_dir=str(args.data_dir) if args.data_dir else None, dataset=args.dataset,
         as_of=args.as_of, synthetic_interactions=args.synthetic_interactions,
-        synthetic_seed=args.seed, force_retrain=args.force_retrain, **fast,
+        synthetic_seed=args.seed, force_retrain=getattr(args, "force_retrain", False), **fast,
     )  # fmt: skip
     settings = pipeline.settings()
     home = dagster_home(args.dagster_home, settings.profile)
@@ -88,20 +106,20 @@ def _pipeline(args: argparse.Namespace) -> int:
         )
     # The real stdout, taken before the libraries' output is redirected below.
     console = Console(file=sys.stdout, highlight=False)
-    progress = AssetProgress(console, [k.to_user_string() for a in ASSETS for k in a.keys])
+    progress = AssetProgress(console, names)
     loggers = {"progress": {}, **({"console": {"config": {"log_level": "DEBUG"}}}
                                   if args.verbose else {})}  # fmt: skip
     job = Definitions(
-        assets=ASSETS, jobs=[full_pipeline], resources=resources_for(pipeline),
+        assets=ASSETS, jobs=[job_def], resources=resources_for(pipeline),
         loggers={"progress": progress_logger(progress), "console": colored_console_logger},
-    ).resolve_job_def(full_pipeline.name)  # fmt: skip
+    ).resolve_job_def(job_def.name)  # fmt: skip
     chatter = io.StringIO()
     with contextlib.ExitStack() as quiet:
         try:  # one writer at a time: held here for the whole run (the resource re-enters it)
-            quiet.enter_context(writer_lock(settings.data_dir, owner="recsys pipeline",
+            quiet.enter_context(writer_lock(settings.data_dir, owner=command,
                                             wait_seconds=args.wait))  # fmt: skip
         except DataFolderLocked as locked:
-            print(f"recsys pipeline: {locked}", file=sys.stderr)
+            print(f"{command}: {locked}", file=sys.stderr)
             return 2
         if not args.verbose:
             # What the libraries print themselves (Feast's materialization report, tqdm bars,
@@ -113,7 +131,7 @@ def _pipeline(args: argparse.Namespace) -> int:
                 run_config={"loggers": loggers},
                 instance=instance,
                 raise_on_error=False,
-                tags={"launched_by": "recsys pipeline"},
+                tags={"launched_by": command},
             )
     progress.finish()
     if not result.success and chatter.getvalue():
@@ -236,6 +254,14 @@ def parser() -> argparse.ArgumentParser:
         help="Dagster's event log and the libraries' INFO logs on the terminal",
     )
     r.set_defaults(func=_pipeline)
+    c = sub.add_parser("catalogue-refresh", help="new or changed items served without "
+                       "training: a version derived from the current one, promoted")  # fmt: skip
+    _data_arguments(c)
+    c.add_argument("--dagster-home", type=Path, help="Dagster instance folder that records the "
+                   "run (default: $DAGSTER_HOME, else ./dagster_home of the project)")  # fmt: skip
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="Dagster's event log and the libraries' INFO logs on the terminal")  # fmt: skip
+    c.set_defaults(func=_catalogue_refresh)
     t = sub.add_parser("backtest", help="rolling-origin backtest: the pipeline as of each cut")
     t.add_argument("--dataset", help="movielens-100k (default), synthetic, or a folder path")
     t.add_argument("--data-dir", type=Path, help="data folder whose backtest/ is the default "
@@ -265,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # `recsys pipeline` shows its own progress lines; the libraries' INFO chatter (Feast's
     # "Registry cache expired", ...) only with -v. `recsys backtest -v` adds step lines only.
-    quiet = args.func is _backtest or (args.func is _pipeline and not args.verbose)
+    runs_job = args.func in (_pipeline, _catalogue_refresh)
+    quiet = args.func is _backtest or (runs_job and not args.verbose)
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -5,15 +5,19 @@
 
 Jobs: ``full_pipeline`` (everything), ``retrain`` (training set → promotion, on the current
 dataset and features), ``feature_refresh`` (new batches → dataset → features → online
-materialization → candidates of the current version), ``backtest`` (the rolling backtest,
+materialization → candidates of the current version), ``catalogue_refresh`` (the same, then a
+version derived from the current one for new or changed items, promoted), ``backtest`` (the rolling backtest,
 ``orchestration.assets.backtest``; not part of ``full_pipeline``). Schedules (cron from
-``RECSYS_RETRAIN_CRON`` / ``RECSYS_REFRESH_CRON``, defaults nightly and hourly) run
-``retrain`` and ``feature_refresh``; the ``incoming_batches`` sensor runs
-``feature_refresh`` when new files land in ``<data>/incoming`` (and skips while another
-run holds the data folder's writer lock).
+``RECSYS_RETRAIN_CRON`` / ``RECSYS_REFRESH_CRON`` / ``RECSYS_CATALOGUE_CRON``, defaults
+nightly, hourly, every 15 minutes; all stopped) run ``retrain``, ``feature_refresh`` and
+``catalogue_refresh``; the ``incoming_batches`` sensor runs ``catalogue_refresh`` when user or
+item files land in ``<data>/incoming/{users,items}``, else ``feature_refresh`` for
+interaction files in ``<data>/incoming`` (and skips while another run holds the data
+folder's writer lock).
 """
 
 import os
+from pathlib import Path
 
 from dagster import (
     AssetSelection,
@@ -57,6 +61,19 @@ feature_refresh = define_asset_job(
     "materialization → candidates of the current version.",
 )
 
+# The catalogue refresh's steps, in order (also the CLI's progress lines).
+CATALOGUE_REFRESH_ASSETS = (
+    "incoming_batch", "dataset", "features", "feast_registry", "online_features",
+    "catalogue_version", "item_embeddings", "user_candidates", "promoted_model",
+)  # fmt: skip
+catalogue_refresh = define_asset_job(
+    "catalogue_refresh",
+    AssetSelection.assets(*CATALOGUE_REFRESH_ASSETS),
+    description="New or changed items served without training: a version derived from the "
+    "current one (same weights) whose item table embeds only them, its candidates, its "
+    "promotion (evaluation.catalogue); nothing when the catalogue did not change.",
+)
+
 backtest_job = define_asset_job(
     "backtest",
     AssetSelection.assets(backtest),
@@ -77,20 +94,36 @@ refresh_schedule = ScheduleDefinition(
     cron_schedule=os.environ.get("RECSYS_REFRESH_CRON", "0 * * * *"),
     default_status=DefaultScheduleStatus.STOPPED,
 )
+catalogue_schedule = ScheduleDefinition(
+    name="catalogue_refresh_schedule",
+    job=catalogue_refresh,
+    cron_schedule=os.environ.get("RECSYS_CATALOGUE_CRON", "*/15 * * * *"),
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Catalogue refresh (a derived version only if items were added or changed).",
+)
+# Where users and items arrive (the shared contract of the incoming folder).
+ENTITY_FOLDERS = ("users", "items")
+
+
+def pending_entities(incoming: Path) -> list[Path]:
+    """User and item files waiting in ``incoming/users`` and ``incoming/items``."""
+    return sorted(p for name in ENTITY_FOLDERS for p in (incoming / name).glob("*.parquet"))
 
 
 @sensor(
-    job=feature_refresh,
+    jobs=[feature_refresh, catalogue_refresh],
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.STOPPED,
-    description="New interaction files in <data>/incoming → feature_refresh.",
+    description="New files in <data>/incoming → catalogue_refresh when users or items are "
+    "among them, else (interactions only) feature_refresh.",
 )
 def incoming_batches(context: SensorEvaluationContext) -> RunRequest | SkipReason:
     from recsys.incoming import batch_key, pending
     from recsys.lock import describe, holder
 
     settings = PipelineSettings().settings()
-    files = pending(settings.paths)
+    entities = pending_entities(settings.paths.incoming)
+    files = sorted({*pending(settings.paths), *entities})
     if not files:
         return SkipReason("no new files in the incoming folder")
     writer = holder(settings.data_dir)
@@ -98,13 +131,15 @@ def incoming_batches(context: SensorEvaluationContext) -> RunRequest | SkipReaso
         # The files stay in incoming/: the next tick after that run requests a run for them.
         return SkipReason(f"the data folder is being written by {describe(writer)}")
     # One run per set of files as they are now: a file still being written changes the key.
-    return RunRequest(run_key=batch_key(files), tags={"batch_files": str(len(files))})
+    job = catalogue_refresh if entities else feature_refresh
+    return RunRequest(run_key=batch_key(files), job_name=job.name,
+                      tags={"batch_files": str(len(files))})  # fmt: skip
 
 
 defs = Definitions(
     assets=[*ASSETS, backtest],
-    jobs=[full_pipeline, retrain, feature_refresh, backtest_job],
-    schedules=[retrain_schedule, refresh_schedule],
+    jobs=[full_pipeline, retrain, feature_refresh, catalogue_refresh, backtest_job],
+    schedules=[retrain_schedule, refresh_schedule, catalogue_schedule],
     sensors=[incoming_batches],
     resources=default_resources(),
     # Every step of a run in one process: the run holds the data folder's writer lock

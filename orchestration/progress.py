@@ -32,6 +32,7 @@ KEY_FIGURES: Mapping[str, tuple[str, ...]] = {
     "feast_registry": ("feature_views",),
     "training_set": ("rows",),
     "two_tower_model": ("version", "reused", "best_epoch", "gate_outcome"),
+    "catalogue_version": ("version", "new_items", "changed_items"),
     "item_embeddings": ("rows", "index_type"),
     "user_candidates": ("users", "pushed_online"),
     "online_features": ("entities_written", "entities_unchanged"),

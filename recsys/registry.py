@@ -164,6 +164,12 @@ class ModelRegistry:
             return current
         return None
 
+    def gate_reason(self, version: str) -> str | None:
+        """Why ``version`` was moved to ``gated`` (its quality gate's verdict), if it was."""
+        record = self.record(version) or {}
+        reasons = [e["reason"] for e in record.get("history", []) if e.get("to") == GATED]
+        return str(reasons[-1]) if reasons else None
+
     def metrics(self, version: str) -> dict[str, Any]:
         path = self.path(version) / "metrics.json"
         return dict(read_json(path)) if path.exists() else {}
@@ -197,10 +203,12 @@ class ModelRegistry:
         self._log(entry)
 
     @contextlib.contextmanager
-    def build(self, version: str, run_id: str, info: dict[str, Any]) -> Iterator[Path]:
+    def build(self, version: str, run_id: str, info: dict[str, Any],
+              reason: str = "trained") -> Iterator[Path]:  # fmt: skip
         """A staging folder for ``version`` owned by ``run_id``; when the block completes,
         ``info`` becomes version.json, the files turn read-only, the version is recorded
-        ``staged`` and the folder moves to ``versions/`` in one rename. Deleted if it raises."""
+        ``staged`` (with ``reason``) and the folder moves to ``versions/`` in one rename.
+        Deleted if it raises."""
         check_version(version)
         if self.record(version) is not None or self.path(version).exists():
             raise TransitionError(f"version {version} already exists: versions are written once")
@@ -216,7 +224,7 @@ class ModelRegistry:
             _read_only(staging)
             # Recorded before the rename: a run killed in between leaves a staged record,
             # which the next run rejects as abandoned, and a staging folder it deletes.
-            self._write_state(version, STAGED, run_id, "trained", builder=run_id, before=None)
+            self._write_state(version, STAGED, run_id, reason, builder=run_id, before=None)
             self.versions_dir.mkdir(parents=True, exist_ok=True)
             os.rename(staging, self.versions_dir / version)
         finally:

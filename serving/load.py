@@ -103,7 +103,8 @@ def load_version(
     if fallback.is_fallback(info):
         from serving.fallback import load_fallback
 
-        return load_fallback(paths, version, info, search_mode, hnsw_ef, started, folder, store)
+        loaded = load_fallback(paths, version, info, search_mode, hnsw_ef, started, folder, store)
+        return replace(loaded, catalogue=info.get("catalogue"))
     if not checkpoint.exists():
         raise VersionLoadError(f"model version {version} has no checkpoint in {folder}")
     from towers.checkpoint import load_checkpoint
@@ -140,6 +141,8 @@ def load_version(
         recent_items=recent_items,
         as_of=as_of,
         source=key,
+        catalogue=info.get("catalogue"),
+        derived_from=info.get("derived_from"),
     )
     # Warm-up: the first forward pass and search pay one-off costs (allocations, lazy
     # initialisation); paid here, before the swap, not by the first request.

@@ -119,6 +119,10 @@ class Loaded:
     # A fallback's query from the feature row (segment popularity: the segment's one-hot);
     # None: [1] (serving.fallback).
     fallback_query: Callable[[dict[str, Any]], np.ndarray] | None = None
+    # version.json's: the catalogue its item table was built from, and the version whose
+    # weights it carries when a catalogue refresh derived it (evaluation.catalogue).
+    catalogue: dict[str, Any] | None = None
+    derived_from: str | None = None
 
     @property
     def fallback(self) -> bool:

@@ -171,6 +171,9 @@ class Recommendations(BaseModel):
                             "(popularity, popularity (recent), segment popularity).")  # fmt: skip
     k: int
     excluded: int = Field(description="Already-seen items removed from the results.")
+    history: list[int] = Field(default_factory=list, description="The recent item ids the "
+                               "user tower read, newest first: the online store's for a "
+                               "stored user, the request's for a new one.")  # fmt: skip
     items: list[Item]
 
 
@@ -209,6 +212,11 @@ class Readiness(BaseModel):
                                   "baseline, not a two-tower.")  # fmt: skip
     model_kind: str | None = Field(None, description="two-tower, or the fallback's baseline "
                                    "(popularity).")  # fmt: skip
+    derived_from: str | None = Field(None, description="The version whose weights this one "
+                                     "carries, when a catalogue refresh derived it.")  # fmt: skip
+    catalogue: dict[str, Any] | None = Field(None, description="The catalogue the version's "
+                                             "item table was built from (dataset version, "
+                                             "items; new and changed items of a refresh).")  # fmt: skip
 
 
 def exact_request_schemas(openapi: dict[str, Any]) -> dict[str, Any]:

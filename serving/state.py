@@ -238,6 +238,8 @@ class ServingState:
                 user_tower=loaded.tower_kind,
                 fallback=loaded.fallback,
                 model_kind=loaded.model_kind,
+                derived_from=loaded.derived_from,
+                catalogue=loaded.catalogue,
             )
             return True, body
         body.update(ready=False, reason=reason)

@@ -9,6 +9,8 @@ version (``recsys.fallback``) goes the same way: each item's scores as its vecto
 dimension, or one per profile segment) and the top-K unseen items by score as its
 candidates (``evaluation.version_outputs``)."""
 
+import time
+
 from dagster import (
     AssetExecutionContext,
     MaterializeResult,
@@ -24,9 +26,11 @@ from orchestration.resources import (
 )
 
 
-@asset(group_name="embeddings", deps=["two_tower_model"], description="The catalogue through "
-       "the item tower (features as of as_of) into the LanceDB table of the version this "
-       "run built; nothing when it built none.")  # fmt: skip
+@asset(group_name="embeddings", deps=["two_tower_model", "catalogue_version"],
+       description="The catalogue through the item tower (features as of as_of) into the "
+       "LanceDB table of the version this run built (for a version derived by "
+       "catalogue_version, only its new and changed items; the others' vectors copied from "
+       "its parent's table); nothing when it built none.")  # fmt: skip
 def item_embeddings(
     context: AssetExecutionContext,
     pipeline: PipelineSettings,
@@ -36,6 +40,7 @@ def item_embeddings(
 ) -> MaterializeResult:
     import pyarrow.parquet as pq
 
+    from evaluation.catalogue import derived_vectors
     from evaluation.version_outputs import version_item_vectors
     from recsys.index.table import write_item_table
     from recsys.registry import GATED
@@ -52,13 +57,24 @@ def item_embeddings(
     items = pq.read_table(settings.paths.dataset / "items.parquet",
                           columns=["item_id", "title", "genres", "release_year"])  # fmt: skip
     item_ids = items.column("item_id").to_numpy()
-    vectors = version_item_vectors(reg, version, feast.store(), item_ids, run_as_of(settings))
+    parent = reg.info(version).get("derived_from")
+    start = time.perf_counter()
+    if parent is None:
+        vectors = version_item_vectors(reg, version, feast.store(), item_ids, run_as_of(settings))
+        computed = len(item_ids)
+    else:
+        vectors, computed = derived_vectors(reg, version, lancedb.db_dir(), feast.store(),
+                                            item_ids, run_as_of(settings))  # fmt: skip
     info = write_item_table(
         lancedb.db_dir(), version, item_ids, vectors, items.drop_columns(["item_id"])
     )
     return MaterializeResult(
         metadata={
             "version": version,
+            "derived_from": parent or "none",
+            "vectors_computed": computed,
+            "vectors_copied": len(item_ids) - computed,
+            "seconds": round(time.perf_counter() - start, 2),
             "table": info.table,
             "rows": info.rows,
             "dimension": info.dim,

@@ -49,7 +49,7 @@ def for_user(loaded: Loaded, user_id: int, row: dict[str, Any], k: int) -> dict[
     recent = row.get("recent_item_ids") or []
     exclude = np.union1d(loaded.seen.get(user_id), np.asarray(recent, dtype=np.int64))
     items = loaded.recommend(user_id, row, k, exclude)
-    return {"excluded": int(exclude.size), "items": items}
+    return {"excluded": int(exclude.size), "history": [int(i) for i in recent], "items": items}
 
 
 def known_user(state: ServingState, loaded: Loaded, user_id: int, k: int) -> dict[str, Any]:
@@ -112,6 +112,7 @@ async def recommend_new_user(state: State, body: ColdStartRequest) -> dict[str, 
         "model_kind": loaded.model_kind,
         "k": body.k,
         "excluded": int(exclude.size),
+        "history": [int(i) for i in row.get("recent_item_ids") or []],
         "items": items,
     }
 

@@ -23,7 +23,7 @@ from tests.orchestration.webserver import ROOT, post, running_webserver
 pytestmark = pytest.mark.slow
 
 ASSETS = ["incoming_batch", "dataset", "features", "feast_registry", "training_set",
-          "two_tower_model", "item_embeddings", "user_candidates", "online_features",
+          "two_tower_model", "catalogue_version", "item_embeddings", "user_candidates", "online_features",
           "promoted_model"]  # fmt: skip
 # The gate's baseline rule is off (tests/serving/conftest.py says why): these tests need a
 # promoted two-tower; tests/test_gate.py and tests/serving/test_fallback.py test the rule.

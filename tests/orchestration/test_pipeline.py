@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = {"dataset": "synthetic", "synthetic_interactions": 20_000, "synthetic_seed": 7,
         "temperatures": "0.05", "max_epochs": 3, "gate_against_baseline": False}  # fmt: skip
 DOWNSTREAM = {"dataset", "features", "feast_registry", "training_set", "two_tower_model",
-              "item_embeddings", "user_candidates", "online_features", "promoted_model"}  # fmt: skip
+              "catalogue_version", "item_embeddings", "user_candidates", "online_features", "promoted_model"}  # fmt: skip
 
 
 def resources(data: Path, **overrides):

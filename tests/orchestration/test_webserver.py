@@ -30,7 +30,8 @@ def test_graphql_serves_assets_checks_schedules_and_sensor(webserver):
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     assert set(nodes) == {
         "incoming_batch", "dataset", "features", "feast_registry", "training_set",
-        "two_tower_model", "item_embeddings", "user_candidates", "online_features",
+        "two_tower_model", "catalogue_version", "item_embeddings", "user_candidates",
+        "online_features",
         "promoted_model", "evaluation/backtest",
     }  # fmt: skip
     groups = {name: n["groupName"] for name, n in nodes.items()}
@@ -52,5 +53,6 @@ def test_graphql_serves_assets_checks_schedules_and_sensor(webserver):
         j["name"] for j in repo["jobs"]
     }
     schedules = {s["name"]: s["cronSchedule"] for s in repo["schedules"]}
-    assert schedules == {"nightly_retrain": "0 3 * * *", "hourly_feature_refresh": "0 * * * *"}
+    assert schedules == {"nightly_retrain": "0 3 * * *", "hourly_feature_refresh": "0 * * * *",
+                         "catalogue_refresh_schedule": "*/15 * * * *"}  # fmt: skip
     assert [s["name"] for s in repo["sensors"]] == ["incoming_batches"]
