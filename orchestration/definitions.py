@@ -17,7 +17,6 @@ folder's writer lock).
 """
 
 import os
-from pathlib import Path
 
 from dagster import (
     AssetSelection,
@@ -101,13 +100,6 @@ catalogue_schedule = ScheduleDefinition(
     default_status=DefaultScheduleStatus.STOPPED,
     description="Catalogue refresh (a derived version only if items were added or changed).",
 )
-# Where users and items arrive (the shared contract of the incoming folder).
-ENTITY_FOLDERS = ("users", "items")
-
-
-def pending_entities(incoming: Path) -> list[Path]:
-    """User and item files waiting in ``incoming/users`` and ``incoming/items``."""
-    return sorted(p for name in ENTITY_FOLDERS for p in (incoming / name).glob("*.parquet"))
 
 
 @sensor(
@@ -118,12 +110,12 @@ def pending_entities(incoming: Path) -> list[Path]:
     "among them, else (interactions only) feature_refresh.",
 )
 def incoming_batches(context: SensorEvaluationContext) -> RunRequest | SkipReason:
-    from recsys.incoming import batch_key, pending
+    from recsys.incoming import batch_key, pending, table_of
     from recsys.lock import describe, holder
 
     settings = PipelineSettings().settings()
-    entities = pending_entities(settings.paths.incoming)
-    files = sorted({*pending(settings.paths), *entities})
+    files = pending(settings.paths)
+    entities = [f for f in files if table_of(f) != "interactions"]
     if not files:
         return SkipReason("no new files in the incoming folder")
     writer = holder(settings.data_dir)

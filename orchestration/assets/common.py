@@ -8,6 +8,7 @@ from typing import Any
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
 from recsys.features.catalog import CATALOG
+from recsys.incoming_checks import catalogue_check_names
 
 VIEWS = tuple(view.name for view in CATALOG.views)
 VIEW_KEYS = {view.name: view.key for view in CATALOG.views}
@@ -23,6 +24,8 @@ BATCH_CHECKS = (
     "interactions.item_id known", "interactions.rating mean in range",
     # Only for a dataset whose events carry their own ids (recsys.schema.EVENT_ID).
     "interactions.event_id type", "interactions.event_id not null",
+    # The batch's user and item versions (recsys.incoming_checks).
+    *catalogue_check_names(),
 )  # fmt: skip
 DATASET_TABLES = ("interactions", "users", "items")
 QUALITY_GATE = "quality_gate"

@@ -27,9 +27,10 @@ from orchestration.resources import PipelineSettings
 @asset(
     group_name="ingest",
     check_specs=blocking_specs("incoming_batch", BATCH_CHECKS, "incoming batch"),
-    description="New interaction files from <data>/incoming: files already taken (by "
-    "content) and events already in the dataset are set aside and counted; the rest are "
-    "validated with Great Expectations; a failing batch is moved whole to incoming/rejected "
+    description="New files from <data>/incoming (interactions; user and item versions in "
+    "incoming/users and incoming/items): files already taken (by content), events and "
+    "versions already in the dataset are set aside and counted; the rest are validated "
+    "together with Great Expectations; a failing batch is moved whole to incoming/rejected "
     "with its report.",
 )
 def incoming_batch(context: AssetExecutionContext, pipeline: PipelineSettings) -> MaterializeResult:
@@ -49,10 +50,12 @@ def incoming_batch(context: AssetExecutionContext, pipeline: PipelineSettings) -
     return MaterializeResult(
         metadata={
             "batch": staged.batch_id,
-            "files": MetadataValue.json([p.name for p in staged.files]),
+            "files": MetadataValue.json([incoming.display_name(p) for p in staged.files]),
             "rows": staged.rows,
             "new_events": staged.new_events,
             "duplicate_events": staged.duplicate_events,
+            # {"users"|"items": {"new", "changed", "unchanged"}}: versions of this batch
+            "catalogue": MetadataValue.json(staged.catalogue),
             "duplicate_files": MetadataValue.json(staged.duplicate_files),
             "status": staged.status,
             "rejected_rows": staged.rows if failed else 0,
@@ -67,8 +70,9 @@ def incoming_batch(context: AssetExecutionContext, pipeline: PipelineSettings) -
 @asset(
     group_name="ingest",
     deps=["incoming_batch"],
-    check_specs=blocking_specs("dataset", [f"{t} valid" for t in DATASET_TABLES],
-                               "dataset table"),  # fmt: skip
+    check_specs=blocking_specs(
+        "dataset", [f"{t} valid" for t in DATASET_TABLES], "dataset table"
+    ),  # fmt: skip
     description="The canonical dataset (users, items, interactions): the configured source "
     "plus every accepted batch; each new version is audited (GX) in staging and published "
     "atomically only if every check passes.",

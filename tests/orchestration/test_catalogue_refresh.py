@@ -3,17 +3,15 @@ items reach a running server through a version derived from the current one, sam
 
 Tier 1: the catalogue comparison and the refusals (a fallback current version, a run that
 built its own version), and the sensor's choice of job. Tier 3: the whole graph on 20K
-synthetic events, a real server, then the published dataset republished with three new
-items (the genres most rated) and one changed item, and the
-``catalogue_refresh`` job: no version when nothing changed; else a derived version,
+synthetic events, a real server, then a batch dropped in ``incoming/``: three new items
+(the genres most rated) with their first takers' events, and a new version of one item; and
+the ``catalogue_refresh`` job: no version when nothing changed; else a derived version,
 promoted, that the server switches to and that can recommend a new item."""
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,34 +142,36 @@ def run_job(data: Path, job: str, **overrides: Any) -> Any:
     return defs.resolve_job_def(job).execute_in_process(raise_on_error=False)
 
 
-def republished_with_new_items(data: Path, source: Path) -> int:
-    """``source``: the published dataset with NEW_IDS added (titled "New film <id>", with the
-    genre set most rated in the dataset) and the last item's genres changed; returns its id."""
-    source.mkdir()
-    for table in ("users", "items", "interactions"):
-        shutil.copyfile(data / "dataset" / f"{table}.parquet", source / f"{table}.parquet")
-    items = pd.read_parquet(source / "items.parquet")
-    events = pd.read_parquet(source / "interactions.parquet")
+def drop_new_items(data: Path) -> int:
+    """Drop a batch in ``data/incoming`` as a sender would: NEW_IDS in ``incoming/items/``
+    (titled "New film <id>", the genre set most rated in the dataset, true from an hour
+    before the dataset's last event), a new version of the last item (other genres), and in
+    ``incoming/`` their first takers: each new item rated 5 by 8 users, a minute apart
+    before the last event (as_of stays). Returns the changed item's id."""
+    items = pd.read_parquet(data / "dataset" / "items.parquet")
+    events = pd.read_parquet(data / "dataset" / "interactions.parquet")
     genres = items.genres.map(tuple).tolist()
     rated = pd.Series(genres, index=items.item_id).loc[events.item_id].value_counts().index
+    last = events.event_timestamp.max()
     new = items.iloc[[0] * len(NEW_IDS)].copy()
     new["item_id"] = NEW_IDS
     new["title"] = [f"New film {i}" for i in NEW_IDS]
     new["genres"] = [list(rated[0])] * len(NEW_IDS)
-    genres[-1] = rated[0] if genres[-1] != rated[0] else rated[1]
-    items["genres"] = [list(g) for g in genres]
-    pd.concat([items, new], ignore_index=True).to_parquet(source / "items.parquet")
-    # Their first takers, in the same batch: each new item rated 5 by 8 users, a minute
-    # apart before the dataset's last event (as_of stays); its popularity features count them.
+    changed = items.iloc[[-1]].copy()
+    changed["genres"] = [list(rated[0] if genres[-1] != rated[0] else rated[1])]
+    versions = pd.concat([new, changed], ignore_index=True)
+    versions["valid_from"] = last - pd.Timedelta(hours=1)
+    (data / "incoming" / "items").mkdir(parents=True, exist_ok=True)
+    versions.to_parquet(data / "incoming" / "items" / "new-films.parquet")
     takers = np.random.default_rng(0).choice(events.user_id.unique(), (len(NEW_IDS), 8), False)
-    last = events.event_timestamp.max()
     taken = pd.DataFrame({
         "user_id": takers.reshape(-1), "item_id": np.repeat(NEW_IDS, 8), "rating": 5.0,
         "event_timestamp": last - pd.to_timedelta(np.arange(1, takers.size + 1), "min"),
     })  # fmt: skip
-    taken = taken.astype(events.dtypes[taken.columns].to_dict())
-    pd.concat([events, taken], ignore_index=True).to_parquet(source / "interactions.parquet")
-    return int(items.item_id.iloc[-1])
+    taken.astype(events.dtypes[taken.columns].to_dict()).to_parquet(
+        data / "incoming" / "first-takers.parquet"
+    )
+    return int(changed.item_id.iloc[0])
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +186,8 @@ def refreshed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Refreshed]:
     server: Server = start_server(data, data.parent / "server.log")
     try:
         unchanged = run_job(data, "catalogue_refresh")
-        source = data.parent / f"source-{uuid.uuid4().hex[:6]}"
-        changed = republished_with_new_items(data, source)
-        run = run_job(data, "catalogue_refresh", dataset=str(source))
+        changed = drop_new_items(data)
+        run = run_job(data, "catalogue_refresh")
         derived = reg.current()
         assert derived is not None and derived != parent, run
         deadline = time.monotonic() + 60
@@ -236,6 +235,9 @@ def test_the_derived_version_records_its_parent_and_catalogue(refreshed: Refresh
     assert catalogue["dataset_version"] == (refreshed.data / "dataset").resolve().name
     gated = [e for e in reg.record(refreshed.derived)["history"] if e["to"] == GATED]
     assert gated[0]["reason"].startswith(f"quality gate inherited from {refreshed.parent}")
+    batch = metadata(refreshed.run, "incoming_batch")
+    assert batch["status"] == "accepted" and batch["new_events"] == 3 * 8
+    assert batch["catalogue"]["items"] == {"new": 3, "changed": 1, "unchanged": 0}
     meta = metadata(refreshed.run, "catalogue_version")
     assert meta["new_items"] == 3 and meta["changed_items"] == 1
     assert meta["parent"] == refreshed.parent and meta["seconds"] >= 0
