@@ -163,7 +163,7 @@ def derived_vectors(reg: Any, version: str, db_dir: Any, store: Any, item_ids: n
     the items its catalogue lists as new or changed (and any id its parent's table lacks),
     the parent's table's, unchanged, for every other one. Returns them and how many were
     computed."""
-    from evaluation.version_outputs import version_item_vectors
+    from evaluation.version_outputs import version_item_vectors, with_unknown_item_bias
 
     info = reg.info(version)
     catalogue = info["catalogue"]
@@ -179,5 +179,9 @@ def derived_vectors(reg: Any, version: str, db_dir: Any, store: Any, item_ids: n
     vectors = np.empty((ids.size, parent_vectors.shape[1]), dtype=np.float32)  # (N, D)
     vectors[~compute] = parent_vectors[positions[~compute]]
     if compute.any():
-        vectors[compute] = version_item_vectors(reg, version, store, ids[compute], as_of)
+        fresh = version_item_vectors(reg, version, store, ids[compute], as_of)
+        # New items at the bias level of the parent's table (its known items'): the same
+        # level its own new items have, so the copied vectors stay as they were.
+        vectors[compute] = with_unknown_item_bias(reg, version, ids[compute], fresh,
+                                                  (parent_ids, parent_vectors))  # fmt: skip
     return vectors, int(compute.sum())

@@ -35,6 +35,39 @@ def version_item_vectors(reg: Any, version: str, store: Any, item_ids: np.ndarra
     return item_vectors(model, encoder, store, item_ids, as_of)
 
 
+def with_unknown_item_bias(
+    reg: Any, version: str, item_ids: np.ndarray, vectors: np.ndarray,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """(N, D) index ``vectors`` of ``item_ids`` for a two-tower ``version``, the bias of the
+    items its model never saw set as its config says (``TowerConfig.unknown_item_bias``: a
+    quantile of the known items' bias, as its evaluation scored them), the quantile taken
+    over ``reference`` (ids, vectors), by default the vectors themselves: a derived version
+    passes its parent's whole table, so that every copied vector stays as it was. A
+    fallback's as they are."""
+    if fallback.is_fallback(reg.info(version)):
+        return vectors
+    import torch
+
+    from recsys.features.encoding import OOV
+    from towers.model import unknown_item_bias
+
+    model, encoder = _model(reg, version)
+    quantile = model.cfg.unknown_item_bias
+    unknown = encoder.item_index(np.asarray(item_ids)) == OOV  # (N,) bool
+    if quantile is None or not unknown.any():
+        return vectors
+    ref_ids, ref = reference if reference is not None else (item_ids, vectors)
+    known = encoder.item_index(np.asarray(ref_ids)) != OOV  # (R,) bool
+    rows = np.concatenate([ref[known], vectors[unknown]])  # known rows first
+    mask = torch.from_numpy(np.arange(len(rows)) >= known.sum())
+    out = vectors.copy()
+    out[unknown] = unknown_item_bias(torch.from_numpy(rows), mask, quantile, model.cfg)[
+        int(known.sum()) :
+    ].numpy()
+    return out
+
+
 def version_candidates(reg: Any, version: str, store: Any, interactions: pd.DataFrame,
                        users: Any, item_ids: np.ndarray, vectors: np.ndarray, as_of: Any,
                        k: int) -> pa.Table:  # fmt: skip

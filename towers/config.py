@@ -71,6 +71,13 @@ class TowerConfig:
     # trained. Needs no retraining, so it is set on a trained model.
     popularity_prior: float = 0.0
     popularity_feature: str = "item_count_30d"
+    # The bias, at scoring time, of the items the model never saw (new items: no events, the
+    # unknown-id slot): this quantile of the known items' bias (`towers.model.unknown_item_bias`).
+    # None keeps the model's own, which with the prior above ranks every item without events
+    # below every item with some, so a new item reached no one. Chosen on validation
+    # (benchmarks/ablation_new_items.py; README, "A living catalogue"): new items ranked by
+    # similarity alone were found more often, and the users' recall was unchanged.
+    unknown_item_bias: float | None = 0.5
     # "softmax": in-batch sampled softmax (optionally with mixed negatives);
     # "bce": binary cross-entropy against sampled negatives; "triplet": margin loss.
     loss: Loss = "softmax"

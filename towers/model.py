@@ -72,6 +72,21 @@ def index_vectors(items: torch.Tensor, cfg: TowerConfig) -> torch.Tensor:
     return torch.cat([items[:, : cfg.dim] / cfg.temperature, bias], dim=1)
 
 
+def unknown_item_bias(
+    items: torch.Tensor, unknown: torch.Tensor, quantile: float, cfg: TowerConfig
+) -> torch.Tensor:
+    """Item tower outputs or index vectors (I, d + 1) with the bias column of the ``unknown``
+    items (I,) bool (ids the model never saw: new items) set to ``quantile`` of the known
+    items' bias. A new item has no events, so its learned bias and popularity prior put it
+    below every item with some: it would reach no one. With a common bias, new items rank by
+    their similarity to the user alone, against known items at that level of prior."""
+    if items.shape[1] <= cfg.dim or not bool(unknown.any()) or bool(unknown.all()):
+        return items
+    out = items.clone()
+    out[unknown, cfg.dim] = torch.quantile(items[~unknown, cfg.dim], quantile)
+    return out
+
+
 def query_vectors(users: torch.Tensor) -> torch.Tensor:
     """User tower outputs as queries of that index: [u, 1] (U, d + 1)."""
     return torch.cat([users, users.new_ones(len(users), 1)], dim=1)

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from recsys.features.encoding import FeatureEncoder
+from recsys.features.encoding import OOV, FeatureEncoder
 from towers.config import TowerConfig
 from towers.cpu import keep_large_blocks, set_threads
 from towers.data import EvalWindow, TowerData, take
 from towers.losses import bce_loss, softmax_loss, triplet_loss
-from towers.model import TwoTower, logits
+from towers.model import TwoTower, logits, unknown_item_bias
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,17 @@ def embed(tower: torch.nn.Module, batch: dict[str, torch.Tensor], size: int = 81
 
 
 def tower_scores(
-    model: TwoTower, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
-) -> Callable[[np.ndarray], np.ndarray]:
+    model: TwoTower, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor],
+    unknown_bias: float | None | str = "model",
+) -> Callable[[np.ndarray], np.ndarray]:  # fmt: skip
     """``score_fn(rows) -> (B, N)``: the model's scores of encoded users (rows: positions in
-    ``users``) against encoded items; both towers run once, in eval mode."""
+    ``users``) against encoded items; both towers run once, in eval mode. The items the model
+    never saw take ``unknown_bias``, a quantile of the known items' bias
+    (`towers.model.unknown_item_bias`; "model": its config's ``unknown_item_bias``)."""
     u, v = embed(model.user_tower, users), embed(model.item_tower, items)  # (U, d), (N, d[+1])
+    quantile = model.cfg.unknown_item_bias if unknown_bias == "model" else unknown_bias
+    if quantile is not None:
+        v = unknown_item_bias(v, items["item"] == OOV, float(quantile), model.cfg)
     return lambda rows: logits(u[torch.from_numpy(rows)], v, model.cfg).numpy()  # (B, N)
 
 

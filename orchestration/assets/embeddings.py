@@ -41,7 +41,7 @@ def item_embeddings(
     import pyarrow.parquet as pq
 
     from evaluation.catalogue import derived_vectors
-    from evaluation.version_outputs import version_item_vectors
+    from evaluation.version_outputs import version_item_vectors, with_unknown_item_bias
     from recsys.index.table import write_item_table
     from recsys.registry import GATED
     from recsys.settings import run_as_of
@@ -61,6 +61,8 @@ def item_embeddings(
     start = time.perf_counter()
     if parent is None:
         vectors = version_item_vectors(reg, version, feast.store(), item_ids, run_as_of(settings))
+        # Items the model never saw at the bias its evaluation gave them.
+        vectors = with_unknown_item_bias(reg, version, item_ids, vectors)
         computed = len(item_ids)
     else:
         vectors, computed = derived_vectors(reg, version, lancedb.db_dir(), feast.store(),

@@ -218,7 +218,7 @@ def test_backtest_job_loads_beside_the_pipeline_and_stays_out_of_full_pipeline()
         "evaluation/backtest"
     }
     full = defs.resolve_job_def("full_pipeline").asset_layer.selected_asset_keys
-    assert "evaluation/backtest" not in {k.to_user_string() for k in full} and len(full) == 10
+    assert "evaluation/backtest" not in {k.to_user_string() for k in full} and len(full) == 11
 
 
 def test_planted_truth_is_the_generators_and_the_affinity_its_log_probability(synthetic):

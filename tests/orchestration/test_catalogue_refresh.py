@@ -163,9 +163,10 @@ def drop_new_items(data: Path) -> int:
     versions["valid_from"] = last - pd.Timedelta(hours=1)
     (data / "incoming" / "items").mkdir(parents=True, exist_ok=True)
     versions.to_parquet(data / "incoming" / "items" / "new-films.parquet")
-    takers = np.random.default_rng(0).choice(events.user_id.unique(), (len(NEW_IDS), 8), False)
+    # The last new item has no taker yet.
+    takers = np.random.default_rng(0).choice(events.user_id.unique(), (len(NEW_IDS) - 1, 8), False)
     taken = pd.DataFrame({
-        "user_id": takers.reshape(-1), "item_id": np.repeat(NEW_IDS, 8), "rating": 5.0,
+        "user_id": takers.reshape(-1), "item_id": np.repeat(NEW_IDS[:-1], 8), "rating": 5.0,
         "event_timestamp": last - pd.to_timedelta(np.arange(1, takers.size + 1), "min"),
     })  # fmt: skip
     taken.astype(events.dtypes[taken.columns].to_dict()).to_parquet(
@@ -236,7 +237,7 @@ def test_the_derived_version_records_its_parent_and_catalogue(refreshed: Refresh
     gated = [e for e in reg.record(refreshed.derived)["history"] if e["to"] == GATED]
     assert gated[0]["reason"].startswith(f"quality gate inherited from {refreshed.parent}")
     batch = metadata(refreshed.run, "incoming_batch")
-    assert batch["status"] == "accepted" and batch["new_events"] == 3 * 8
+    assert batch["status"] == "accepted" and batch["new_events"] == 2 * 8
     assert batch["catalogue"]["items"] == {"new": 3, "changed": 1, "unchanged": 0}
     meta = metadata(refreshed.run, "catalogue_version")
     assert meta["new_items"] == 3 and meta["changed_items"] == 1
@@ -280,3 +281,24 @@ def test_the_server_switches_to_it_and_can_recommend_a_new_item(refreshed: Refre
     assert ranks and abs(ranks[0] - refreshed.rank) <= 2, (ranks, refreshed.rank)
     item = body["items"][ranks[0]]
     assert item["title"] == f"New film {item['item_id']}" and item["genres"]
+
+
+def test_a_new_item_without_events_is_at_the_known_items_median_bias_and_reaches_users(
+    refreshed: Refreshed,
+):
+    """Its learned bias and popularity prior would rank it below every item with events
+    (reaching no one); it takes the median bias of the items the model knows
+    (TowerConfig.unknown_item_bias) and then competes on its similarity to each user."""
+    from recsys.index.search import ItemIndex
+    from towers.checkpoint import load_checkpoint
+
+    reg = ModelRegistry(refreshed.data / "models")
+    index = ItemIndex.open(refreshed.data / "lancedb", refreshed.derived, mode="matrix")
+    model, encoder, _ = load_checkpoint(reg.path(refreshed.derived) / "checkpoint.pt")
+    known = encoder.item_index(index.item_ids) != 0
+    bias = index.vectors[:, -1]
+    untaken = bias[index.item_ids == NEW_IDS[-1]][0]
+    assert untaken == pytest.approx(np.quantile(bias[known], 0.5), abs=1e-5)
+    assert untaken > np.quantile(bias[known], 0.1)  # no longer below every known item
+    table = pd.read_parquet(reg.path(refreshed.derived) / "candidates.parquet")
+    assert table.candidate_item_ids.map(lambda ids: NEW_IDS[-1] in set(ids)).any()
