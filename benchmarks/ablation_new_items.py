@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--backtest", type=Path, required=True, help="a backtest's --out")
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     parser.add_argument("--quantiles", type=float, nargs="*", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--with-prior", action="store_true",
+                        help="score with the popularity prior the backtest chose per cut")
     parser.add_argument("--cuts", type=int, nargs="*", help="window indices (default: all)")
     args = parser.parse_args()
     summary = json.loads((args.backtest / "backtest.json").read_text())
@@ -65,6 +67,11 @@ def main() -> None:
                            recency_half_life_days=choice["recency_half_life_days"],
                            item_id_dropout=dropout)  # fmt: skip
             result = train(tcfg, data, progress=False)
+            if args.with_prior and choice["popularity_prior"] != "none":
+                # The prior validation chose for the cut's model: "<weight> log1p(<feature>)".
+                weight, feature = choice["popularity_prior"].split(" log1p(")
+                result.model.set_config(replace(result.model.cfg, popularity_prior=float(weight),
+                                                popularity_feature=feature.rstrip(")")))  # fmt: skip
             scores = tower_scores(result.model, data.val.users, data.val.items)
             warm = rank_metrics(scores, val, ks=(20,))["warm"]["recall@20"]
             on_new = per_user_metrics(restricted(scores, val, new), new, (20,))["recall@20"]
