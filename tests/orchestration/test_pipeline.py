@@ -317,4 +317,5 @@ def test_sensor_requests_one_refresh_run_per_set_of_new_files(tmp_path, monkeypa
     assert incoming_batches(build_sensor_context()).run_key == first.run_key  # same files
     (tmp_path / "incoming" / "b.parquet").write_bytes(b"y")
     assert incoming_batches(build_sensor_context()).run_key != first.run_key
-    assert incoming_batches.job_name == "feature_refresh"
+    assert first.job_name == "feature_refresh"  # interactions only
+    assert {job.name for job in incoming_batches.jobs} == {"feature_refresh", "catalogue_refresh"}
