@@ -74,7 +74,7 @@ def drop_new_items(data: Path, n: int, seed: int) -> list[int]:
     items = pd.read_parquet(data / "dataset" / "items.parquet")
     last = pd.read_parquet(data / "dataset" / "interactions.parquet",
                            columns=["event_timestamp"]).event_timestamp.max()  # fmt: skip
-    like = items.sample(n, random_state=seed)
+    like = items.sample(n, random_state=seed, replace=n > len(items))  # more than there are
     ids = list(range(int(items.item_id.max()) + 1, int(items.item_id.max()) + 1 + n))
     new = like.assign(item_id=ids, title=[f"New item {i}" for i in ids], valid_from=last)
     (data / "incoming" / "items").mkdir(parents=True, exist_ok=True)
