@@ -194,7 +194,7 @@ def stage(settings: Settings, files: list[Path] | None = None) -> StagedBatch | 
         _file_resent(resent, paths.incoming / "duplicates" / batch_id)
     duplicates = {display_name(p): b for p, b in resent.items()}
     if not fresh:
-        return StagedBatch(batch_id, files, 0, report_of([], 0), None, "duplicate",
+        return StagedBatch(batch_id, files, 0, report_of({}, 0), None, "duplicate",
                            duplicate_files=duplicates)  # fmt: skip
     checked = validate(settings, fresh)
     frame, report, casts = checked.events, checked.report, checked.casts

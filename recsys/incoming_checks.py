@@ -32,8 +32,13 @@ def catalogue_check_names() -> tuple[str, ...]:
     return tuple(
         name
         for table in ENTITY_FOLDERS
-        for name in [*(c.name for c in version_checks(table, EPOCH)), consistency_name(table)]
+        for name in [readable_name(table), *(c.name for c in version_checks(table, EPOCH)),
+                     consistency_name(table)]  # fmt: skip
     )
+
+
+def readable_name(table: str) -> str:
+    return f"{table} readable"
 
 
 def consistency_name(table: str) -> str:
@@ -48,18 +53,22 @@ class Checked:
     versions: dict[str, Any]  # users / items → recsys.versions.Versions (when checked)
 
 
-def _read_all(files: list[Path]) -> tuple[dict[str, list[pd.DataFrame]], list[str], list[Any]]:
-    """Each file read as its table's canonical columns; the unreadable ones; the casts."""
+def _read_all(
+    files: list[Path],
+) -> tuple[dict[str, list[pd.DataFrame]], dict[str, list[str]], list[Any]]:
+    """Each file read as its table's canonical columns; the unreadable ones (what is wrong
+    with each, by table); the casts."""
     from recsys.schema import DatasetValidationError
 
     frames: dict[str, list[pd.DataFrame]] = {}
-    unreadable, casts = [], []
+    unreadable: dict[str, list[str]] = {}
+    casts: list[Any] = []
     for path in files:
         table = table_of(path)
         try:
             frame = _read(path, table)
         except DatasetValidationError as exc:
-            unreadable.append(str(exc))
+            unreadable.setdefault(table, []).append(str(exc))
             continue
         casts += [{"file": display_name(path), **c} for c in frame.attrs.get("casts", [])]
         if "event_id" in frame and pd.api.types.is_integer_dtype(frame["event_id"]):
@@ -148,15 +157,16 @@ def _read(path: Path, table: str = "interactions") -> pd.DataFrame:
     return read_batch(path, table)
 
 
-def report_of(unreadable: list[str], rows: int) -> Any:
+def report_of(unreadable: dict[str, list[str]], rows: int) -> Any:
+    """A failed "<table> readable" check per table with unreadable files (``unreadable``:
+    what is wrong with each file, by table)."""
     from recsys.validation.report import CheckOutcome, ValidationReport
 
-    outcomes = []
-    if unreadable:
-        outcomes.append(CheckOutcome(
-            name="interactions readable", table="interactions", column=None, success=False,
-            unexpected_count=len(unreadable), observed=None, detail="; ".join(unreadable),
-        ))  # fmt: skip
+    outcomes = [
+        CheckOutcome(name=readable_name(table), table=table, column=None, success=False,
+                     unexpected_count=len(problems), observed=None, detail="; ".join(problems))
+        for table, problems in unreadable.items()
+    ]  # fmt: skip
     return ValidationReport(table="interactions", rows=rows, outcomes=outcomes)
 
 

@@ -160,6 +160,19 @@ def test_invalid_user_row_rejects_the_whole_batch(settings):
         pd.testing.assert_frame_equal(dataset(settings, table), frame)
 
 
+def test_unreadable_items_file_fails_the_items_check(settings):
+    drop(settings, "users", [changed(user(3), T2)])
+    folder = settings.paths.incoming / "items"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "broken.parquet").write_bytes(b"not parquet")
+    staged = incoming.stage(settings)
+    assert staged.status == "rejected"
+    failed = {o.name: o for o in staged.report.failed}
+    assert set(failed) == {"items readable"} and "items readable" in catalogue_check_names()
+    assert failed["items readable"].table == "items"
+    assert "broken.parquet" in failed["items readable"].detail
+
+
 def test_null_id_and_unknown_user_are_rejected(settings):
     drop(settings, "users", [{**user(3), "user_id": None}])
     drop(settings, "interactions", [event(4, 10, T3)])  # user 4 is nowhere

@@ -48,7 +48,7 @@ USER_PROFILE = View(
         Feature("occupation", "string", Column("occupation"), Encoding.CATEGORICAL),
         Feature("zip_prefix", "string", Prefix("zip_code", 3), Encoding.CATEGORICAL),
     ),
-    "Static user attributes, stamped at the epoch.",
+    "User attributes, one row per version, stamped at its valid_from.",
 )
 
 USER_ACTIVITY = View(
@@ -101,7 +101,7 @@ ITEM_CONTENT = View(
         Feature("item_genres", "string[]", Column("genres"), Encoding.GENRE_BAG),
         Feature("item_release_year", "int64", Column("release_year"), Encoding.NUMERIC),
     ),
-    "Static item attributes, stamped at the epoch.",
+    "Item attributes, one row per version, stamped at its valid_from.",
 )
 
 ITEM_POPULARITY = View(

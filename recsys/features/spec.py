@@ -47,7 +47,7 @@ class Encoding(StrEnum):
 class ViewKind(StrEnum):
     """How a view's rows are computed and stamped (`recsys.features.render`)."""
 
-    STATIC = "static"  # entity attributes, stamped at the epoch
+    STATIC = "static"  # entity attributes, one row per version stamped at its valid_from
     USER_EVENTS = "user_events"  # one row per (user, distinct event time), stamped ts + 1 µs
     ITEM_EVENTS = "item_events"  # one row per change point of the item's running values
 
