@@ -1,0 +1,106 @@
+"""Ablation of the user tower's id-dropout (how often a training row's user id is replaced by
+the unknown-user slot), on the VALIDATION window only, per user group.
+
+A new user's request carries no known id: the tower answers from the profile and the history
+alone. With ``TowerConfig.user_id_dropout`` p, a share p of the training rows teaches that
+path; at 1 the tower never reads an id and every user is answered as a new one would be.
+
+For each cut of a finished backtest (``recsys backtest --out OUT``: its per-cut folders and
+``backtest.json``), each dropout is trained on the training split (the cut's chosen
+temperature and recency half-life) with early stopping on validation recall@20, given the
+cut's chosen popularity prior, and scored on the validation window: warm and cold users'
+recall@20 on the full catalogue, and the validation window's "new after 5" users (first seen
+in it with more than 5 events: the first 5 given as a cold-start request's history,
+``evaluation.backtest_cut.cold_start_batch``, scored on the rest). The test window is never
+read.
+
+    python benchmarks/ablation_user_ids.py --backtest /tmp/bt --dropouts 0.3 0.6 1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from evaluation.backtest import TWO_TOWER
+    from evaluation.backtest_cut import cold_start_batch, new_user_split
+    from recsys.settings import settings_from
+    from towers.config import TowerConfig
+    from towers.data import load_source, tower_data
+    from towers.evaluate import per_user_metrics, rank_metrics
+    from towers.train import tower_scores, train
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backtest", type=Path, required=True, help="a backtest's --out")
+    parser.add_argument("--dropouts", type=float, nargs="+", default=[0.3, 0.6, 1.0])
+    parser.add_argument("--cuts", type=int, nargs="*", help="window indices (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = parser.parse_args()
+    summary = json.loads((args.backtest / "backtest.json").read_text())
+    cfg = summary["config"]
+    rows = []
+    for w in summary["windows"]:
+        if args.cuts and w["index"] not in args.cuts:
+            continue
+        settings = settings_from(data_dir=args.backtest / "cuts" / f"cut{w['index']}",
+                                 dataset=summary["dataset"], val_start=w["val_start"],
+                                 test_start=w["cut"], as_of=w["end"])  # fmt: skip
+        source = load_source(settings, with_test=False)
+        data = tower_data(source, ("train",))
+        assert data.val is not None
+        val = data.val.split
+        new, given = new_user_split(source.interactions, source.item_ids, val,
+                                    cfg["new_user_history"])  # fmt: skip
+        users = pd.read_parquet(settings.paths.dataset / "users.parquet")
+        profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
+        choice = w["choices"][TWO_TOWER]
+        for dropout in args.dropouts:
+            for seed in args.seeds:
+                tcfg = replace(TowerConfig(), epochs=cfg["max_epochs"], seed=seed,
+                               temperature=choice["temperature"],
+                               recency_half_life_days=choice["recency_half_life_days"],
+                               user_id_dropout=dropout)  # fmt: skip
+                result = train(tcfg, data, progress=False)
+                if choice["popularity_prior"] != "none":
+                    # The prior validation chose for the cut's model: "<weight> log1p(<feature>)".
+                    weight, feature = choice["popularity_prior"].split(" log1p(")
+                    result.model.set_config(replace(
+                        result.model.cfg, popularity_prior=float(weight),
+                        popularity_feature=feature.rstrip(")"),
+                    ))  # fmt: skip
+                m = rank_metrics(tower_scores(result.model, data.val.users, data.val.items), val,
+                                 ks=(20,))  # fmt: skip
+                row = {"window": w["index"], "user_id_dropout": dropout, "seed": seed,
+                       "best_epoch": result.best_epoch,
+                       **{f"val {g} recall@20": round(m[g]["recall@20"], 4)
+                          for g in ("all", "warm", "cold") if g in m}}  # fmt: skip
+                if len(new.user_ids):
+                    batch = cold_start_batch(result.encoder, profiles, given,
+                                             settings.paths.dataset / "items.parquet",
+                                             settings.recent_items)  # fmt: skip
+                    on_new = per_user_metrics(tower_scores(result.model, batch, data.val.items),
+                                              new, (20,))["recall@20"]  # fmt: skip
+                    row["val new after 5 recall@20"] = round(float(np.mean(on_new)), 4)
+                    row["new after 5 users"] = len(new.user_ids)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    keys = [k for k in rows[0] if k.startswith("val ")] if rows else []
+    for dropout in args.dropouts:
+        mine = [r for r in rows if r["user_id_dropout"] == dropout]
+        print(f"user_id_dropout {dropout:g}, mean over {len(mine)} run(s): " + ", ".join(
+            f"{k} {np.mean([r[k] for r in mine if k in r]):.4f}" for k in keys))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
