@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # user row positions (B,) -> scores (B, N)
 SEGMENTS = ("all", "warm", "cold")
+# Most score cells (users x items) ranked at once: a block's scores, their reordered copy and
+# the top-k's int64 positions are about 20 bytes a cell (80 MB here), so at 100K items a block
+# holds 41 users, not the 1,024 of a small catalogue (2 GB).
+BLOCK_CELLS = 2**22
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,12 @@ def build_eval_split(
     )
 
 
+def user_block(block_size: int, n_items: int) -> int:
+    """Users scored at once: ``block_size``, fewer when that many rows of ``n_items`` scores
+    would exceed :data:`BLOCK_CELLS` (at least one)."""
+    return max(1, min(block_size, BLOCK_CELLS // max(n_items, 1)))
+
+
 def _top_k(s: np.ndarray, k: int) -> np.ndarray:
     """(B, k) column indices of the k largest scores, best first; ties go to the lower column."""
     top = np.argpartition(-s, k - 1, axis=1)[:, :k]  # (B, k) unordered
@@ -187,6 +197,7 @@ def per_user_metrics(
     # of _top_k is a random (but reproducible) tie-break over items.
     order = np.random.default_rng(seed).permutation(n_items)  # (N,)
     hits = np.zeros((n_users, k_max), dtype=bool)
+    block_size = user_block(block_size, n_items)
     for lo in range(0, n_users, block_size):
         rows = np.arange(lo, min(lo + block_size, n_users))
         s = _block_scores(scores, rows, n_items)  # (B, N)
@@ -217,8 +228,8 @@ def rank_metrics(
 
     ``scores`` is a (U, N) array aligned with ``split.user_ids`` and ``split.item_ids``
     (higher is better), or ``score_fn(rows) -> (B, N)`` where ``rows`` are positions in
-    ``split.user_ids``; it is called on blocks of ``block_size`` users, so U x N never has to
-    be in memory. A segment without users gets NaN metrics and ``users = 0``.
+    ``split.user_ids``; it is called on blocks of ``block_size`` users (fewer on large
+    catalogues: :func:`user_block`), so U x N never has to be in memory. A segment without users gets NaN metrics and ``users = 0``.
     """
     return aggregate(per_user_metrics(scores, split, ks, block_size, seed), split)
 
@@ -247,6 +258,7 @@ def top_k_items(
     k = min(k, n_items)
     order = np.random.default_rng(seed).permutation(n_items)  # (N,) as per_user_metrics
     out = np.empty((n_users, k), np.int64)
+    block_size = user_block(block_size, n_items)
     for lo in range(0, n_users, block_size):
         rows = np.arange(lo, min(lo + block_size, n_users))
         s = _block_scores(scores, rows, n_items)  # (B, N)
