@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 KNN_NEIGHBOURS = (50, 100, 200)
 KNN_SHRINKS = (10.0, 50.0, 200.0)
 BLOCK_BYTES = 256 * 2**20  # peak bytes of one block of XᵀX's nonzeros and their ranking
-# Bytes per nonzero of a block: the product's float32 value and int32 column, the int64
-# target row, float32 similarity, uint64 sort key and int64 order, with their filtered copies.
-BYTES_PER_NONZERO = 64
+# Bytes per nonzero of a block: the product's value and column and its filtered copies, the
+# target rows, similarities, sort key and order (tracemalloc: 74 a nonzero on MovieLens-100K).
+BYTES_PER_NONZERO = 80
 
 
 class Neighbours(NamedTuple):
