@@ -146,27 +146,40 @@ def _top_k(s: np.ndarray, k: int) -> np.ndarray:
     """(B, k) column indices of the k largest scores, best first; ties go to the lower column.
 
     Not an argpartition of every row (most of a large catalogue's ranking cost): the k-th
-    largest of the first ``N / SAMPLE_SHARE`` columns bounds each row's k-th largest from
-    below, so only the scores at or above it (about k x SAMPLE_SHARE a row when the columns
-    are in random order, as callers give them) are gathered and ranked exactly."""
+    largest of the first ``N / SAMPLE_SHARE`` columns, ``low``, bounds each row's k-th largest
+    from below. Only the scores above it (fewer than about k x SAMPLE_SHARE a row when the
+    columns are in random order, as callers give them) are gathered and ranked exactly; a
+    row with fewer than k of them has ``low`` as its k-th largest, which may be tied across
+    most of the row (a zero score, a seen item's -inf)."""
     b, n = s.shape
     m = min(n, max(k, n // SAMPLE_SHARE))
     low = np.partition(s[:, :m], m - k, axis=1)[:, m - k]  # (B,) <= each row's k-th largest
-    r, c = np.nonzero(s >= low[:, None])  # (C,) candidates, row-major: columns ascending
+    r, c = np.nonzero(s > low[:, None])  # (C,) row-major, so columns ascend within a row
     v = s[r, c]
-    counts = np.bincount(r, minlength=b)  # (B,) at least k each
-    first = np.cumsum(counts) - counts
-    pad = np.full((b, counts.max()), -np.inf, s.dtype)  # (B, C_max) candidates of each row
-    pad[r, np.arange(len(r)) - first[r]] = v
-    kth = np.partition(pad, pad.shape[1] - k, axis=1)[:, pad.shape[1] - k]  # (B,) exact
+    counts = np.bincount(r, minlength=b)  # (B,)
+    kth = low.copy()
+    big = counts >= k  # rows whose k-th largest is above low
+    if big.any():
+        pick = big[r]
+        slot = (np.cumsum(big) - 1)[r[pick]]  # row of each candidate among the big rows
+        pos = np.arange(len(r))[pick] - (np.cumsum(counts) - counts)[r[pick]]
+        pad = np.full((int(big.sum()), int(counts[big].max())), -np.inf, s.dtype)
+        pad[slot, pos] = v[pick]
+        kth[big] = np.partition(pad, pad.shape[1] - k, axis=1)[:, pad.shape[1] - k]
     above = v > kth[r]
     tied = v == kth[r]
-    # Ties at the k-th score: the lower columns, as many as the row still needs.
+    # Ties at the k-th score go to the lower columns, as many as each row still needs.
     need = k - np.bincount(r[above], minlength=b)  # (B,)
     rank = np.cumsum(tied) - 1
     rank -= np.concatenate([[0], np.cumsum(np.bincount(r[tied], minlength=b))])[r]
     keep = above | (tied & (rank < need[r]))
-    r, c, v = r[keep], c[keep], v[keep]  # exactly k a row
+    rows, cols, vals = [r[keep]], [c[keep]], [v[keep]]
+    for i in np.flatnonzero(~big):  # k-th largest = low: the first columns scoring low
+        at = np.flatnonzero(s[i] == low[i])[: need[i]]
+        rows.append(np.full(len(at), i))
+        cols.append(at)
+        vals.append(s[i, at])
+    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)  # k a row
     return c[np.lexsort((c, -v, r))].reshape(b, k)
 
 
