@@ -50,7 +50,15 @@ from towers.itemknn import (  # noqa: E402
     top_neighbours,
 )
 
-CASES = ("popularity", "popularity (recent)", "EASE", "ItemKNN dense", "ItemKNN sparse")
+CASES = (
+    "popularity",
+    "popularity (recent)",
+    "EASE",
+    "ItemKNN dense",
+    "ItemKNN sparse",
+    "ItemKNN grid dense",
+    "ItemKNN grid sparse",
+)
 
 
 def dense_top_neighbours(
@@ -99,12 +107,23 @@ def load(folder: Path) -> tuple[pd.DataFrame, np.ndarray, EvalSplit]:
 
 
 def fit_and_score(case: str, before: pd.DataFrame, item_ids: np.ndarray, val: EvalSplit) -> dict:
-    """Fit one baseline at its default setting and score the validation split."""
+    """Fit one baseline at its default setting (ItemKNN grid: the neighbour lists of every
+    shrink of the grid, as the search computes them) and score the validation split."""
     if case.startswith("popularity"):
         days = 30.0 if case == "popularity (recent)" else None
         model = Popularity(days).fit(before, item_ids, before=val.start)
     elif case == "EASE":
         model = EASE(500.0, top_items=min(EASE_MAX_ITEMS, len(item_ids))).fit(before, item_ids)
+    elif case.startswith("ItemKNN grid"):  # the neighbour lists itemknn_search computes
+        model = ItemKNN(max(KNN_NEIGHBOURS), KNN_SHRINKS[0])
+        model._history(before, item_ids)
+        if case.endswith("sparse"):
+            lists = top_neighbours(model.matrix_, model.k, KNN_SHRINKS)
+            model.weights_ = neighbour_weights(lists[0], model.k)
+        else:
+            for shrink in KNN_SHRINKS:
+                idx, sim = dense_top_neighbours(model.matrix_, model.k, shrink)
+            model.weights_ = dense_weights(idx, sim, model.k)
     else:
         model = ItemKNN(KNN_NEIGHBOURS[1], KNN_SHRINKS[0])
         if case == "ItemKNN sparse":
