@@ -121,9 +121,8 @@ def fit_and_score(case: str, before: pd.DataFrame, item_ids: np.ndarray, val: Ev
             lists = top_neighbours(model.matrix_, model.k, KNN_SHRINKS)
             model.weights_ = neighbour_weights(lists[0], model.k)
         else:
-            for shrink in KNN_SHRINKS:
-                idx, sim = dense_top_neighbours(model.matrix_, model.k, shrink)
-            model.weights_ = dense_weights(idx, sim, model.k)
+            dense = [dense_top_neighbours(model.matrix_, model.k, s) for s in KNN_SHRINKS]
+            model.weights_ = dense_weights(*dense[0], model.k)
     else:
         model = ItemKNN(KNN_NEIGHBOURS[1], KNN_SHRINKS[0])
         if case == "ItemKNN sparse":
