@@ -142,19 +142,21 @@ def user_block(block_size: int, n_items: int) -> int:
     return max(1, min(block_size, BLOCK_CELLS // max(n_items, 1)))
 
 
-def _top_k(s: np.ndarray, k: int) -> np.ndarray:
-    """(B, k) column indices of the k largest scores, best first; ties go to the lower column.
+def _top_k(s: np.ndarray, k: int, order: np.ndarray) -> np.ndarray:
+    """(B, k) column indices of the k largest scores, best first; ties go to the column that
+    comes first in ``order`` (N,), a random permutation of the columns.
 
     Not an argpartition of every row (most of a large catalogue's ranking cost): the k-th
-    largest of the first ``N / SAMPLE_SHARE`` columns, ``low``, bounds each row's k-th largest
-    from below. Only the scores above it (fewer than about k x SAMPLE_SHARE a row when the
-    columns are in random order, as callers give them) are gathered and ranked exactly; a
-    row with fewer than k of them has ``low`` as its k-th largest, which may be tied across
-    most of the row (a zero score, a seen item's -inf)."""
+    largest of the columns ``order[:N / SAMPLE_SHARE]``, ``low``, bounds each row's k-th
+    largest from below. Only the scores above it (fewer than about k x SAMPLE_SHARE a row)
+    are gathered and ranked exactly; a row with fewer than k of them has ``low`` as its k-th
+    largest, which may be tied across most of the row (a zero score, a seen item's -inf)."""
     b, n = s.shape
     m = min(n, max(k, n // SAMPLE_SHARE))
-    low = np.partition(s[:, :m], m - k, axis=1)[:, m - k]  # (B,) <= each row's k-th largest
-    r, c = np.nonzero(s > low[:, None])  # (C,) row-major, so columns ascend within a row
+    prio = np.empty(n, np.int64)
+    prio[order] = np.arange(n)  # (N,) tie-break rank of each column
+    low = np.partition(s[:, order[:m]], m - k, axis=1)[:, m - k]  # (B,) <= the k-th largest
+    r, c = np.nonzero(s > low[:, None])  # (C,) candidates, row-major
     v = s[r, c]
     counts = np.bincount(r, minlength=b)  # (B,)
     kth = low.copy()
@@ -167,20 +169,23 @@ def _top_k(s: np.ndarray, k: int) -> np.ndarray:
         pad[slot, pos] = v[pick]
         kth[big] = np.partition(pad, pad.shape[1] - k, axis=1)[:, pad.shape[1] - k]
     above = v > kth[r]
-    tied = v == kth[r]
-    # Ties at the k-th score go to the lower columns, as many as each row still needs.
+    # Ties at the k-th score go to the columns first in order, as many as each row needs.
     need = k - np.bincount(r[above], minlength=b)  # (B,)
-    rank = np.cumsum(tied) - 1
-    rank -= np.concatenate([[0], np.cumsum(np.bincount(r[tied], minlength=b))])[r]
-    keep = above | (tied & (rank < need[r]))
+    tied = np.flatnonzero(v == kth[r])
+    tied = tied[np.lexsort((prio[c[tied]], r[tied]))]  # by row, then tie-break rank
+    tied_rows = np.bincount(r[tied], minlength=b)
+    rank = np.arange(len(tied)) - (np.cumsum(tied_rows) - tied_rows)[r[tied]]
+    keep = np.concatenate([np.flatnonzero(above), tied[rank < need[r[tied]]]])
     rows, cols, vals = [r[keep]], [c[keep]], [v[keep]]
     for i in np.flatnonzero(~big):  # k-th largest = low: the first columns scoring low
-        at = np.flatnonzero(s[i] == low[i])[: need[i]]
+        at = np.flatnonzero(s[i] == low[i])
+        if len(at) > need[i]:
+            at = at[np.argpartition(prio[at], need[i] - 1)[: need[i]]]
         rows.append(np.full(len(at), i))
         cols.append(at)
         vals.append(s[i, at])
     r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)  # k a row
-    return c[np.lexsort((c, -v, r))].reshape(b, k)
+    return c[np.lexsort((prio[c], -v, r))].reshape(b, k)
 
 
 def _block_scores(scores: np.ndarray | ScoreFn, rows: np.ndarray, n_items: int) -> np.ndarray:
@@ -224,8 +229,7 @@ def per_user_metrics(
             [np.empty(0, np.int64)] + [u * n_items + t for u, t in enumerate(split.truth)]
         )
     )
-    # Scores are read through one fixed random column order, so the lower-column tie-break
-    # of _top_k is a random (but reproducible) tie-break over items.
+    # Ties are broken by one fixed random order of the columns: random, but reproducible.
     order = np.random.default_rng(seed).permutation(n_items)  # (N,)
     hits = np.zeros((n_users, k_max), dtype=bool)
     block_size = user_block(block_size, n_items)
@@ -234,7 +238,7 @@ def per_user_metrics(
         s = _block_scores(scores, rows, n_items)  # (B, N)
         seen = split.seen[lo : rows[-1] + 1]
         s[np.repeat(np.arange(len(rows)), np.diff(seen.indptr)), seen.indices] = -np.inf
-        top = order[_top_k(s[:, order], k_max)]  # (B, k_max) item indices, best first
+        top = _top_k(s, k_max, order)  # (B, k_max) item indices, best first
         keys = rows[:, None] * n_items + top
         pos = np.searchsorted(truth_keys, keys).clip(max=len(truth_keys) - 1)
         hits[lo : lo + len(rows)] = truth_keys[pos] == keys
@@ -295,5 +299,5 @@ def top_k_items(
         s = _block_scores(scores, rows, n_items)  # (B, N)
         seen = split.seen[lo : rows[-1] + 1]
         s[np.repeat(np.arange(len(rows)), np.diff(seen.indptr)), seen.indices] = -np.inf
-        out[lo : lo + len(rows)] = order[_top_k(s[:, order], k)]
+        out[lo : lo + len(rows)] = _top_k(s, k, order)
     return out
