@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # user row positions (B,) -> scores (B, N)
 SEGMENTS = ("all", "warm", "cold")
+# Most score cells (users x items) ranked at once: a block's scores, their reordered copy and
+# the top-k's int64 positions are about 20 bytes a cell (80 MB here), so at 100K items a block
+# holds 41 users, not the 1,024 of a small catalogue (2 GB).
+BLOCK_CELLS = 2**22
+# _top_k bounds each row's k-th largest score from one column in this many (at least k).
+SAMPLE_SHARE = 16
 
 
 @dataclass(frozen=True)
@@ -130,16 +136,56 @@ def build_eval_split(
     )
 
 
-def _top_k(s: np.ndarray, k: int) -> np.ndarray:
-    """(B, k) column indices of the k largest scores, best first; ties go to the lower column."""
-    top = np.argpartition(-s, k - 1, axis=1)[:, :k]  # (B, k) unordered
-    kth = np.take_along_axis(s, top, axis=1).min(axis=1, keepdims=True)  # (B, 1)
-    above, level = (s > kth).sum(axis=1), (s == kth).sum(axis=1)
-    for r in np.flatnonzero(above + level > k):  # the k-th score is tied beyond the cut
-        better = np.flatnonzero(s[r] > kth[r])
-        top[r] = np.concatenate([better, np.flatnonzero(s[r] == kth[r])[: k - len(better)]])
-    values = np.take_along_axis(s, top, axis=1)
-    return np.take_along_axis(top, np.lexsort((top, -values), axis=1), axis=1)
+def user_block(block_size: int, n_items: int) -> int:
+    """Users scored at once: ``block_size``, fewer when that many rows of ``n_items`` scores
+    would exceed :data:`BLOCK_CELLS` (at least one)."""
+    return max(1, min(block_size, BLOCK_CELLS // max(n_items, 1)))
+
+
+def _top_k(s: np.ndarray, k: int, order: np.ndarray) -> np.ndarray:
+    """(B, k) column indices of the k largest scores, best first; ties go to the column that
+    comes first in ``order`` (N,), a random permutation of the columns.
+
+    Not an argpartition of every row (most of a large catalogue's ranking cost): the k-th
+    largest of the columns ``order[:N / SAMPLE_SHARE]``, ``low``, bounds each row's k-th
+    largest from below. Only the scores above it (fewer than about k x SAMPLE_SHARE a row)
+    are gathered and ranked exactly; a row with fewer than k of them has ``low`` as its k-th
+    largest, which may be tied across most of the row (a zero score, a seen item's -inf)."""
+    b, n = s.shape
+    m = min(n, max(k, n // SAMPLE_SHARE))
+    prio = np.empty(n, np.int64)
+    prio[order] = np.arange(n)  # (N,) tie-break rank of each column
+    low = np.partition(s[:, order[:m]], m - k, axis=1)[:, m - k]  # (B,) <= the k-th largest
+    r, c = np.nonzero(s > low[:, None])  # (C,) candidates, row-major
+    v = s[r, c]
+    counts = np.bincount(r, minlength=b)  # (B,)
+    kth = low.copy()
+    big = counts >= k  # rows whose k-th largest is above low
+    if big.any():
+        pick = big[r]
+        slot = (np.cumsum(big) - 1)[r[pick]]  # row of each candidate among the big rows
+        pos = np.arange(len(r))[pick] - (np.cumsum(counts) - counts)[r[pick]]
+        pad = np.full((int(big.sum()), int(counts[big].max())), -np.inf, s.dtype)
+        pad[slot, pos] = v[pick]
+        kth[big] = np.partition(pad, pad.shape[1] - k, axis=1)[:, pad.shape[1] - k]
+    above = v > kth[r]
+    # Ties at the k-th score go to the columns first in order, as many as each row needs.
+    need = k - np.bincount(r[above], minlength=b)  # (B,)
+    tied = np.flatnonzero(v == kth[r])
+    tied = tied[np.lexsort((prio[c[tied]], r[tied]))]  # by row, then tie-break rank
+    tied_rows = np.bincount(r[tied], minlength=b)
+    rank = np.arange(len(tied)) - (np.cumsum(tied_rows) - tied_rows)[r[tied]]
+    keep = np.concatenate([np.flatnonzero(above), tied[rank < need[r[tied]]]])
+    rows, cols, vals = [r[keep]], [c[keep]], [v[keep]]
+    for i in np.flatnonzero(~big):  # k-th largest = low: the first columns scoring low
+        at = np.flatnonzero(s[i] == low[i])
+        if len(at) > need[i]:
+            at = at[np.argpartition(prio[at], need[i] - 1)[: need[i]]]
+        rows.append(np.full(len(at), i))
+        cols.append(at)
+        vals.append(s[i, at])
+    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)  # k a row
+    return c[np.lexsort((prio[c], -v, r))].reshape(b, k)
 
 
 def _block_scores(scores: np.ndarray | ScoreFn, rows: np.ndarray, n_items: int) -> np.ndarray:
@@ -183,16 +229,16 @@ def per_user_metrics(
             [np.empty(0, np.int64)] + [u * n_items + t for u, t in enumerate(split.truth)]
         )
     )
-    # Scores are read through one fixed random column order, so the lower-column tie-break
-    # of _top_k is a random (but reproducible) tie-break over items.
+    # Ties are broken by one fixed random order of the columns: random, but reproducible.
     order = np.random.default_rng(seed).permutation(n_items)  # (N,)
     hits = np.zeros((n_users, k_max), dtype=bool)
+    block_size = user_block(block_size, n_items)
     for lo in range(0, n_users, block_size):
         rows = np.arange(lo, min(lo + block_size, n_users))
         s = _block_scores(scores, rows, n_items)  # (B, N)
         seen = split.seen[lo : rows[-1] + 1]
         s[np.repeat(np.arange(len(rows)), np.diff(seen.indptr)), seen.indices] = -np.inf
-        top = order[_top_k(s[:, order], k_max)]  # (B, k_max) item indices, best first
+        top = _top_k(s, k_max, order)  # (B, k_max) item indices, best first
         keys = rows[:, None] * n_items + top
         pos = np.searchsorted(truth_keys, keys).clip(max=len(truth_keys) - 1)
         hits[lo : lo + len(rows)] = truth_keys[pos] == keys
@@ -217,8 +263,8 @@ def rank_metrics(
 
     ``scores`` is a (U, N) array aligned with ``split.user_ids`` and ``split.item_ids``
     (higher is better), or ``score_fn(rows) -> (B, N)`` where ``rows`` are positions in
-    ``split.user_ids``; it is called on blocks of ``block_size`` users, so U x N never has to
-    be in memory. A segment without users gets NaN metrics and ``users = 0``.
+    ``split.user_ids``; it is called on blocks of ``block_size`` users (fewer on large
+    catalogues: :func:`user_block`), so U x N never has to be in memory. A segment without users gets NaN metrics and ``users = 0``.
     """
     return aggregate(per_user_metrics(scores, split, ks, block_size, seed), split)
 
@@ -247,10 +293,11 @@ def top_k_items(
     k = min(k, n_items)
     order = np.random.default_rng(seed).permutation(n_items)  # (N,) as per_user_metrics
     out = np.empty((n_users, k), np.int64)
+    block_size = user_block(block_size, n_items)
     for lo in range(0, n_users, block_size):
         rows = np.arange(lo, min(lo + block_size, n_users))
         s = _block_scores(scores, rows, n_items)  # (B, N)
         seen = split.seen[lo : rows[-1] + 1]
         s[np.repeat(np.arange(len(rows)), np.diff(seen.indptr)), seen.indices] = -np.inf
-        out[lo : lo + len(rows)] = order[_top_k(s[:, order], k)]
+        out[lo : lo + len(rows)] = _top_k(s, k, order)
     return out

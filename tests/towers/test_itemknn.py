@@ -1,5 +1,6 @@
-"""ItemKNN on tiny data: shrunk cosine neighbours against a dense computation, the
-co-occurring item recommended, the (neighbours, shrink) choice made on validation."""
+"""ItemKNN on tiny data: sparse shrunk cosine neighbours against the dense definition (ties,
+items with fewer co-occurring items than k, several blocks), the co-occurring item
+recommended, the (neighbours, shrink) choice made on validation."""
 
 from __future__ import annotations
 
@@ -10,14 +11,23 @@ import scipy.sparse as sp
 
 from tests.towers.test_baselines import DAY0, END, START, clustered, frame
 from towers.evaluate import build_eval_split, rank_metrics
-from towers.itemknn import ItemKNN, itemknn_search, neighbour_weights, top_neighbours, tune_itemknn
+from towers.itemknn import (
+    BYTES_PER_NONZERO,
+    ItemKNN,
+    itemknn_search,
+    neighbour_weights,
+    top_neighbours,
+    tune_itemknn,
+)
 
 
 def dense_knn(x: np.ndarray, k: int, shrink: float) -> np.ndarray:
-    """W by the definition: shrunk cosine, each column's k largest off-diagonal values."""
+    """W by the definition: float32 shrunk cosine, each column's k largest off-diagonal
+    values (ties to the lower item), zeros dropped."""
+    x = x.astype(np.float32)
     c = x.T @ x
     norms = np.sqrt(np.diag(c))
-    s = c / (np.outer(norms, norms) + shrink + 1e-12)
+    s = c / (norms[:, None] * norms[None, :] + shrink + 1e-12)
     np.fill_diagonal(s, -np.inf)
     w = np.zeros_like(s)
     for j in range(len(s)):
@@ -26,25 +36,64 @@ def dense_knn(x: np.ndarray, k: int, shrink: float) -> np.ndarray:
     return w
 
 
-@pytest.mark.parametrize("shrink", [0.0, 5.0])
-def test_neighbours_match_the_dense_definition(shrink):
-    rng = np.random.default_rng(3)
-    x = (rng.random((30, 12)) < 0.3).astype(np.float32)
-    x[:, 11] = 0  # an item nobody had: no neighbours, no NaN
-    # Blocks of 5 target columns (5, 5, 2): the path large catalogues take.
-    idx, sim = top_neighbours(sp.csr_matrix(x), k=4, shrink=shrink, block_bytes=16 * 12 * 5)
-    assert idx.shape == sim.shape == (12, 4)
-    assert (idx != np.arange(12)[:, None]).all()  # never its own neighbour
-    assert (np.diff(sim, axis=1) <= 1e-7).all()  # best first
-    w = neighbour_weights(idx, sim, 4)
-    assert sp.issparse(w) and w.nnz <= 12 * 4
-    assert np.allclose(w.toarray(), dense_knn(x, 4, shrink), atol=1e-6)
-    # Cutting to fewer neighbours keeps the best ones.
-    assert np.allclose(neighbour_weights(idx, sim, 2).toarray(), dense_knn(x, 2, shrink), atol=1e-6)
+def kept(w: np.ndarray) -> list[list[float]]:
+    """Each column's nonzero weights, sorted: the multiset a tie at the k-th place keeps."""
+    return [sorted(col[col > 0].tolist()) for col in w.T]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparse_neighbours_equal_the_dense_definition(seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.random((40, 15)) < 0.2).astype(np.float32)
+    x[:, 14] = 0  # an item nobody had: no neighbours, no NaN
+    x[:, 13] = 0
+    x[0, 13] = 1  # an item with one user: fewer co-occurring items than k
+    x[:, 12] = x[:, 11]  # identical columns: tied similarities to every other item
+    shrinks = (0.0, 5.0, 50.0)
+    # Blocks of a few target items each: the path large catalogues take.
+    lists = top_neighbours(sp.csr_matrix(x), 6, shrinks, block_bytes=BYTES_PER_NONZERO * 40)
+    assert len(lists) == len(shrinks)
+    for shrink, nb in zip(shrinks, lists, strict=True):
+        lengths = np.diff(nb.indptr)
+        assert nb.indptr[-1] == len(nb.items) == len(nb.sims) and (lengths <= 6).all()
+        assert lengths[14] == 0 and lengths[13] == min(6, int(x[0].sum()) - 1)
+        assert (nb.sims > 0).all()  # zeros are never neighbours
+        assert (nb.items != np.repeat(np.arange(15), lengths)).all()  # never its own
+        for j in range(15):
+            sims = nb.sims[nb.indptr[j] : nb.indptr[j + 1]]
+            assert (np.diff(sims) <= 0).all()  # best first
+        for k in (1, 3, 6):  # the one list, cut to each shorter k
+            w = neighbour_weights(nb, k)
+            assert sp.issparse(w) and w.nnz <= 15 * k
+            expected = dense_knn(x, k, shrink)
+            assert kept(w.toarray()) == kept(expected)
+            assert np.array_equal(w.toarray(), expected)  # ties go to the lower item too
     with pytest.raises(ValueError, match="k must be"):
-        top_neighbours(sp.csr_matrix(x), k=0, shrink=0.0)
-    with pytest.raises(ValueError, match="shrink"):
-        top_neighbours(sp.csr_matrix(x), k=2, shrink=-1.0)
+        top_neighbours(sp.csr_matrix(x), 0, (0.0,))
+    with pytest.raises(ValueError, match="shrinks"):
+        top_neighbours(sp.csr_matrix(x), 2, (-1.0,))
+
+
+def test_one_block_or_many_give_the_same_neighbours():
+    x = sp.csr_matrix((np.random.default_rng(4).random((60, 30)) < 0.15).astype(np.float32))
+    (one,) = top_neighbours(x, 5, (10.0,))
+    (many,) = top_neighbours(x, 5, (10.0,), block_bytes=1)  # one target item a block
+    for a, b in zip(one, many, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_itemknn_scores_are_history_times_the_dense_weights():
+    events = clustered()
+    start = DAY0 + pd.Timedelta(days=14)
+    split = build_eval_split(events, np.arange(40), start, None)
+    train = events[events.event_timestamp < start]
+    model = ItemKNN(k=7, shrink=20.0).fit(train, np.arange(40))
+    x = model.matrix_.toarray()
+    scores = model.scores(split)
+    known = np.isin(split.user_ids, model.user_ids_)
+    rows = np.searchsorted(model.user_ids_, split.user_ids[known])
+    assert known.any()
+    assert np.allclose(scores[known], x[rows] @ dense_knn(x, 7, 20.0), atol=1e-5)
 
 
 def test_itemknn_recommends_the_co_occurring_item():
