@@ -22,14 +22,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
     import numpy as np
+    from backtest_cuts import backtest_cuts, with_chosen_prior
 
     from evaluation.backtest import CONTENT, TWO_TOWER
     from evaluation.backtest_new_items import new_item_split, reach, restricted
-    from recsys.settings import settings_from
     from towers.config import TowerConfig
     from towers.data import load_source, tower_data
     from towers.evaluate import per_user_metrics, rank_metrics
@@ -43,15 +44,10 @@ def main() -> None:
                         help="score with the popularity prior the backtest chose per cut")
     parser.add_argument("--cuts", type=int, nargs="*", help="window indices (default: all)")
     args = parser.parse_args()
-    summary = json.loads((args.backtest / "backtest.json").read_text())
+    summary, cuts = backtest_cuts(args.backtest, args.cuts)
     cfg = summary["config"]
     rows = []
-    for w in summary["windows"]:
-        if args.cuts and w["index"] not in args.cuts:
-            continue
-        settings = settings_from(data_dir=args.backtest / "cuts" / f"cut{w['index']}",
-                                 dataset=summary["dataset"], val_start=w["val_start"],
-                                 test_start=w["cut"], as_of=w["end"])  # fmt: skip
+    for w, settings in cuts:
         source = load_source(settings, with_test=False)
         data = tower_data(source, ("train",))
         assert data.val is not None
@@ -67,11 +63,8 @@ def main() -> None:
                            recency_half_life_days=choice["recency_half_life_days"],
                            item_id_dropout=dropout)  # fmt: skip
             result = train(tcfg, data, progress=False)
-            if args.with_prior and choice["popularity_prior"] != "none":
-                # The prior validation chose for the cut's model: "<weight> log1p(<feature>)".
-                weight, feature = choice["popularity_prior"].split(" log1p(")
-                result.model.set_config(replace(result.model.cfg, popularity_prior=float(weight),
-                                                popularity_feature=feature.rstrip(")")))  # fmt: skip
+            if args.with_prior:
+                with_chosen_prior(result.model, choice)
             scores = tower_scores(result.model, data.val.users, data.val.items)
             warm = rank_metrics(scores, val, ks=(20,))["warm"]["recall@20"]
             on_new = per_user_metrics(restricted(scores, val, new), new, (20,))["recall@20"]

@@ -27,15 +27,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
     import numpy as np
     import pandas as pd
+    from backtest_cuts import backtest_cuts, with_chosen_prior
 
     from evaluation.backtest import TWO_TOWER
     from evaluation.backtest_cut import cold_start_batch, new_user_split
-    from recsys.settings import settings_from
     from towers.config import TowerConfig
     from towers.data import load_source, tower_data
     from towers.evaluate import per_user_metrics, rank_metrics
@@ -47,15 +48,10 @@ def main() -> None:
     parser.add_argument("--cuts", type=int, nargs="*", help="window indices (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
-    summary = json.loads((args.backtest / "backtest.json").read_text())
+    summary, cuts = backtest_cuts(args.backtest, args.cuts)
     cfg = summary["config"]
     rows = []
-    for w in summary["windows"]:
-        if args.cuts and w["index"] not in args.cuts:
-            continue
-        settings = settings_from(data_dir=args.backtest / "cuts" / f"cut{w['index']}",
-                                 dataset=summary["dataset"], val_start=w["val_start"],
-                                 test_start=w["cut"], as_of=w["end"])  # fmt: skip
+    for w, settings in cuts:
         source = load_source(settings, with_test=False)
         data = tower_data(source, ("train",))
         assert data.val is not None
@@ -72,13 +68,7 @@ def main() -> None:
                                recency_half_life_days=choice["recency_half_life_days"],
                                user_id_dropout=dropout)  # fmt: skip
                 result = train(tcfg, data, progress=False)
-                if choice["popularity_prior"] != "none":
-                    # The prior validation chose for the cut's model: "<weight> log1p(<feature>)".
-                    weight, feature = choice["popularity_prior"].split(" log1p(")
-                    result.model.set_config(replace(
-                        result.model.cfg, popularity_prior=float(weight),
-                        popularity_feature=feature.rstrip(")"),
-                    ))  # fmt: skip
+                with_chosen_prior(result.model, choice)
                 m = rank_metrics(tower_scores(result.model, data.val.users, data.val.items), val,
                                  ks=(20,))  # fmt: skip
                 row = {"window": w["index"], "user_id_dropout": dropout, "seed": seed,
