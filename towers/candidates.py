@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys.io import atomic_write_bytes
+from towers.evaluate import user_block
 
 CANDIDATES_VIEW = "user_candidates"
 
@@ -66,8 +67,10 @@ def seen_matrix(
 def top_k(
     queries: np.ndarray, vectors: np.ndarray, seen: sp.csr_matrix, k: int, block: int = 2048
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (U, k) and scores (U, k) of the best unseen items per query, best first."""
+    """Positions (U, k) and scores (U, k) of the best unseen items per query, best first;
+    ``block`` queries scored at once, fewer on a large catalogue (``user_block``)."""
     k = min(k, vectors.shape[0])
+    block = user_block(block, vectors.shape[0])
     positions = np.empty((len(queries), k), dtype=np.int64)
     scores = np.empty((len(queries), k), dtype=np.float32)
     for lo in range(0, len(queries), block):

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from towers.baselines import MAX_VAL_USERS, best_of, sample_rows, sample_users, val_recall
@@ -66,11 +67,14 @@ def choose_prior(
     split = sample_users(window.split, max_users)
     u = embed(model.user_tower, take(window.users, torch.from_numpy(rows)))  # (U, d)
     v = embed(model.item_tower, window.items)  # (N, d [+ 1]) without the prior
-    base = logits(u, v, cfg)  # (U, N)
 
     def recall(prior: torch.Tensor | float) -> float:
-        scores = base + prior
-        return val_recall(lambda r: scores[torch.from_numpy(r)].numpy(), split, k)
+        # Scored a block of users at a time (rank_metrics sizes the blocks to the catalogue):
+        # U x N scores would be 8 GB at 2,000 users and 1M items.
+        def scores(r: np.ndarray) -> np.ndarray:
+            return (logits(u[torch.from_numpy(r)], v, cfg) + prior).numpy()
+
+        return val_recall(scores, split, k)
 
     tried: dict[tuple[float, str], float] = {(0.0, cfg.popularity_feature): recall(0.0)}
     for feature in features:

@@ -170,3 +170,39 @@ def test_the_item_table_vectors_carry_the_prior_of_the_counts_as_of(synthetic_bu
     assert expected.std() > 0  # the counts differ between items
     np.testing.assert_allclose(carried[:, :-1], plain[:, :-1])
     np.testing.assert_allclose(carried[:, -1] - plain[:, -1], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_choose_prior_scores_a_block_of_users_at_a_time(encoder, monkeypatch):
+    """Validation is scored in blocks sized to the catalogue (towers.evaluate.user_block), never
+    as one users x items matrix: with room for one user's scores a block, every score_fn call
+    gets one user, and the choice and its recalls are those of a single block."""
+    import towers.evaluate as evaluate
+
+    cfg = replace(CFG, select_k=1)
+    window = _window(encoder)
+
+    def chosen_prior():
+        torch.manual_seed(0)
+        model = build_model(cfg, encoder).eval()
+        result = TrainResult(model=model, encoder=encoder, config=cfg, best_epoch=1,
+                             val_metrics={})  # fmt: skip
+        return choose_prior(result, window, weights=(0.0, 0.01))
+
+    whole, whole_tried = chosen_prior()
+    blocks: list[int] = []
+    per_user_metrics = evaluate.per_user_metrics
+
+    def counted(scores, split, *args, **kwargs):
+        def score_fn(r):
+            blocks.append(len(r))
+            return scores(r)
+
+        return per_user_metrics(score_fn, split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "BLOCK_CELLS", 5)  # one row of the 5 items' scores
+    monkeypatch.setattr(evaluate, "per_user_metrics", counted)
+    blocked, blocked_tried = chosen_prior()
+    assert blocks and set(blocks) == {1}
+    assert len(blocks) == 6 * len(blocked_tried)  # 6 users, one call each, per setting
+    assert blocked_tried == whole_tried
+    assert blocked.config == whole.config
