@@ -15,6 +15,10 @@ in it with more than 5 events: the first 5 given as a cold-start request's histo
 read.
 
     python benchmarks/ablation_user_ids.py --backtest /tmp/bt --dropouts 0.3 0.6 1.0
+
+``--variant NAME=JSON`` (repeatable) compares any other TowerConfig overrides the same way,
+per user group, e.g. ``--variant 'history 50={"history": 50}'``; with ``--variant`` only the
+variants run (``--variant 'default={}'`` is the default config).
 """
 
 from __future__ import annotations
@@ -45,9 +49,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backtest", type=Path, required=True, help="a backtest's --out")
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.3, 0.6, 1.0])
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                        help="TowerConfig overrides to compare instead of --dropouts")
     parser.add_argument("--cuts", type=int, nargs="*", help="window indices (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
+    variants = dict(v.split("=", 1) for v in args.variant)
+    overrides = ({name: json.loads(v) for name, v in variants.items()} if variants else
+                 {f"user_id_dropout {d:g}": {"user_id_dropout": d} for d in args.dropouts})
     summary, cuts = backtest_cuts(args.backtest, args.cuts)
     cfg = summary["config"]
     rows = []
@@ -61,17 +70,17 @@ def main() -> None:
         users = pd.read_parquet(settings.paths.dataset / "users.parquet")
         profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
         choice = w["choices"][TWO_TOWER]
-        for dropout in args.dropouts:
+        for name, override in overrides.items():
             for seed in args.seeds:
                 tcfg = replace(TowerConfig(), epochs=cfg["max_epochs"], seed=seed,
                                temperature=choice["temperature"],
                                recency_half_life_days=choice["recency_half_life_days"],
-                               user_id_dropout=dropout)  # fmt: skip
+                               **override)  # fmt: skip
                 result = train(tcfg, data, progress=False)
                 with_chosen_prior(result.model, choice)
                 m = rank_metrics(tower_scores(result.model, data.val.users, data.val.items), val,
                                  ks=(20,))  # fmt: skip
-                row = {"window": w["index"], "user_id_dropout": dropout, "seed": seed,
+                row = {"window": w["index"], "variant": name, "seed": seed,
                        "best_epoch": result.best_epoch,
                        **{f"val {g} recall@20": round(m[g]["recall@20"], 4)
                           for g in ("all", "warm", "cold") if g in m}}  # fmt: skip
@@ -86,9 +95,9 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     keys = [k for k in rows[0] if k.startswith("val ")] if rows else []
-    for dropout in args.dropouts:
-        mine = [r for r in rows if r["user_id_dropout"] == dropout]
-        print(f"user_id_dropout {dropout:g}, mean over {len(mine)} run(s): " + ", ".join(
+    for name in overrides:
+        mine = [r for r in rows if r["variant"] == name]
+        print(f"{name}, mean over {len(mine)} run(s): " + ", ".join(
             f"{k} {np.mean([r[k] for r in mine if k in r]):.4f}" for k in keys))  # fmt: skip
 
 
