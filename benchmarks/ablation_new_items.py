@@ -40,8 +40,11 @@ def main() -> None:
     parser.add_argument("--backtest", type=Path, required=True, help="a backtest's --out")
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     parser.add_argument("--quantiles", type=float, nargs="*", default=[0.25, 0.5, 0.75])
-    parser.add_argument("--with-prior", action="store_true",
-                        help="score with the popularity prior the backtest chose per cut")
+    parser.add_argument(
+        "--with-prior",
+        action="store_true",
+        help="score with the popularity prior the backtest chose per cut",
+    )
     parser.add_argument("--cuts", type=int, nargs="*", help="window indices (default: all)")
     args = parser.parse_args()
     summary, cuts = backtest_cuts(args.backtest, args.cuts)

@@ -49,14 +49,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backtest", type=Path, required=True, help="a backtest's --out")
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.3, 0.6, 1.0])
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                        help="TowerConfig overrides to compare instead of --dropouts")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="TowerConfig overrides to compare instead of --dropouts",
+    )
     parser.add_argument("--cuts", type=int, nargs="*", help="window indices (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant)
-    overrides = ({name: json.loads(v) for name, v in variants.items()} if variants else
-                 {f"user_id_dropout {d:g}": {"user_id_dropout": d} for d in args.dropouts})
+    overrides = (
+        {name: json.loads(v) for name, v in variants.items()}
+        if variants
+        else {f"user_id_dropout {d:g}": {"user_id_dropout": d} for d in args.dropouts}
+    )
     summary, cuts = backtest_cuts(args.backtest, args.cuts)
     cfg = summary["config"]
     rows = []
