@@ -78,6 +78,10 @@ def main() -> None:
         users = pd.read_parquet(settings.paths.dataset / "users.parquet")
         profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
         choice = w["choices"][TWO_TOWER]
+        # The new users' requests, encoded once per cut: every run shares the cut's encoder.
+        batch = cold_start_batch(data.encoder, profiles, given,
+                                 settings.paths.dataset / "items.parquet",
+                                 settings.recent_items) if len(new.user_ids) else None  # fmt: skip
         for name, override in overrides.items():
             for seed in args.seeds:
                 tcfg = replace(TowerConfig(), epochs=cfg["max_epochs"], seed=seed,
@@ -92,10 +96,7 @@ def main() -> None:
                        "best_epoch": result.best_epoch,
                        **{f"val {g} recall@20": round(m[g]["recall@20"], 4)
                           for g in ("all", "warm", "cold") if g in m}}  # fmt: skip
-                if len(new.user_ids):
-                    batch = cold_start_batch(result.encoder, profiles, given,
-                                             settings.paths.dataset / "items.parquet",
-                                             settings.recent_items)  # fmt: skip
+                if batch is not None:
                     on_new = per_user_metrics(tower_scores(result.model, batch, data.val.items),
                                               new, (20,))["recall@20"]  # fmt: skip
                     row["val new after 5 recall@20"] = round(float(np.mean(on_new)), 4)
