@@ -17,8 +17,9 @@ read.
     python benchmarks/ablation_user_ids.py --backtest /tmp/bt --dropouts 0.3 0.6 1.0
 
 ``--variant NAME=JSON`` (repeatable) compares any other TowerConfig overrides the same way,
-per user group, e.g. ``--variant 'history 50={"history": 50}'``; with ``--variant`` only the
-variants run (``--variant 'default={}'`` is the default config).
+per user group, e.g. ``--variant 'history 10={"history": 10}'`` (a ``history`` override is
+encoded with that many recent items, at most the features' ``recent_items``); with
+``--variant`` only the variants run (``--variant 'default={}'`` is the default config).
 """
 
 from __future__ import annotations
@@ -70,19 +71,25 @@ def main() -> None:
     rows = []
     for w, settings in cuts:
         source = load_source(settings, with_test=False)
-        data = tower_data(source, ("train",))
-        assert data.val is not None
-        val = data.val.split
+        val = source.windows["val"][0]  # the validation window's EvalSplit
         new, given = new_user_split(source.interactions, source.item_ids, val,
                                     cfg["new_user_history"])  # fmt: skip
         users = pd.read_parquet(settings.paths.dataset / "users.parquet")
         profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
         choice = w["choices"][TWO_TOWER]
-        # The new users' requests, encoded once per cut: every run shares the cut's encoder.
-        batch = cold_start_batch(data.encoder, profiles, given,
-                                 settings.paths.dataset / "items.parquet",
-                                 settings.recent_items) if len(new.user_ids) else None  # fmt: skip
+        # The cut's training data and the new users' requests, encoded once per history length
+        # (a `history` override encodes its own): every run of that length shares the encoder.
+        encoded: dict[int, tuple] = {}
         for name, override in overrides.items():
+            history = override.get("history", TowerConfig.history)
+            if history not in encoded:
+                data = tower_data(source, ("train",), history)
+                batch = cold_start_batch(data.encoder, profiles, given,
+                                         settings.paths.dataset / "items.parquet",
+                                         settings.recent_items) if len(new.user_ids) else None  # fmt: skip
+                encoded[history] = data, batch
+            data, batch = encoded[history]
+            assert data.val is not None
             for seed in args.seeds:
                 tcfg = replace(TowerConfig(), epochs=cfg["max_epochs"], seed=seed,
                                temperature=choice["temperature"],

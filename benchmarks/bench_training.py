@@ -9,7 +9,11 @@ built once (cached under --work), then, in this process:
 - one training run with the default config and early stopping on validation recall@20:
   epochs run, the best epoch, wall time to the end of the best epoch ("time to converge",
   validation scoring included) and to the end of the run;
-- throughput: training examples per second of the optimisation steps alone (no scoring).
+- throughput: training examples per second of the optimisation steps alone (no scoring);
+- the work behind it: the matrix products' floating-point operations per example
+  (``torch.utils.flop_counter`` over one step), the rate they ran at, and this machine's
+  large-GEMM rate on the same threads. Their ratio, GEMM GFLOP/s / MFLOP per example, is a
+  ceiling on examples/s that no tuning of the loop can pass: only less work per example can.
 
 At sizes above --full-max interactions only --epochs-at-scale epochs run (epoch time and
 throughput; convergence is not waited for).
@@ -37,6 +41,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 # --code PATH: the checkout whose code is measured (this one by default), imported first.
@@ -44,6 +49,9 @@ CODE = Path(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv else
 sys.path.insert(0, str(CODE.resolve()))
 
 from towers.config import TowerConfig as TowerConfigDefault  # noqa: E402
+
+if TYPE_CHECKING:
+    from towers.data import TowerData
 
 
 def prepare(work: Path, size: int) -> Path:
@@ -81,6 +89,40 @@ def machine(before: list[int], own_seconds: float, wall: float) -> dict:
     }
 
 
+def step_flops(cfg: TowerConfigDefault, tower: TowerData) -> float:
+    """Floating-point operations of the matrix products (torch.utils.flop_counter: mm, addmm,
+    bmm, the GRU's, the attention's) in one training step's forward and backward, per
+    example of a full batch. Elementwise work (activations, softmax, the optimizer) is not
+    counted, so it is a lower bound on the work of a step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from towers.train import Training, _loss
+
+    run = Training(cfg, tower, progress=False)
+    run.model.train()
+    rows = slice(0, run.cfg.batch_size)
+    with FlopCounterMode(display=False) as counter:
+        _loss(run.model, tower, rows, run.cfg, run.gen, run.sampler).backward()
+    return counter.get_total_flops() / run.cfg.batch_size
+
+
+def gemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matrix-product rate, GFLOP/s, on ``threads`` torch threads: the
+    best of ``repeats`` (n x n) @ (n x n) products, the most a training step's products can
+    reach here (theirs are far smaller)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
 def measure(data: Path, epochs: int | None, temperature: float, threads: int = 0) -> dict:
     import torch
 
@@ -116,6 +158,9 @@ def measure(data: Path, epochs: int | None, temperature: float, threads: int = 0
     ends = [h["seconds"] for h in history]
     steps = [b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
     train_seconds = sum(steps) - scoring * len(history)
+    flops = step_flops(cfg, tower)  # per example
+    examples_per_second = n * len(history) / max(train_seconds, 1e-9)
+    peak = gemm_gflops(torch.get_num_threads())
     return {
         "rows": n,
         "threads": torch.get_num_threads(),
@@ -127,7 +172,13 @@ def measure(data: Path, epochs: int | None, temperature: float, threads: int = 0
         "seconds_total": result.seconds,
         "epoch_seconds": round(sum(steps) / len(steps), 2),
         "scoring_seconds": round(scoring, 2),
-        "examples_per_second": round(n * len(history) / max(train_seconds, 1e-9)),
+        "examples_per_second": round(examples_per_second),
+        # The products' work per example, the rate they ran at, and this machine's large-GEMM
+        # rate on the same threads: examples/s cannot pass gemm_gflops / mflop_per_example.
+        "matmul_mflop_per_example": round(flops / 1e6, 3),
+        "matmul_gflops_achieved": round(flops * examples_per_second / 1e9, 1),
+        "gemm_gflops": round(peak, 1),
+        "examples_per_second_ceiling": round(peak * 1e9 / flops),
         "train_cpu_seconds": round(cpu, 1),
         **machine(ticks, cpu, wall),
     }
@@ -194,12 +245,15 @@ def main() -> None:
             results.append(r)
             print(json.dumps(r), flush=True)
     print(f"\n{'dataset':>18} {'rows':>9} {'thr':>3} {'epochs':>6} {'best':>4} {'to best s':>9} "
-          f"{'total s':>8} {'epoch s':>8} {'ex/s':>8} {'val R@20':>8}")  # fmt: skip
+          f"{'total s':>8} {'epoch s':>8} {'ex/s':>8} {'val R@20':>8} {'MFLOP/ex':>8} "
+          f"{'GFLOP/s':>7} {'GEMM GFLOP/s':>12} {'ceiling ex/s':>12}")  # fmt: skip
     for r in results:
         print(f"{r['dataset']:>18} {r['rows']:>9,} {r['threads']:>3} {r['epochs_run']:>6} "
               f"{r['best_epoch']:>4} {r['seconds_to_best_epoch']:>9.1f} {r['seconds_total']:>8.1f} "
               f"{r['epoch_seconds']:>8.2f} {r['examples_per_second']:>8,} "
-              f"{r['best_val_recall@20']:>8.4f}")  # fmt: skip
+              f"{r['best_val_recall@20']:>8.4f} {r['matmul_mflop_per_example']:>8.3f} "
+              f"{r['matmul_gflops_achieved']:>7.1f} {r['gemm_gflops']:>12.1f} "
+              f"{r['examples_per_second_ceiling']:>12,}")  # fmt: skip
     out = ROOT / "benchmarks" / "results" / "training.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
