@@ -28,6 +28,13 @@ time other processes used during the run (from /proc/stat), since the cores may 
 
     python benchmarks/bench_training.py --sizes 1000000 --before /tmp/base --repeats 3 \
         --threads 0 1
+
+Independent runs at once: ``--concurrent N`` starts N measurements of this code together, each
+in its own process at ``--threads`` (one count), alone first, then the N together,
+``--repeats`` times: what a second core adds to runs that share nothing (tuning candidates, a
+refit), against what a second thread or a DDP process adds to one run.
+
+    python benchmarks/bench_training.py --sizes 1000000 --concurrent 2 --threads 1 --repeats 2
 """
 
 from __future__ import annotations
@@ -89,11 +96,12 @@ def machine(before: list[int], own_seconds: float, wall: float) -> dict:
     }
 
 
-def step_flops(cfg: TowerConfigDefault, tower: TowerData) -> float:
+def step_flops(cfg: TowerConfigDefault, tower: TowerData) -> tuple[float, float]:
     """Floating-point operations of the matrix products (torch.utils.flop_counter: mm, addmm,
     bmm, the GRU's, the attention's) in one training step's forward and backward, per
-    example of a full batch. Elementwise work (activations, softmax, the optimizer) is not
-    counted, so it is a lower bound on the work of a step."""
+    example of a full batch: in all, and in the user tower's history block. Elementwise work
+    (activations, softmax, the optimizer) is not counted, so it is a lower bound on the work
+    of a step."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from towers.train import Training, _loss
@@ -103,7 +111,8 @@ def step_flops(cfg: TowerConfigDefault, tower: TowerData) -> float:
     rows = slice(0, run.cfg.batch_size)
     with FlopCounterMode(display=False) as counter:
         _loss(run.model, tower, rows, run.cfg, run.gen, run.sampler).backward()
-    return counter.get_total_flops() / run.cfg.batch_size
+    history = sum(counter.get_flop_counts().get("UserTower.history", {}).values())
+    return counter.get_total_flops() / run.cfg.batch_size, history / run.cfg.batch_size
 
 
 def gemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -123,7 +132,23 @@ def gemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def measure(data: Path, epochs: int | None, temperature: float, threads: int = 0) -> dict:
+def with_history(tower: TowerData, length: int) -> TowerData:
+    """The encoded rows with only their ``length`` newest history items (the feature keeps
+    them newest first): the work per row of rows encoded at that length. Only the history
+    inputs' normalisation, fitted over the positions kept, differs, so the validation recall
+    is not quite that of a model trained at that length (benchmarks/ablation_user_ids.py
+    measures that)."""
+
+    def cut(batch: dict) -> dict:
+        return {k: v[:, :length] if k in ("history", "history_feats") else v
+                for k, v in batch.items()}  # fmt: skip
+
+    val = None if tower.val is None else replace(tower.val, users=cut(tower.val.users))
+    return replace(tower, train_users=cut(tower.train_users), val=val, test=None)
+
+
+def measure(data: Path, epochs: int | None, temperature: float, threads: int = 0,
+            overrides: dict | None = None) -> dict:  # fmt: skip
     import torch
 
     from recsys.settings import Settings
@@ -139,7 +164,9 @@ def measure(data: Path, epochs: int | None, temperature: float, threads: int = 0
         tower = tower_data(load_source(Settings(data_dir=data), with_test=False))
         torch.save(tower, cache)
     load = time.perf_counter() - start
-    cfg = replace(TowerConfig(), temperature=temperature)
+    cfg = replace(TowerConfig(), temperature=temperature, **(overrides or {}))
+    if cfg.history != TowerConfig.history:
+        tower = with_history(tower, cfg.history)
     cfg = cfg if epochs is None else replace(cfg, epochs=epochs)
     cfg = replace(cfg, threads=threads) if threads else cfg
     ticks, cpu, wall = cpu_ticks(), time.process_time(), time.perf_counter()
@@ -158,10 +185,11 @@ def measure(data: Path, epochs: int | None, temperature: float, threads: int = 0
     ends = [h["seconds"] for h in history]
     steps = [b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
     train_seconds = sum(steps) - scoring * len(history)
-    flops = step_flops(cfg, tower)  # per example
+    flops, history_flops = step_flops(cfg, tower)  # per example
     examples_per_second = n * len(history) / max(train_seconds, 1e-9)
     peak = gemm_gflops(torch.get_num_threads())
     return {
+        "config": overrides or {},
         "rows": n,
         "threads": torch.get_num_threads(),
         "load_seconds": round(load, 1),
@@ -176,12 +204,66 @@ def measure(data: Path, epochs: int | None, temperature: float, threads: int = 0
         # The products' work per example, the rate they ran at, and this machine's large-GEMM
         # rate on the same threads: examples/s cannot pass gemm_gflops / mflop_per_example.
         "matmul_mflop_per_example": round(flops / 1e6, 3),
+        "history_block_mflop_per_example": round(history_flops / 1e6, 3),
         "matmul_gflops_achieved": round(flops * examples_per_second / 1e9, 1),
         "gemm_gflops": round(peak, 1),
         "examples_per_second_ceiling": round(peak * 1e9 / flops),
         "train_cpu_seconds": round(cpu, 1),
         **machine(ticks, cpu, wall),
     }
+
+
+def _one_command(args: argparse.Namespace, size: int, code: Path, threads: int) -> list[str]:
+    """The command of one measurement in its own process (``--one``)."""
+    return [sys.executable, __file__, "--one", str(size), "--code", str(code),
+            "--threads", str(threads), "--work", str(args.work),
+            "--temperature", str(args.temperature), "--full-max", str(args.full_max),
+            "--epochs-at-scale", str(args.epochs_at_scale),
+            "--config", json.dumps(args.config)]  # fmt: skip
+
+
+def _last_json(stdout: str) -> dict:
+    return json.loads(stdout.splitlines()[-1])
+
+
+def concurrent(args: argparse.Namespace) -> list[dict]:
+    """Per size and repeat: one measurement alone, then ``args.concurrent`` started together
+    (each its own process); the together runs' examples/s are summed per round."""
+    results = []
+    threads = args.threads[0]
+    for size in args.sizes:
+        prepare(args.work, size)
+        for repeat in range(1, args.repeats + 1):
+            command = _one_command(args, size, ROOT, threads)
+            alone = _last_json(subprocess.run(command, check=True, capture_output=True,
+                                              text=True).stdout)  # fmt: skip
+            results.append({"mode": "alone", "repeat": repeat, **alone})
+            print(json.dumps(results[-1]), flush=True)
+            procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+                     for _ in range(args.concurrent)]  # fmt: skip
+            for i, proc in enumerate(procs):
+                out, _ = proc.communicate()
+                if proc.returncode:
+                    raise RuntimeError(f"concurrent measurement {i} exited {proc.returncode}")
+                r = {"mode": f"{args.concurrent} at once", "repeat": repeat, "process": i,
+                     **_last_json(out)}  # fmt: skip
+                results.append(r)
+                print(json.dumps(r), flush=True)
+    print(f"\n{'dataset':>18} {'rep':>3} {'mode':>10} {'ex/s each':>20} {'ex/s in all':>11} "
+          f"{'others %':>8}")  # fmt: skip
+    for size in args.sizes:
+        for repeat in range(1, args.repeats + 1):
+            for mode in ("alone", f"{args.concurrent} at once"):
+                rs = [r for r in results if r["dataset"] == name(size)
+                      and r["repeat"] == repeat and r["mode"] == mode]  # fmt: skip
+                each = [r["examples_per_second"] for r in rs]
+                print(f"{name(size):>18} {repeat:>3} {mode:>10} "
+                      f"{' '.join(f'{x:,}' for x in each):>20} {sum(each):>11,} "
+                      f"{max(r['others_cpu_%'] for r in rs):>8}")  # fmt: skip
+    out = ROOT / "benchmarks" / "results" / "training_concurrent.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    return results
 
 
 def side_by_side(args: argparse.Namespace) -> list[dict]:
@@ -194,13 +276,9 @@ def side_by_side(args: argparse.Namespace) -> list[dict]:
         for repeat in range(1, args.repeats + 1):
             for threads in args.threads:
                 for label, code in codes:
-                    command = [sys.executable, __file__, "--one", str(size), "--code", str(code),
-                               "--threads", str(threads), "--work", str(args.work),
-                               "--temperature", str(args.temperature),
-                               "--full-max", str(args.full_max),
-                               "--epochs-at-scale", str(args.epochs_at_scale)]  # fmt: skip
+                    command = _one_command(args, size, code, threads)
                     out = subprocess.run(command, check=True, capture_output=True, text=True)
-                    line = json.loads(out.stdout.splitlines()[-1])
+                    line = _last_json(out.stdout)
                     r = {"code": label, "repeat": repeat, **line}
                     results.append(r)
                     print(json.dumps(r), flush=True)
@@ -222,6 +300,10 @@ def main() -> None:
                         help="torch threads to measure at (0 = the code's default)")  # fmt: skip
     parser.add_argument("--before", type=Path, help="older checkout to compare with")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--config", type=json.loads, default={}, metavar="JSON",
+                        help='TowerConfig overrides measured, e.g. \'{"history": 10}\'')  # fmt: skip
+    parser.add_argument("--concurrent", type=int, default=0,
+                        help="measure N independent runs at once against one alone")  # fmt: skip
     parser.add_argument("--code", type=Path, default=ROOT, help="checkout measured (internal)")
     parser.add_argument("--one", type=int, help="measure this one size (internal)")
     args = parser.parse_args()
@@ -229,11 +311,14 @@ def main() -> None:
     if args.one is not None:  # one measurement, for side_by_side: a JSON line on stdout
         epochs = None if args.one <= args.full_max else args.epochs_at_scale
         data = prepare(args.work, args.one)
-        r = measure(data, epochs, args.temperature, args.threads[0])
+        r = measure(data, epochs, args.temperature, args.threads[0], args.config)
         print(json.dumps({"dataset": name(args.one), "threads_asked": args.threads[0], **r}))
         return
     if args.before is not None:
         report_side_by_side(side_by_side(args))
+        return
+    if args.concurrent:
+        concurrent(args)
         return
     results = []
     for size in args.sizes:
@@ -241,7 +326,7 @@ def main() -> None:
         epochs = None if size <= args.full_max else args.epochs_at_scale
         for threads in args.threads:
             r = {"dataset": name(size), "temperature": args.temperature,
-                 **measure(data, epochs, args.temperature, threads)}  # fmt: skip
+                 **measure(data, epochs, args.temperature, threads, args.config)}  # fmt: skip
             results.append(r)
             print(json.dumps(r), flush=True)
     print(f"\n{'dataset':>18} {'rows':>9} {'thr':>3} {'epochs':>6} {'best':>4} {'to best s':>9} "
