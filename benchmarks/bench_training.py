@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -101,10 +102,14 @@ def step_flops(cfg: TowerConfigDefault, tower: TowerData) -> tuple[float, float]
     bmm, the GRU's, the attention's) in one training step's forward and backward, per
     example of a full batch: in all, and in the user tower's history block. Elementwise work
     (activations, softmax, the optimizer) is not counted, so it is a lower bound on the work
-    of a step."""
+    of a step. NaN for code without ``towers.train.Training`` (an older checkout under
+    ``--before``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from towers.train import Training, _loss
+    try:
+        from towers.train import Training, _loss
+    except ImportError:
+        return math.nan, math.nan
 
     run = Training(cfg, tower, progress=False)
     run.model.train()
@@ -207,7 +212,7 @@ def measure(data: Path, epochs: int | None, temperature: float, threads: int = 0
         "history_block_mflop_per_example": round(history_flops / 1e6, 3),
         "matmul_gflops_achieved": round(flops * examples_per_second / 1e9, 1),
         "gemm_gflops": round(peak, 1),
-        "examples_per_second_ceiling": round(peak * 1e9 / flops),
+        "examples_per_second_ceiling": peak * 1e9 // flops if flops > 0 else math.nan,
         "train_cpu_seconds": round(cpu, 1),
         **machine(ticks, cpu, wall),
     }
@@ -338,7 +343,7 @@ def main() -> None:
               f"{r['epoch_seconds']:>8.2f} {r['examples_per_second']:>8,} "
               f"{r['best_val_recall@20']:>8.4f} {r['matmul_mflop_per_example']:>8.3f} "
               f"{r['matmul_gflops_achieved']:>7.1f} {r['gemm_gflops']:>12.1f} "
-              f"{r['examples_per_second_ceiling']:>12,}")  # fmt: skip
+              f"{r['examples_per_second_ceiling']:>12,.0f}")  # fmt: skip
     out = ROOT / "benchmarks" / "results" / "training.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
