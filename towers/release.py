@@ -33,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from towers.ahead import RefitAhead, cores
 from towers.baseline_scores import BASELINE_NOTES, baselines
 from towers.checkpoint import save_checkpoint
 from towers.config import TowerConfig
@@ -154,32 +155,50 @@ def train_release(
     runs: dict[str, TrainResult] = {}
     tuning: dict[str, dict[str, float]] = {}
     priors: dict[str, dict[str, float]] = {}
+    # The served refit, started beside the tuning's leader (towers.ahead), with one
+    # process training and a core to spare.
+    ahead_on = all_data is not None and launch is None and cores() >= 2 and settings.refit_ahead
     for loss in losses:
-        cfg = replace(base, loss=loss)  # type: ignore[arg-type]
-        runs[loss], tuning[loss], priors[loss] = tune(cfg, data, temperatures, progress)
-        lap("tune on validation")
-        chosen, epochs = runs[loss].config, runs[loss].best_epoch
-        final = fit(chosen, final_data, epochs) if refit else runs[loss]
-        assert final_data.test is not None
-        name = f"two-tower ({loss})"
-        scores = per_user_of(final.model, final_data.test)
-        results[name], per_user[name] = aggregate(scores, final_data.test.split), scores[METRIC]
-        evaluated_file, served_file = (file.format(loss=loss) for file in files)
-        save_checkpoint(final, out_dir / evaluated_file)
-        lap("score on test")
-        choices[name] = {"temperature": chosen.temperature, "best_epoch": epochs,
-                         "recency_half_life_days": chosen.recency_half_life_days,
-                         "popularity_prior": prior_key(chosen.popularity_prior,
-                                                       chosen.popularity_feature),
-                         "evaluated": {"checkpoint": evaluated_file, "trained_by": trained_by
-                                       if refit else {"processes": 1},
-                                       **fit_span(source, fit_on)}}  # fmt: skip
-        if all_data is not None:
-            served = fit(chosen, all_data, epochs)
-            save_checkpoint(served, out_dir / served_file)
-            choices[name]["served"] = {"checkpoint": served_file, "trained_by": trained_by,
-                                       **fit_span(source, ("train", "val", "test"))}  # fmt: skip
-            lap("refit on all data")
+        ahead: list[RefitAhead] = []
+
+        def start_refit(leader: TowerConfig, into: list[RefitAhead] = ahead) -> None:
+            assert all_data is not None
+            into.append(RefitAhead(leader, all_data))
+
+        try:
+            cfg = replace(base, loss=loss)  # type: ignore[arg-type]
+            runs[loss], tuning[loss], priors[loss] = tune(
+                cfg, data, temperatures, progress, on_leader=start_refit if ahead_on else None
+            )
+            lap("tune on validation")
+            chosen, epochs = runs[loss].config, runs[loss].best_epoch
+            final = fit(chosen, final_data, epochs) if refit else runs[loss]
+            assert final_data.test is not None
+            name = f"two-tower ({loss})"
+            scores = per_user_of(final.model, final_data.test)
+            results[name] = aggregate(scores, final_data.test.split)
+            per_user[name] = scores[METRIC]
+            evaluated_file, served_file = (file.format(loss=loss) for file in files)
+            save_checkpoint(final, out_dir / evaluated_file)
+            lap("score on test")
+            choices[name] = {"temperature": chosen.temperature, "best_epoch": epochs,
+                             "recency_half_life_days": chosen.recency_half_life_days,
+                             "popularity_prior": prior_key(chosen.popularity_prior,
+                                                           chosen.popularity_feature),
+                             "evaluated": {"checkpoint": evaluated_file, "trained_by": trained_by
+                                           if refit else {"processes": 1},
+                                           **fit_span(source, fit_on)}}  # fmt: skip
+            if all_data is not None:
+                taken = ahead[0].result(chosen, epochs) if ahead else None
+                served = taken or fit(chosen, all_data, epochs)
+                save_checkpoint(served, out_dir / served_file)
+                choices[name]["served"] = {"checkpoint": served_file, "trained_by": trained_by,
+                                           "beside_tuning": taken is not None,
+                                           **fit_span(source, ("train", "val", "test"))}  # fmt: skip
+                lap("refit on all data")
+        finally:
+            for started in ahead:  # a refit not taken, or after a failure, stops here
+                started.close()
     notes = BASELINE_NOTES + (
         " The two-tower's scores are those of its evaluated checkpoint (trained without the "
         "test window; see its choices); the served checkpoint, refit on all data up to "

@@ -102,23 +102,27 @@ def choose_prior(
 PROBE_EPOCHS = 1
 
 Score = Callable[[str, Training], float]
+OnLeader = Callable[[TowerConfig], None]
 
 
 def _halving(
     runs: dict[str, Training], probe: int, score: Score,
-    probed: dict[str, float], final: dict[str, float],
+    probed: dict[str, float], final: dict[str, float], on_leader: OnLeader | None = None,
 ) -> str:  # fmt: skip
     """Advance every run ``probe`` epochs (or to its end) and ``score`` it there, then the
     best of them to its end, scored again. ``probed`` and ``final`` receive each run's score
     at the probe and at its end (a run cut at the probe ends there); a run already in
     ``probed`` (the leader of an earlier stage) competes on its probe score without training.
-    Returns the run with the best final score."""
+    ``on_leader`` is given the leader's config before it goes on. Returns the run with the
+    best final score."""
     for name, run in runs.items():
         if name not in probed:
             while not run.done and len(run.history) < probe:
                 run.epoch()
             probed[name] = final[name] = score(name, run)
     leader = max(runs, key=lambda name: probed[name])
+    if on_leader is not None:
+        on_leader(runs[leader].cfg)
     if not runs[leader].done:
         while not runs[leader].done:
             runs[leader].epoch()
@@ -129,14 +133,16 @@ def _halving(
 def tune(
     cfg: TowerConfig, data: TowerData, temperatures: tuple[float, ...] = TEMPERATURES,
     progress: bool = True, half_lives: tuple[float, ...] = HALF_LIVES, prior: bool = True,
-    probe_epochs: int = PROBE_EPOCHS,
+    probe_epochs: int = PROBE_EPOCHS, on_leader: OnLeader | None = None,
 ) -> tuple[TrainResult, dict[str, float], dict[str, float]]:  # fmt: skip
     """One run per temperature, then, at the best one, one per other recency half-life;
     each run scored at its own popularity prior chosen on validation (``prior``,
     :func:`choose_prior`), the best on validation recall@`select_k` kept. Each stage is a
     successive halving (:data:`PROBE_EPOCHS`): a run cut after ``probe_epochs`` is scored
     as it stands there. Returns (the best run, each run's validation recall at its prior by
-    :func:`tried_key`, the best run's validation recall by prior setting)."""
+    :func:`tried_key`, the best run's validation recall by prior setting). ``on_leader``
+    is given the config of the last stage's leader before it trains on to its early stop
+    (the run most likely chosen: ``towers.ahead`` starts the refit of it then)."""
     assert data.val is not None, "tuning needs a validation window"
     val = data.val
     results: dict[str, TrainResult] = {}
@@ -156,17 +162,19 @@ def tune(
     first = half_lives[0] if half_lives else cfg.recency_half_life_days
     runs = {tried_key(t, first): Training(replace(cfg, temperature=t, recency_half_life_days=first),
                                           data, progress) for t in temperatures}  # fmt: skip
-    best = _halving(runs, probe_epochs, score, probed, scores)
+    more_lives = half_lives[1:] if half_lives else ()
+    best = _halving(runs, probe_epochs, score, probed, scores,
+                    None if more_lives else on_leader)  # fmt: skip
     chosen = replace(runs[best].cfg, popularity_prior=0.0)
     more = {
         tried_key(chosen.temperature, h): Training(
             replace(chosen, recency_half_life_days=h), data, progress
         )
-        for h in half_lives[1:]
+        for h in more_lives
     }
     if more:
         more[best] = runs[best]  # the leader so far competes on its probe-epoch score
-        best = _halving(more, probe_epochs, score, probed, scores)
+        best = _halving(more, probe_epochs, score, probed, scores, on_leader)
     k = f"recall@{cfg.select_k}"
     log.info("%s: validation %s at each run's prior %s -> %s", cfg.loss, k, scores, best)
     return results[best], scores, grids[best]

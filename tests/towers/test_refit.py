@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from towers.ahead import cores
 from towers.checkpoint import load_checkpoint
 from towers.config import TowerConfig
 from towers.data import item_tensors, load_source, tower_data
@@ -86,6 +87,10 @@ def test_the_refit_learns_from_every_row_before_as_of(synthetic_build, source):
         tower_data(without, ALL, CFG.history)
 
 
+def source_all(settings):
+    return load_source(settings, with_test=True, with_as_of=True)
+
+
 def source_catalogue(source, encoder) -> torch.Tensor:
     """The catalogue's numeric features as of the test window's start (an earlier time)."""
     return item_tensors(encoder, source.windows["test"][2])["nums"]
@@ -115,8 +120,15 @@ def test_compare_serves_the_refit_and_scores_the_evaluated_model(synthetic_build
     for name, row in metrics["models"].items():
         assert per_user[name].mean() == pytest.approx(row["all"]["recall@20"])
     # The served checkpoint is the refit: its encoder was fitted on every row.
-    _, encoder, cfg = load_checkpoint(tmp_path / "two_tower_softmax_served.pt")
+    model, encoder, cfg = load_checkpoint(tmp_path / "two_tower_softmax_served.pt")
     assert len(encoder.user_ids) == len(set(table.column("user_id").to_pylist()))
     assert cfg.temperature == 0.2
+    # With a core to spare it ran beside the tuning (towers.ahead), and it is, weight for
+    # weight, the refit run here for the epochs chosen on validation.
+    assert served["beside_tuning"] == (cores() >= 2 and settings.refit_ahead)
+    here = train(cfg, tower_data(source_all(settings), ALL, CFG.history), progress=False,
+                 epochs=chosen["best_epoch"])  # fmt: skip
+    for key, value in here.model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
     assert set(metrics["choices"]["validation recall@20"]) == {
         "popularity", "popularity (recent)", "EASE", "ItemKNN", "segment popularity"}  # fmt: skip
