@@ -105,7 +105,9 @@ def train_release(
     convention when a model is retrained on all data after early stopping. The refits run
     under ``towers.ddp`` when ``settings.train_processes`` (or ``train_nnodes``) asks for more
     than one process; tuning on validation stays in this process (many short runs advanced a
-    few epochs each).
+    few epochs each). With one process, two cores or more and ``settings.refit_ahead``, the
+    served refit starts in a child process as soon as the tuning's leader is known, beside it
+    (``towers.ahead``: the same weights).
     """
     from recsys.io import atomic_write_bytes
     from towers.rescore import per_user_of
