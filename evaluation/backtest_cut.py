@@ -130,22 +130,33 @@ def _split_groups(
     return out
 
 
-def _two_tower(source: Any, cfg: BacktestConfig) -> tuple[Any, Any, dict[str, Any]]:
+def _two_tower(
+    source: Any, cfg: BacktestConfig, parallel: bool = True
+) -> tuple[Any, Any, dict[str, Any]]:
     """``towers.release``'s protocol: temperature, recency weight, epochs and popularity
-    prior chosen on validation, then the refit on train + validation for those epochs.
-    Returns (refit, its data, its choices)."""
+    prior chosen on validation, then the refit on train + validation for those epochs
+    (``parallel``: settings.train_in_parallel). Returns (refit, its data, its choices)."""
+    from contextlib import nullcontext
+
     from towers.config import TowerConfig
     from towers.data import tower_data
+    from towers.parallel import RefitAhead, cores
     from towers.train import train
     from towers.tuning import prior_key, tune
 
     tcfg = replace(TowerConfig(), epochs=cfg.max_epochs, seed=cfg.seed)
     if cfg.item_id_dropout is not None:
         tcfg = replace(tcfg, item_id_dropout=cfg.item_id_dropout)
-    best, tried, priors = tune(tcfg, tower_data(source, ("train",), tcfg.history),
-                               cfg.temperatures, progress=False)  # fmt: skip
     data = tower_data(source, ("train", "val"), tcfg.history)
-    final = train(best.config, data, progress=False, epochs=best.best_epoch)
+    # With a core to spare, the probes train two at a time and the refit starts beside the
+    # tuning's leader (towers.parallel: the same weights).
+    parallel = parallel and cores() >= 2
+    with RefitAhead(data) if parallel else nullcontext() as ahead:
+        best, tried, priors = tune(tcfg, tower_data(source, ("train",), tcfg.history),
+                                   cfg.temperatures, progress=False, parallel=parallel,
+                                   on_leader=ahead.start if ahead else None)  # fmt: skip
+        final = (ahead.result(best.config, best.best_epoch) if ahead else None) or train(
+            best.config, data, progress=False, epochs=best.best_epoch)  # fmt: skip
     choice = {"temperature": best.config.temperature, "best_epoch": best.best_epoch,
               "recency_half_life_days": best.config.recency_half_life_days,
               "popularity_prior": prior_key(best.config.popularity_prior,
@@ -221,7 +232,7 @@ def run_cut(
     rows = build(settings, materialize_online=False).training_set.rows
     done("build", "training set " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
     source = load_source(settings, with_test=True)
-    final, data, choice = _two_tower(source, cfg)
+    final, data, choice = _two_tower(source, cfg, settings.train_in_parallel)
     done("two-tower", f"temperature {choice['temperature']:g}, {choice['best_epoch']} "
                       "epoch(s), refitted on train + validation")  # fmt: skip
 

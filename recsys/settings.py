@@ -91,12 +91,12 @@ class Settings(BaseSettings):
     # A collective that waits longer than this fails the run instead of hanging it (a rank
     # that died on another host; torchrun stops this host's ranks itself).
     train_timeout_seconds: float = Field(1800.0, gt=0)
-    # Start the served model's refit on all data in a child process as soon as the tuning
-    # has picked the run that trains on to its early stop, beside it (towers.ahead): the
-    # refit then costs no wall time of its own when the tuning's continuation is longer.
-    # Only with one training process and at least two cores; the child holds its own copy
-    # of the encoded rows (memory).
-    refit_ahead: bool = True
+    # With one training process and two cores or more, train beside the tuning in a child
+    # process (towers.parallel): the probe epochs of its candidates, every other one, and
+    # the refit on all data, started as soon as the tuning has picked the run that goes on
+    # to its early stop. The same weights, bit for bit; less wall time. A child holds its
+    # own copy of the encoded rows (memory).
+    train_in_parallel: bool = True
 
     # The offline engine: what computes the feature tables and the training set's
     # point-in-time join. None: "spark" under the cluster profile, "duckdb" under local

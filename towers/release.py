@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from towers.ahead import RefitAhead, cores
 from towers.baseline_scores import BASELINE_NOTES, baselines
 from towers.checkpoint import save_checkpoint
 from towers.config import TowerConfig
 from towers.data import TowerData, TowerSource, load_source, tower_data
 from towers.ddp import launch_of, train_distributed
 from towers.evaluate import aggregate
+from towers.parallel import RefitAhead, cores
 from towers.report import report
 from towers.train import TrainResult, train
 from towers.tuning import TEMPERATURES, prior_key, tune
@@ -105,9 +106,10 @@ def train_release(
     convention when a model is retrained on all data after early stopping. The refits run
     under ``towers.ddp`` when ``settings.train_processes`` (or ``train_nnodes``) asks for more
     than one process; tuning on validation stays in this process (many short runs advanced a
-    few epochs each). With one process, two cores or more and ``settings.refit_ahead``, the
-    served refit starts in a child process as soon as the tuning's leader is known, beside it
-    (``towers.ahead``: the same weights).
+    few epochs each). With one process, two cores or more and ``settings.train_in_parallel``,
+    the tuning's probes train two at a time and the served refit starts in a child process
+    as soon as the tuning's leader is known, beside it (``towers.parallel``: the same
+    weights).
     """
     from recsys.io import atomic_write_bytes
     from towers.rescore import per_user_of
@@ -157,20 +159,20 @@ def train_release(
     runs: dict[str, TrainResult] = {}
     tuning: dict[str, dict[str, float]] = {}
     priors: dict[str, dict[str, float]] = {}
-    # The served refit, started beside the tuning's leader (towers.ahead), with one
-    # process training and a core to spare.
-    ahead_on = all_data is not None and launch is None and cores() >= 2 and settings.refit_ahead
+    # With one process training and a core to spare, the tuning's probes train two at a time
+    # and the served refit starts beside the tuning's leader (towers.parallel).
+    parallel = launch is None and cores() >= 2 and settings.train_in_parallel
     for loss in losses:
-        ahead: list[RefitAhead] = []
-
-        def start_refit(leader: TowerConfig, into: list[RefitAhead] = ahead) -> None:
-            assert all_data is not None
-            into.append(RefitAhead(leader, all_data))
-
-        try:
+        ahead = RefitAhead(all_data) if parallel and all_data is not None else None
+        with ahead or nullcontext():  # a refit not taken, or after a failure, stops here
             cfg = replace(base, loss=loss)  # type: ignore[arg-type]
             runs[loss], tuning[loss], priors[loss] = tune(
-                cfg, data, temperatures, progress, on_leader=start_refit if ahead_on else None
+                cfg,
+                data,
+                temperatures,
+                progress,
+                on_leader=ahead.start if ahead else None,
+                parallel=parallel,
             )
             lap("tune on validation")
             chosen, epochs = runs[loss].config, runs[loss].best_epoch
@@ -191,16 +193,13 @@ def train_release(
                                            if refit else {"processes": 1},
                                            **fit_span(source, fit_on)}}  # fmt: skip
             if all_data is not None:
-                taken = ahead[0].result(chosen, epochs) if ahead else None
+                taken = ahead.result(chosen, epochs) if ahead else None
                 served = taken or fit(chosen, all_data, epochs)
                 save_checkpoint(served, out_dir / served_file)
                 choices[name]["served"] = {"checkpoint": served_file, "trained_by": trained_by,
                                            "beside_tuning": taken is not None,
                                            **fit_span(source, ("train", "val", "test"))}  # fmt: skip
                 lap("refit on all data")
-        finally:
-            for started in ahead:  # a refit not taken, or after a failure, stops here
-                started.close()
     notes = BASELINE_NOTES + (
         " The two-tower's scores are those of its evaluated checkpoint (trained without the "
         "test window; see its choices); the served checkpoint, refit on all data up to "

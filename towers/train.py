@@ -263,6 +263,26 @@ class Training:
         assert self.data.val is not None
         return evaluate_window(self.model, self.data.val)["all"]
 
+    def state(self) -> dict[str, Any]:
+        """Everything the run's next epochs depend on, and its record so far: with
+        :meth:`load_state`, a run advanced in another process goes on here as it would have
+        there (``towers.parallel``)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "gen": self.gen.get_state(), "rng": self.rng, "history": self.history,
+                "best": self.best, "best_epoch": self.best_epoch, "stale": self.stale,
+                "best_state": self.best_state, "done": self.done, "seconds": self.seconds}  # fmt: skip
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take over the run that :meth:`state` described (the same config and data)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["gen"])
+        self.rng = state["rng"]
+        self.history = list(state["history"])
+        self.best, self.best_epoch, self.stale = state["best"], state["best_epoch"], state["stale"]
+        self.best_state, self.done = state["best_state"], state["done"]
+        self.seconds = state["seconds"]
+
     def result(self, copy: bool = False) -> TrainResult:
         """The run as it stands: the best epoch's weights (the last ones for a fixed length),
         in the run's own model, or with ``copy`` in a copy of it, so that the run can go on

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
@@ -15,6 +16,7 @@ from towers.baselines import MAX_VAL_USERS, best_of, sample_rows, sample_users, 
 from towers.config import TowerConfig
 from towers.data import EvalWindow, TowerData, take
 from towers.model import logits
+from towers.parallel import Child, Probes, cores
 from towers.train import Training, TrainResult, embed
 
 log = logging.getLogger(__name__)
@@ -108,32 +110,117 @@ OnLeader = Callable[[TowerConfig], None]
 def _halving(
     runs: dict[str, Training], probe: int, score: Score,
     probed: dict[str, float], final: dict[str, float], on_leader: OnLeader | None = None,
+    probes: Probes | None = None, started: dict[str, Child] | None = None,
+    between: Callable[[], None] | None = None,
 ) -> str:  # fmt: skip
     """Advance every run ``probe`` epochs (or to its end) and ``score`` it there, then the
     best of them to its end, scored again. ``probed`` and ``final`` receive each run's score
     at the probe and at its end (a run cut at the probe ends there); a run already in
     ``probed`` (the leader of an earlier stage) competes on its probe score without training.
-    ``on_leader`` is given the leader's config before it goes on. Returns the run with the
-    best final score."""
-    for name, run in runs.items():
-        if name not in probed:
+    ``on_leader`` is given the leader's config before it goes on, and ``between`` is called
+    before each of its epochs. Returns the run with the best final score.
+
+    With ``probes`` (a core to spare, ``towers.parallel``), every other run to probe trains
+    in a child process while this one trains the rest; ``started`` are runs already
+    training in one. A run comes back from its child as it would have trained here."""
+    pending = [name for name in runs if name not in probed]
+    away = dict(started or {})
+    if probes is not None:
+        here = [name for name in pending if name not in away]
+        away |= {name: probes.start(runs[name], probe) for name in here[1::2]}
+    for name in pending:  # this process's share first, then the children's
+        run = runs[name]
+        while name not in away and not run.done and len(run.history) < probe:
+            run.epoch()
+    for name in pending:
+        run = runs[name]
+        if name in away and not (probes and probes.take(away[name], run)):  # failed: here
             while not run.done and len(run.history) < probe:
                 run.epoch()
-            probed[name] = final[name] = score(name, run)
+        probed[name] = final[name] = score(name, run)
     leader = max(runs, key=lambda name: probed[name])
     if on_leader is not None:
         on_leader(runs[leader].cfg)
     if not runs[leader].done:
         while not runs[leader].done:
+            if between is not None:
+                between()
             runs[leader].epoch()
         final[leader] = score(leader, runs[leader])
     return max(runs, key=lambda name: final[name])
+
+
+class _NextStage:
+    """The tuning's second stage (the other recency half-lives at the first stage's best
+    temperature), probed in a child process while the first stage's leader trains on to its
+    early stop in this one: its config is known once that leader is, and the leader is
+    nearly always the first stage's best (:meth:`stage` checks). Between the leader's
+    epochs (:meth:`poll`), a finished probe is taken and scored and the next one started;
+    once all are scored, the run the second stage would continue is known, and
+    ``on_leader`` hears of it (the refit starts then, ``towers.parallel``)."""
+
+    def __init__(
+        self, data: TowerData, progress: bool, half_lives: tuple[float, ...], probe: int,
+        score: Score, probed: dict[str, float], scores: dict[str, float],
+        on_leader: OnLeader | None, probes: Probes,
+    ) -> None:  # fmt: skip
+        self.data, self.progress, self.half_lives, self.probe = data, progress, half_lives, probe
+        self.score, self.probed, self.scores = score, probed, scores
+        self.on_leader, self.probes = on_leader, probes
+        self.leader: TowerConfig | None = None
+        self.runs: dict[str, Training] = {}
+        self.waiting: list[str] = []
+        self.started: dict[str, Child] = {}
+        self.told = False
+
+    def begin(self, leader: TowerConfig) -> None:
+        """The first stage's leader is ``leader``: start probing the second stage's runs."""
+        self.leader = replace(leader, popularity_prior=0.0)
+        self.runs = {tried_key(leader.temperature, h): Training(
+            replace(self.leader, recency_half_life_days=h), self.data, self.progress)
+            for h in self.half_lives}  # fmt: skip
+        self.waiting = list(self.runs)
+        self.poll()
+
+    def poll(self) -> None:
+        for name, child in list(self.started.items()):
+            if child.proc.poll() is None:
+                return  # one child at a time: this one still trains
+            run = self.runs[name]
+            if not self.probes.take(child, run):  # failed: train it here
+                while not run.done and len(run.history) < self.probe:
+                    run.epoch()
+            self.probed[name] = self.scores[name] = self.score(name, run)
+            del self.started[name]
+        if self.waiting:
+            name = self.waiting.pop(0)
+            self.started[name] = self.probes.start(self.runs[name], self.probe)
+        elif not self.told and self.on_leader is not None and self.leader is not None:
+            # Every second-stage run is scored: the one the stage will continue.
+            first = tried_key(self.leader.temperature, self.leader.recency_half_life_days)
+            named = {**self.runs, first: None}
+            best = max(named, key=lambda name: self.probed[name])
+            self.on_leader(self.leader if best == first else self.runs[best].cfg)
+            self.told = True
+
+    def stage(
+        self, chosen: TowerConfig, best: Training
+    ) -> tuple[dict[str, Training], dict[str, Child]]:
+        """The second stage's runs and those still training in a child, when the first
+        stage chose the leader they were started for; else nothing (their children
+        stopped), and the stage starts afresh."""
+        if self.leader is not None and best.cfg == self.leader:
+            return dict(self.runs), dict(self.started)
+        for child in self.started.values():
+            child.stop()
+        return {}, {}
 
 
 def tune(
     cfg: TowerConfig, data: TowerData, temperatures: tuple[float, ...] = TEMPERATURES,
     progress: bool = True, half_lives: tuple[float, ...] = HALF_LIVES, prior: bool = True,
     probe_epochs: int = PROBE_EPOCHS, on_leader: OnLeader | None = None,
+    parallel: bool = False,
 ) -> tuple[TrainResult, dict[str, float], dict[str, float]]:  # fmt: skip
     """One run per temperature, then, at the best one, one per other recency half-life;
     each run scored at its own popularity prior chosen on validation (``prior``,
@@ -142,7 +229,19 @@ def tune(
     as it stands there. Returns (the best run, each run's validation recall at its prior by
     :func:`tried_key`, the best run's validation recall by prior setting). ``on_leader``
     is given the config of the last stage's leader before it trains on to its early stop
-    (the run most likely chosen: ``towers.ahead`` starts the refit of it then)."""
+    (the run most likely chosen: ``towers.parallel`` starts the refit of it then). With
+    ``parallel`` and two cores or more, probes train in a child process beside this one
+    (:func:`_halving`: the same results)."""
+    with Probes(data) if parallel and cores() >= 2 else nullcontext() as probes:
+        return _tune(cfg, data, temperatures, progress, half_lives, prior, probe_epochs,
+                     on_leader, probes)  # fmt: skip
+
+
+def _tune(
+    cfg: TowerConfig, data: TowerData, temperatures: tuple[float, ...], progress: bool,
+    half_lives: tuple[float, ...], prior: bool, probe_epochs: int, on_leader: OnLeader | None,
+    probes: Probes | None,
+) -> tuple[TrainResult, dict[str, float], dict[str, float]]:  # fmt: skip
     assert data.val is not None, "tuning needs a validation window"
     val = data.val
     results: dict[str, TrainResult] = {}
@@ -163,18 +262,23 @@ def tune(
     runs = {tried_key(t, first): Training(replace(cfg, temperature=t, recency_half_life_days=first),
                                           data, progress) for t in temperatures}  # fmt: skip
     more_lives = half_lives[1:] if half_lives else ()
-    best = _halving(runs, probe_epochs, score, probed, scores,
-                    None if more_lives else on_leader)  # fmt: skip
+    ahead = _NextStage(data, progress, more_lives, probe_epochs, score, probed, scores,
+                       on_leader, probes) if probes is not None and more_lives else None  # fmt: skip
+    if ahead is None:
+        best = _halving(runs, probe_epochs, score, probed, scores,
+                        None if more_lives else on_leader, probes)  # fmt: skip
+    else:
+        best = _halving(runs, probe_epochs, score, probed, scores, ahead.begin, probes,
+                        between=ahead.poll)  # fmt: skip
     chosen = replace(runs[best].cfg, popularity_prior=0.0)
-    more = {
-        tried_key(chosen.temperature, h): Training(
-            replace(chosen, recency_half_life_days=h), data, progress
-        )
-        for h in more_lives
-    }
+    more, started = (ahead.stage(chosen, runs[best]) if ahead is not None
+                     else ({}, {}))  # fmt: skip
+    if not more:  # the next stage's runs as the last stage's best asks
+        more = {tried_key(chosen.temperature, h): Training(
+            replace(chosen, recency_half_life_days=h), data, progress) for h in more_lives}  # fmt: skip
     if more:
         more[best] = runs[best]  # the leader so far competes on its probe-epoch score
-        best = _halving(more, probe_epochs, score, probed, scores, on_leader)
+        best = _halving(more, probe_epochs, score, probed, scores, on_leader, probes, started)
     k = f"recall@{cfg.select_k}"
     log.info("%s: validation %s at each run's prior %s -> %s", cfg.loss, k, scores, best)
     return results[best], scores, grids[best]

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from towers.ahead import cores
 from towers.checkpoint import load_checkpoint
 from towers.config import TowerConfig
 from towers.data import item_tensors, load_source, tower_data
+from towers.parallel import cores
 from towers.release import PER_USER, train_release
 from towers.rescore import per_user_scores
 from towers.train import train
@@ -123,9 +123,9 @@ def test_compare_serves_the_refit_and_scores_the_evaluated_model(synthetic_build
     model, encoder, cfg = load_checkpoint(tmp_path / "two_tower_softmax_served.pt")
     assert len(encoder.user_ids) == len(set(table.column("user_id").to_pylist()))
     assert cfg.temperature == 0.2
-    # With a core to spare it ran beside the tuning (towers.ahead), and it is, weight for
+    # With a core to spare it ran beside the tuning (towers.parallel), and it is, weight for
     # weight, the refit run here for the epochs chosen on validation.
-    assert served["beside_tuning"] == (cores() >= 2 and settings.refit_ahead)
+    assert served["beside_tuning"] == (cores() >= 2 and settings.train_in_parallel)
     here = train(cfg, tower_data(source_all(settings), ALL, CFG.history), progress=False,
                  epochs=chosen["best_epoch"])  # fmt: skip
     for key, value in here.model.state_dict().items():
