@@ -7,25 +7,26 @@ independent runs side by side each keep about 90% of their speed alone. So, with
 spare, work that does not wait on this process's next result runs in a child process:
 
 - :class:`Probes`: the probe epochs of a tuning stage's candidates. Of the runs a stage has
-  to probe, every other one trains in a child while this process trains the rest; a stage
-  with one run to probe and a leader from an earlier stage trains the leader's next epoch
-  here meanwhile, since the leader most often goes on (:func:`towers.tuning._halving`). A
-  probed run comes back whole (``Training.state``: weights, optimizer, generators, record)
-  and goes on here if it leads.
+  to probe, every other one trains in a child while this process trains the rest; the
+  second stage is probed in a child while the first stage's leader trains on to its early
+  stop (``towers.tuning._NextStage``). A probed run comes back whole (``Training.state``:
+  weights, optimizer, generators, record) and goes on here if it leads.
 - :class:`RefitAhead`: the refit on all data (the served model, ``towers.release``; the
-  backtest's model of each cut). Its config is known before its length: once the tuning's
-  last stage has picked the run that goes on to its early stop, only that run's best epoch
-  is left to learn. So the refit starts then and runs epoch after epoch, keeping each
-  epoch's weights, while the leader trains on; :meth:`RefitAhead.result` takes the weights
-  after exactly the chosen number of epochs (waiting for them if the refit is behind).
+  backtest's model of each cut). Its config is known before its length: once the tuning
+  knows the run it will continue to its early stop (``tune``'s ``on_leader``), only that
+  run's best epoch is left to learn. So the refit starts then and runs epoch after epoch,
+  keeping each epoch's weights, while the leader trains on; :meth:`RefitAhead.result` takes
+  the weights after exactly the chosen number of epochs (waiting for them if the refit is
+  behind).
 
 Every weight is the one the same run gives in this process alone, bit for bit
 (``tests/towers/test_parallel.py``): a run owns its generators (``towers.train.Training``),
 a fixed-length run has no schedule that depends on its length, and each process runs the
 same number of torch threads. A refit started for a config that the tuning then does not
-choose, or one whose process failed, is dropped and the refit runs here, as before
-(logged), as is a failed probe, which then trains here. A child exits when its
-parent goes, so a stopped pipeline run leaves no training behind.
+choose, or one whose process failed, is dropped and the refit runs here, as before; a
+probe whose process failed trains here (both logged). A child exits when its parent goes,
+removing their job folder, so a stopped pipeline run leaves no training behind; folders
+left by a process killed while no child ran are removed by the next run (:func:`workdir`).
 
     python -m towers.parallel refit|probe <job folder> <parent pid>   # a child's side
 """
@@ -99,6 +100,30 @@ class Child:
         self.log_file.close()
 
 
+def workdir(base: Path | None = None) -> Path:
+    """The folder that holds this process's job folders, ``<tmp>/recsys-parallel`` unless
+    ``base``. Each job folder is named after the process that made it; folders left by a
+    process that no longer runs (killed before it could remove them: the encoded rows, about
+    600 MB at 1M interactions) are removed here."""
+    root = base or Path(tempfile.gettempdir()) / "recsys-parallel"
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in root.iterdir():
+        pid = folder.name.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return root
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _snapshot(job: Path, epoch: int) -> Path:
     return job / f"epoch-{epoch}.pt"
 
@@ -128,9 +153,7 @@ class RefitAhead:
         if self.cfg is not None and trained_alike(cfg, self.cfg):
             return
         self.close()
-        if self.workdir is not None:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-        job = Path(tempfile.mkdtemp(prefix="refit-", dir=self.workdir))
+        job = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-refit-", dir=workdir(self.workdir)))
         self.started = time.perf_counter()
         torch.save({"cfg": cfg.to_dict(), "data": self.data}, job / "job.pt")
         self.cfg, self.child = cfg, Child("refit", job)
@@ -201,7 +224,8 @@ class Probes:
         """Train a copy of ``run`` (not yet trained here) to ``epochs`` epochs (or its end) in
         a child; :meth:`take` gives its state to ``run``."""
         if self.folder is None:
-            self.folder = Path(tempfile.mkdtemp(prefix="probes-", dir=self.workdir))
+            self.folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-probes-",
+                                                dir=workdir(self.workdir)))  # fmt: skip
             torch.save(self.data, self.folder / "data.pt")
         job = Path(tempfile.mkdtemp(prefix="run-", dir=self.folder))
         torch.save({"cfg": run.cfg.to_dict(), "epochs": epochs, "data": str(self.folder / "data.pt")},
@@ -235,11 +259,13 @@ class Probes:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _exit_with(parent: int) -> None:
-    """Exit this process as soon as ``parent`` is no longer its parent: a run whose pipeline
-    was stopped (or killed) must not train on alone."""
+def _exit_with(parent: int, folder: Path) -> None:
+    """Exit this process as soon as ``parent`` is no longer its parent, removing ``folder``
+    (its parent's job folder): a run whose pipeline was stopped (or killed) must not train
+    on alone, nor leave its rows behind."""
     while os.getppid() == parent:
         time.sleep(1.0)
+    shutil.rmtree(folder, ignore_errors=True)
     os._exit(3)
 
 
@@ -276,5 +302,7 @@ def _probe(job: Path) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     kind, folder, parent = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    # A refit's folder is its own; a probe's sits in its tuning's folder, with the rows.
+    own = folder if kind == "refit" else folder.parent
+    threading.Thread(target=_exit_with, args=(parent, own), daemon=True).start()
     {"refit": _refit, "probe": _probe}[kind](folder)

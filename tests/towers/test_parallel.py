@@ -8,7 +8,7 @@ build)."""
 from __future__ import annotations
 
 import logging
-import shutil
+import os
 import subprocess
 import sys
 import time
@@ -20,7 +20,7 @@ import torch
 
 from towers.config import TowerConfig
 from towers.data import load_source, load_tower_data, tower_data
-from towers.parallel import PROJECT_ROOT, Probes, RefitAhead, trained_alike
+from towers.parallel import PROJECT_ROOT, Probes, RefitAhead, trained_alike, workdir
 from towers.train import Training, train
 from towers.tuning import _NextStage, tried_key, tune
 
@@ -121,7 +121,20 @@ def test_the_refit_stops_when_its_parent_goes(all_rows, tmp_path):
     while Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
         assert time.monotonic() < deadline, "the refit trains on without its parent"
         time.sleep(0.2)
-    shutil.rmtree(job, ignore_errors=True)
+    assert not Path(job).exists()  # nor leaves the rows behind
+
+
+def test_folders_of_processes_that_no_longer_run_are_removed(tmp_path):
+    done = subprocess.Popen(["true"])
+    done.wait()  # a process that ran and is gone
+    dead = tmp_path / f"{done.pid}-probes-x"
+    live = tmp_path / f"{os.getppid()}-refit-y"
+    other = tmp_path / "not-ours"
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "data.pt").write_bytes(b"rows")
+    assert workdir(tmp_path) == tmp_path
+    assert not dead.exists() and live.exists() and other.exists()
 
 
 def _state(pid: str) -> str:
