@@ -203,12 +203,10 @@ class _NextStage:
             self.on_leader(self.leader if best == first else self.runs[best].cfg)
             self.told = True
 
-    def stage(
-        self, chosen: TowerConfig, best: Training
-    ) -> tuple[dict[str, Training], dict[str, Child]]:
+    def stage(self, best: Training) -> tuple[dict[str, Training], dict[str, Child]]:
         """The second stage's runs and those still training in a child, when the first
-        stage chose the leader they were started for; else nothing (their children
-        stopped), and the stage starts afresh."""
+        stage's best run (``best``) is the leader they were started for; else nothing
+        (their children stopped), and the stage starts afresh."""
         if self.leader is not None and best.cfg == self.leader:
             return dict(self.runs), dict(self.started)
         for child in self.started.values():
@@ -228,10 +226,13 @@ def tune(
     successive halving (:data:`PROBE_EPOCHS`): a run cut after ``probe_epochs`` is scored
     as it stands there. Returns (the best run, each run's validation recall at its prior by
     :func:`tried_key`, the best run's validation recall by prior setting). ``on_leader``
-    is given the config of the last stage's leader before it trains on to its early stop
-    (the run most likely chosen: ``towers.parallel`` starts the refit of it then). With
-    ``parallel`` and two cores or more, probes train in a child process beside this one
-    (:func:`_halving`: the same results)."""
+    is given the config of the run the tuning will train on to its early stop as soon as it
+    is known (the run most likely chosen: ``towers.parallel`` starts the refit of it then):
+    before the last stage's leader goes on, or with ``parallel`` as soon as the second
+    stage is probed (:class:`_NextStage`). It may hear of the same run twice, and of another
+    if the first stage's best turns out to be another run. With ``parallel`` and two cores
+    or more, probes train in a child process beside this one (:func:`_halving`,
+    :class:`_NextStage`: the same results)."""
     with Probes(data) if parallel and cores() >= 2 else nullcontext() as probes:
         return _tune(cfg, data, temperatures, progress, half_lives, prior, probe_epochs,
                      on_leader, probes)  # fmt: skip
@@ -271,8 +272,7 @@ def _tune(
         best = _halving(runs, probe_epochs, score, probed, scores, ahead.begin, probes,
                         between=ahead.poll)  # fmt: skip
     chosen = replace(runs[best].cfg, popularity_prior=0.0)
-    more, started = (ahead.stage(chosen, runs[best]) if ahead is not None
-                     else ({}, {}))  # fmt: skip
+    more, started = ahead.stage(runs[best]) if ahead is not None else ({}, {})
     if not more:  # the next stage's runs as the last stage's best asks
         more = {tried_key(chosen.temperature, h): Training(
             replace(chosen, recency_half_life_days=h), data, progress) for h in more_lives}  # fmt: skip

@@ -185,7 +185,7 @@ def test_a_next_stage_started_for_another_leader_is_dropped(tuning_rows):
         assert child.proc.poll() is None and ahead.runs[tried_key(0.05, 30.0)].cfg == replace(
             leader, recency_half_life_days=30.0)  # fmt: skip
         other = Training(replace(CFG, temperature=1.0), tuning_rows, progress=False)
-        assert ahead.stage(other.cfg, other) == ({}, {})
+        assert ahead.stage(other) == ({}, {})
         assert child.proc.poll() is not None
 
 
