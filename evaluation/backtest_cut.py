@@ -139,8 +139,9 @@ def _two_tower(
     from contextlib import nullcontext
 
     from towers.config import TowerConfig
+    from towers.cpu import cores
     from towers.data import tower_data
-    from towers.parallel import RefitAhead, cores
+    from towers.parallel import RefitAhead
     from towers.train import train
     from towers.tuning import prior_key, tune
 

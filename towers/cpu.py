@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from recsys.settings import PROJECT_ROOT
 from towers.config import TowerConfig
 
 log = logging.getLogger(__name__)
@@ -23,11 +24,24 @@ def _env_threads() -> int:
     return int(value)
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a training child process (``towers.ddp``'s ranks,
+    ``towers.parallel``'s children): this one's, with torch's idle threads sleeping instead
+    of spinning, and this very code on the path, whatever the interpreter's installed copy."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **extra,
+            "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *([path] if path else [])])}  # fmt: skip
+
+
 def set_threads(cfg: TowerConfig) -> int:
     """Torch intra-op threads: `cfg.threads`, else OMP_NUM_THREADS, else half the cores
     this process may run on (at least one; see `TowerConfig.threads` for the measurements)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = cfg.threads or _env_threads() or max(1, (cores or 1) // 2)
+    threads = cfg.threads or _env_threads() or max(1, cores() // 2)
     if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         log.warning(
             "OMP_WAIT_POLICY is %r, not PASSIVE: %d spinning torch threads collapse when "

@@ -40,8 +40,8 @@ import torch.distributed as dist
 from torch.distributed._functional_collectives import all_gather_single_autograd
 from torch.nn.parallel import DistributedDataParallel
 
-from recsys.settings import PROJECT_ROOT
 from towers.config import TowerConfig
+from towers.cpu import child_env, cores
 from towers.data import TowerData, take
 from towers.losses import bce_loss, softmax_loss, triplet_loss
 from towers.model import TwoTower
@@ -212,8 +212,7 @@ def _worker(job: Path) -> None:
 def threads_per_process(cfg: TowerConfig, processes: int) -> int:
     """Torch threads of each of ``processes`` ranks on this host: ``cfg.threads``, else the
     cores this process may run on shared among them (at least one each)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cfg.threads or max(1, (cores or 1) // processes)
+    return cfg.threads or max(1, cores() // processes)
 
 
 def run_torchrun(launch: Launch, target: list[str], logs: Path, threads: int) -> None:
@@ -229,10 +228,7 @@ def run_torchrun(launch: Launch, target: list[str], logs: Path, threads: int) ->
         cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", launch.rdzv_endpoint,
                 "--rdzv-id", logs.parent.name]  # fmt: skip
         log.info("other hosts: %s", " ".join(["torchrun", *cmd[3:], *target]))
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE",
-           # The ranks run this very code, whatever the interpreter's installed copy.
-           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *([path] if path else [])])}  # fmt: skip
+    env = child_env(OMP_NUM_THREADS=str(threads))
     done = subprocess.run([*cmd, *target], env=env, capture_output=True, text=True)
     if done.returncode == 0:
         return

@@ -48,18 +48,13 @@ from typing import Any
 import torch
 
 from towers.config import TowerConfig
+from towers.cpu import child_env
 from towers.data import TowerData
 from towers.train import Training, TrainResult, build_model
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STOP = "stop"  # a refit's job file that tells the child how many epochs are wanted
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def trained_alike(a: TowerConfig, b: TowerConfig) -> bool:
@@ -79,14 +74,10 @@ class Child:
 
     def __init__(self, kind: str, job: Path) -> None:
         self.job = job
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE",
-               # The child runs this very code, whatever the interpreter's installed copy.
-               "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *([path] if path else [])])}  # fmt: skip
         self.log_file = (job / "log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "towers.parallel", kind, str(job), str(os.getpid())],
-            env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
+            env=child_env(), stdout=self.log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
     def log_tail(self) -> str:

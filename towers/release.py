@@ -37,10 +37,11 @@ import pyarrow.compute as pc
 from towers.baseline_scores import BASELINE_NOTES, baselines
 from towers.checkpoint import save_checkpoint
 from towers.config import TowerConfig
+from towers.cpu import cores
 from towers.data import TowerData, TowerSource, load_source, tower_data
 from towers.ddp import launch_of, train_distributed
 from towers.evaluate import aggregate
-from towers.parallel import RefitAhead, cores
+from towers.parallel import RefitAhead
 from towers.report import report
 from towers.train import TrainResult, train
 from towers.tuning import TEMPERATURES, prior_key, tune

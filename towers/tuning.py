@@ -14,9 +14,10 @@ import torch
 
 from towers.baselines import MAX_VAL_USERS, best_of, sample_rows, sample_users, val_recall
 from towers.config import TowerConfig
+from towers.cpu import cores
 from towers.data import EvalWindow, TowerData, take
 from towers.model import logits
-from towers.parallel import Child, Probes, cores
+from towers.parallel import Child, Probes
 from towers.train import Training, TrainResult, embed
 
 log = logging.getLogger(__name__)

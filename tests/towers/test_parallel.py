@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from recsys.settings import PROJECT_ROOT
 from towers.config import TowerConfig
 from towers.data import load_source, load_tower_data, tower_data
-from towers.parallel import PROJECT_ROOT, Probes, RefitAhead, trained_alike, workdir
+from towers.parallel import Probes, RefitAhead, trained_alike, workdir
 from towers.train import Training, train
 from towers.tuning import _NextStage, tried_key, tune
 

@@ -17,8 +17,8 @@ import torch
 
 from towers.checkpoint import load_checkpoint
 from towers.config import TowerConfig
+from towers.cpu import cores
 from towers.data import item_tensors, load_source, tower_data
-from towers.parallel import cores
 from towers.release import PER_USER, train_release
 from towers.rescore import per_user_scores
 from towers.train import train
