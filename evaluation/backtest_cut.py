@@ -139,9 +139,8 @@ def _two_tower(
     from contextlib import nullcontext
 
     from towers.config import TowerConfig
-    from towers.cpu import cores
     from towers.data import tower_data
-    from towers.parallel import RefitAhead
+    from towers.parallel import RefitAhead, beside
     from towers.train import train
     from towers.tuning import prior_key, tune
 
@@ -151,7 +150,7 @@ def _two_tower(
     data = tower_data(source, ("train", "val"), tcfg.history)
     # With a core to spare, the probes train two at a time and the refit starts beside the
     # tuning's leader (towers.parallel: the same weights).
-    parallel = parallel and cores() >= 2
+    parallel = beside(parallel)
     with RefitAhead(data) if parallel else nullcontext() as ahead:
         best, tried, priors = tune(tcfg, tower_data(source, ("train",), tcfg.history),
                                    cfg.temperatures, progress=False, parallel=parallel,

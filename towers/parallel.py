@@ -48,13 +48,19 @@ from typing import Any
 import torch
 
 from towers.config import TowerConfig
-from towers.cpu import child_env
+from towers.cpu import child_env, cores
 from towers.data import TowerData
 from towers.train import Training, TrainResult, build_model
 
 log = logging.getLogger(__name__)
 
 STOP = "stop"  # a refit's job file that tells the child how many epochs are wanted
+
+
+def beside(enabled: bool) -> bool:
+    """Whether to train in a child process beside this one: asked for (``enabled``:
+    ``Settings.train_in_parallel``) and a core to spare for it."""
+    return enabled and cores() >= 2
 
 
 def trained_alike(a: TowerConfig, b: TowerConfig) -> bool:

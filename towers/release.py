@@ -37,11 +37,10 @@ import pyarrow.compute as pc
 from towers.baseline_scores import BASELINE_NOTES, baselines
 from towers.checkpoint import save_checkpoint
 from towers.config import TowerConfig
-from towers.cpu import cores
 from towers.data import TowerData, TowerSource, load_source, tower_data
 from towers.ddp import launch_of, train_distributed
 from towers.evaluate import aggregate
-from towers.parallel import RefitAhead
+from towers.parallel import RefitAhead, beside
 from towers.report import report
 from towers.train import TrainResult, train
 from towers.tuning import TEMPERATURES, prior_key, tune
@@ -162,7 +161,7 @@ def train_release(
     priors: dict[str, dict[str, float]] = {}
     # With one process training and a core to spare, the tuning's probes train two at a time
     # and the served refit starts beside the tuning's leader (towers.parallel).
-    parallel = launch is None and cores() >= 2 and settings.train_in_parallel
+    parallel = launch is None and beside(settings.train_in_parallel)
     for loss in losses:
         ahead = RefitAhead(all_data) if parallel and all_data is not None else None
         with ahead or nullcontext():  # a refit not taken, or after a failure, stops here

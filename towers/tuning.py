@@ -14,10 +14,9 @@ import torch
 
 from towers.baselines import MAX_VAL_USERS, best_of, sample_rows, sample_users, val_recall
 from towers.config import TowerConfig
-from towers.cpu import cores
 from towers.data import EvalWindow, TowerData, take
 from towers.model import logits
-from towers.parallel import Child, Probes
+from towers.parallel import Child, Probes, beside
 from towers.train import Training, TrainResult, embed
 
 log = logging.getLogger(__name__)
@@ -234,7 +233,7 @@ def tune(
     if the first stage's best turns out to be another run. With ``parallel`` and two cores
     or more, probes train in a child process beside this one (:func:`_halving`,
     :class:`_NextStage`: the same results)."""
-    with Probes(data) if parallel and cores() >= 2 else nullcontext() as probes:
+    with Probes(data) if beside(parallel) else nullcontext() as probes:
         return _tune(cfg, data, temperatures, progress, half_lives, prior, probe_epochs,
                      on_leader, probes)  # fmt: skip
 

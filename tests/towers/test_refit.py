@@ -17,8 +17,8 @@ import torch
 
 from towers.checkpoint import load_checkpoint
 from towers.config import TowerConfig
-from towers.cpu import cores
 from towers.data import item_tensors, load_source, tower_data
+from towers.parallel import beside
 from towers.release import PER_USER, train_release
 from towers.rescore import per_user_scores
 from towers.train import train
@@ -125,7 +125,7 @@ def test_compare_serves_the_refit_and_scores_the_evaluated_model(synthetic_build
     assert cfg.temperature == 0.2
     # With a core to spare it ran beside the tuning (towers.parallel), and it is, weight for
     # weight, the refit run here for the epochs chosen on validation.
-    assert served["beside_tuning"] == (cores() >= 2 and settings.train_in_parallel)
+    assert served["beside_tuning"] == beside(settings.train_in_parallel)
     here = train(cfg, tower_data(source_all(settings), ALL, CFG.history), progress=False,
                  epochs=chosen["best_epoch"])  # fmt: skip
     for key, value in here.model.state_dict().items():
