@@ -138,13 +138,17 @@ def audit_features(folder: Path) -> Audit:
     """Each feature table non-empty, keys and timestamps present and not null, one row per
     entity and time (`recsys.validation.tables.validate_feature_table`)."""
     import pandas as pd
+    import pyarrow.parquet as pq
 
     from recsys.features.catalog import CATALOG
-    from recsys.validation.tables import validate_feature_table
+    from recsys.validation.tables import feature_table_columns, validate_feature_table
 
     reports = {}
     for view in CATALOG.views:
-        frame = pd.read_parquet(folder / f"{view.name}.parquet")
+        path = folder / f"{view.name}.parquet"
+        names = set(pq.read_schema(path).names)  # only the checked columns are read
+        columns = [c for c in feature_table_columns(view.key) if c in names]
+        frame = pd.read_parquet(path, columns=columns)
         reports[view.name] = validate_feature_table(frame, key=view.key, table=view.name)
     return _from_reports("features", reports)
 

@@ -65,3 +65,23 @@ def test_a_failed_audit_publishes_nothing_and_keeps_the_rejected_folder(tmp_path
     assert (data / "thing" / "x.txt").read_text() == "good"  # the published one, untouched
     kept = data / "rejected" / audit.kept_at.rsplit("/", 1)[-1]
     assert (kept / "x.txt").read_text() == "bad" and (kept / "report.json").exists()
+
+
+def test_feature_audit_reads_the_checked_columns_and_names_the_faulty_view(dataset, tmp_path):
+    import pyarrow.parquet as pq
+
+    from recsys.audit import audit_features
+    from recsys.features.build import compute_features
+
+    out = tmp_path / "features"
+    out.mkdir()
+    compute_features(dataset, out, as_of=AS_OF)
+    assert audit_features(out).passed
+    # A repeated row of a view with list cells (recent_item_ids): one row per user and time.
+    path = out / "user_activity.parquet"
+    table = pq.read_table(path)
+    assert pa.types.is_list(table.schema.field("recent_item_ids").type)
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path)
+    assert audit_features(out).failed == ["user_activity valid"]
+    audit = audit_features(out)
+    assert "user_activity rows unique" in audit.details["user_activity valid"]["failed"]

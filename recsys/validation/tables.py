@@ -236,6 +236,11 @@ def _distinct(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[~hashable.astype(str).duplicated()].reset_index(drop=True)
 
 
+def feature_table_columns(key: str, timestamp: str = "event_timestamp") -> tuple[str, ...]:
+    """The columns of a feature table that :func:`validate_feature_table` checks."""
+    return (key, timestamp, "created_timestamp")
+
+
 def validate_feature_table(
     frame: pd.DataFrame,
     *,
@@ -245,8 +250,11 @@ def validate_feature_table(
 ) -> ValidationReport:
     """Check a feature table: non-empty, ``key`` and ``timestamp`` present and not null,
     ``timestamp`` a datetime, and (key, timestamp, created_timestamp if present) unique: one
-    feature row per entity and time. Other columns are not checked."""
+    feature row per entity and time. Other columns are not checked, and not handed to GX: it
+    fingerprints a batch by pickling the whole frame when a cell holds a list (the views'
+    ``recent_item_ids``), which took 109 s of the 1M-interaction feature audit."""
     unique = (key, timestamp) + (("created_timestamp",) if "created_timestamp" in frame else ())
+    frame = frame[[c for c in feature_table_columns(key, timestamp) if c in frame.columns]]
     checks = [
         not_empty(table),
         has_columns(table, [key, timestamp], exact=False),
