@@ -91,10 +91,13 @@ def main() -> None:
             data, batch = encoded[history]
             assert data.val is not None
             for seed in args.seeds:
+                chosen = {
+                    "temperature": choice["temperature"],
+                    "recency_half_life_days": choice["recency_half_life_days"],
+                }
+                # A variant may override the cut's choices too ('T 0.1={"temperature": 0.1}').
                 tcfg = replace(TowerConfig(), epochs=cfg["max_epochs"], seed=seed,
-                               temperature=choice["temperature"],
-                               recency_half_life_days=choice["recency_half_life_days"],
-                               **override)  # fmt: skip
+                               **{**chosen, **override})  # fmt: skip
                 result = train(tcfg, data, progress=False)
                 with_chosen_prior(result.model, choice)
                 m = rank_metrics(tower_scores(result.model, data.val.users, data.val.items), val,
