@@ -67,7 +67,7 @@ def test_a_failed_audit_publishes_nothing_and_keeps_the_rejected_folder(tmp_path
     assert (kept / "x.txt").read_text() == "bad" and (kept / "report.json").exists()
 
 
-def test_feature_audit_reads_the_checked_columns_and_names_the_faulty_view(dataset, tmp_path):
+def test_feature_audit_names_a_repeated_row_of_a_view_with_list_cells(dataset, tmp_path):
     import pyarrow.parquet as pq
 
     from recsys.audit import audit_features
@@ -82,6 +82,6 @@ def test_feature_audit_reads_the_checked_columns_and_names_the_faulty_view(datas
     table = pq.read_table(path)
     assert pa.types.is_list(table.schema.field("recent_item_ids").type)
     pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path)
-    assert audit_features(out).failed == ["user_activity valid"]
     audit = audit_features(out)
+    assert audit.failed == ["user_activity valid"]
     assert "user_activity rows unique" in audit.details["user_activity valid"]["failed"]
