@@ -31,13 +31,12 @@ GROUPS = ("all", "warm", "cold", "new after 5")
 
 def main() -> None:
     import numpy as np
-    import pandas as pd
-    from backtest_cuts import backtest_cuts
+    from backtest_cuts import backtest_cuts, validation_new_users
 
     from evaluation.backtest import TWO_TOWER
-    from evaluation.backtest_cut import cold_start_batch, new_user_split
+    from evaluation.backtest_cut import cold_start_batch
     from towers.config import TowerConfig
-    from towers.data import load_source, tower_data
+    from towers.data import tower_data
     from towers.evaluate import per_user_metrics
     from towers.train import tower_scores, train
     from towers.tuning import PRIOR_FEATURES, prior_key
@@ -51,12 +50,8 @@ def main() -> None:
     priors = [(0.0, PRIOR_FEATURES[0])] + [(w, f) for f in PRIOR_FEATURES for w in WEIGHTS]
     rows = []
     for w, settings in cuts:
-        source = load_source(settings, with_test=False)
-        val = source.windows["val"][0]  # the validation window's EvalSplit
-        new, given = new_user_split(source.interactions, source.item_ids, val,
-                                    cfg["new_user_history"])  # fmt: skip
-        users = pd.read_parquet(settings.paths.dataset / "users.parquet")
-        profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
+        source, val, new, given, profiles = validation_new_users(settings,
+                                                                 cfg["new_user_history"])  # fmt: skip
         choice = w["choices"][TWO_TOWER]
         data = tower_data(source, ("train",), TowerConfig.history)
         assert data.val is not None

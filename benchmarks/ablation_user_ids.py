@@ -37,13 +37,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def main() -> None:
     import numpy as np
-    import pandas as pd
-    from backtest_cuts import backtest_cuts, with_chosen_prior
+    from backtest_cuts import backtest_cuts, validation_new_users, with_chosen_prior
 
     from evaluation.backtest import TWO_TOWER
-    from evaluation.backtest_cut import cold_start_batch, new_user_split
+    from evaluation.backtest_cut import cold_start_batch
     from towers.config import TowerConfig
-    from towers.data import load_source, tower_data
+    from towers.data import tower_data
     from towers.evaluate import per_user_metrics, rank_metrics
     from towers.train import tower_scores, train
 
@@ -70,12 +69,8 @@ def main() -> None:
     cfg = summary["config"]
     rows = []
     for w, settings in cuts:
-        source = load_source(settings, with_test=False)
-        val = source.windows["val"][0]  # the validation window's EvalSplit
-        new, given = new_user_split(source.interactions, source.item_ids, val,
-                                    cfg["new_user_history"])  # fmt: skip
-        users = pd.read_parquet(settings.paths.dataset / "users.parquet")
-        profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
+        source, val, new, given, profiles = validation_new_users(settings,
+                                                                 cfg["new_user_history"])  # fmt: skip
         choice = w["choices"][TWO_TOWER]
         # The cut's training data and the new users' requests, encoded once per history length
         # (a `history` override encodes its own): every run of that length shares the encoder.

@@ -39,3 +39,19 @@ def with_chosen_prior(model: Any, choice: dict[str, Any]) -> None:
     weight, feature = choice["popularity_prior"].split(" log1p(")
     model.set_config(replace(model.cfg, popularity_prior=float(weight),
                              popularity_feature=feature.rstrip(")")))  # fmt: skip
+
+
+def validation_new_users(settings: Any, history: int) -> tuple[Any, Any, Any, Any, Any]:
+    """A cut's source (its test window unread) and validation window (an EvalSplit), with
+    the window's "new after ``history``" users: their split, given events and profiles."""
+    import pandas as pd
+
+    from evaluation.backtest_cut import new_user_split
+    from towers.data import load_source
+
+    source = load_source(settings, with_test=False)
+    val = source.windows["val"][0]
+    new, given = new_user_split(source.interactions, source.item_ids, val, history)
+    users = pd.read_parquet(settings.paths.dataset / "users.parquet")
+    profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
+    return source, val, new, given, profiles
