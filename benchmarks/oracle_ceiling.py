@@ -32,7 +32,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from evaluation.backtest_cut import new_user_split
-from recsys.datasets.planted import TEMPERATURE, build_world, planted_affinity
+from recsys.datasets.planted import TEMPERATURE, build_world, planted_affinity, truth_of
 from recsys.datasets.synthetic import FEATURE_NOISE, OCCUPATIONS, _users_table
 from towers.evaluate import build_eval_split, per_user_metrics
 
@@ -71,7 +71,8 @@ class Ceiling:
         """(K, occupation, region, age, gender) log P(profile | archetype), by simulation."""
         w = self.world
         rng = np.random.default_rng([seed, 1])  # _users_table's generator: its first draw
-        proj = rng.standard_normal((dim, len(OCCUPATIONS) + REGIONS + 2)).astype(np.float32)
+        proj32 = rng.standard_normal((dim, len(OCCUPATIONS) + REGIONS + 2)).astype(np.float32)
+        proj = proj32.astype(np.float64)  # float32 as drawn there, computed in float64 here
         # Age and gender are z-scored over the population: its mean and spread, drawn as there.
         noise = FEATURE_NOISE * (rng.standard_normal((len(w.user_arch), dim)) * dim**-0.25)
         s = (w.arch_factors[w.user_arch] + noise.astype(np.float32)).astype(np.float64) @ proj
@@ -80,7 +81,7 @@ class Ceiling:
         table = np.zeros((len(w.arch_factors), len(OCCUPATIONS), REGIONS, len(AGES), 2))
         for k, centre in enumerate(w.arch_factors.astype(np.float64)):
             f = centre + FEATURE_NOISE * draw.standard_normal((draws, dim)) * dim**-0.25
-            s = f @ proj.astype(np.float64)
+            s = f @ proj
             occ, region = s[:, : len(OCCUPATIONS)].argmax(1), s[:, len(OCCUPATIONS) : -2].argmax(1)
             age_mean = 38 + 8 * (s[:, -2] - mu[0]) / sd[0]
             p_age = norm.pdf(AGES[None, :], age_mean[:, None], 5.0)  # (draws, ages)
@@ -104,11 +105,6 @@ class Ceiling:
         post /= post.sum(1, keepdims=True)
         return np.log(post @ self.p + 1e-300)
 
-    def truth(self) -> dict[str, np.ndarray]:
-        w = self.world
-        return {"user_factors": w.arch_factors[w.user_arch], "item_factors": w.item_factors,
-                "item_log_pop": w.item_log_pop, "temperature": np.float64(TEMPERATURE)}  # fmt: skip
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -121,7 +117,7 @@ def main() -> None:
     summary = json.loads((args.backtest / "backtest.json").read_text())
     dataset = Path(summary["dataset"])
     ceiling = Ceiling(dataset, args.synthetic_seed, args.dim, args.days, args.draws)
-    truth, items = ceiling.truth(), ceiling.items
+    truth, items = truth_of(ceiling.world), ceiling.items
     events = pd.read_parquet(dataset / "interactions.parquet")
     when = pd.to_datetime(events.event_timestamp, utc=True)
     new_group = summary["config"].get("new_user_history", 5)

@@ -113,6 +113,11 @@ def planted_truth(
         dim,
         days,
     )
+    return truth_of(world)
+
+
+def truth_of(world: World) -> dict[str, np.ndarray]:
+    """The oracle's inputs (:func:`planted_affinity`) of ``world``."""
     return {
         "user_factors": world.arch_factors[world.user_arch],
         "item_factors": world.item_factors,
