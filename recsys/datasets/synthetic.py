@@ -40,11 +40,11 @@ from tqdm import tqdm
 
 from recsys.datasets.planted import (
     CDF_TOP,
-    TEMPERATURE,
     World,
     build_world,
     default_sizes,
     gaussian_factors,
+    truth_of,
 )
 from recsys.schema import INTERACTIONS, stamped_at_epoch
 from recsys.schema import ITEMS_UNSTAMPED as ITEMS
@@ -229,9 +229,7 @@ def generate_synthetic(
     world = build_world(np.random.default_rng([seed, 0]), n_users, n_items, dim, days)
     with _atomic(out_dir / "synthetic_truth.npz") as tmp, tmp.open("wb") as f:
         # The oracle's inputs: P(i | u) ∝ exp(item_log_pop + user_factors . item_factors / T).
-        np.savez(f, user_factors=world.arch_factors[world.user_arch],
-                 item_factors=world.item_factors, item_log_pop=world.item_log_pop,
-                 temperature=np.float64(TEMPERATURE), user_archetype=world.user_arch)  # fmt: skip
+        np.savez(f, allow_pickle=False, **truth_of(world), user_archetype=world.user_arch)
     attr_rng = np.random.default_rng([seed, 1])
     for name, table in (("users", stamped_at_epoch(_users_table(attr_rng, world))),
                         ("items", stamped_at_epoch(_items_table(attr_rng, world)))):  # fmt: skip
