@@ -7,7 +7,7 @@ takes the r-th of N equal slices of each batch (a batch of g rows keeps N * (g /
 at most N - 1 rows of the epoch's last batch sit the epoch out). The model is wrapped in
 DistributedDataParallel, and the in-batch negatives stay global: the item vectors, their ids
 and the uniform negatives' vectors (each rank embeds M / N of them) are all-gathered with
-autograd (``all_gather_single_autograd``), so every row is scored against
+autograd (:class:`_AllGather`, blocking collectives), so every row is scored against
 the candidates of the whole global batch and the averaged gradient is one process's
 (``tests/towers/test_ddp.py`` checks the first step's gradient). Validation runs on rank 0
 only; its scores are broadcast, so every rank takes the same early-stopping decisions from
@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed._functional_collectives import all_gather_single_autograd
 from torch.nn.parallel import DistributedDataParallel
 
 from towers.config import TowerConfig
@@ -84,13 +83,34 @@ class _Towers(torch.nn.Module):
         return self.model.user_tower(users), self.model.item_tower(items), extra
 
 
+class _AllGather(torch.autograd.Function):
+    """Every rank's (b, ...) tensor concatenated in rank order, the gradient of each part
+    summed over ranks and returned to the rank that computed it.
+
+    Both directions are blocking collectives. The functional ``all_gather_single_autograd``
+    used before returned a tensor whose gather was still running on gloo's threads while
+    the step went on (the next gather, the item ids' gather, DDP's bucket all-reduces); one
+    CI run lost a rank to a heap corruption in that window (``malloc(): unaligned tcache
+    chunk``). Here nothing is in flight but DDP's own all-reduces."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), len(tensor)
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)  # every rank's gradient with respect to every part
+        return total[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's ``tensor`` (b, ...) concatenated in rank order (N * b, ...), gradients
-    flowing back to the rank that computed each part. (torch 2.13 deprecates
-    ``torch.distributed.nn.functional.all_gather`` for this one.)"""
-    world = dist.group.WORLD
-    assert world is not None, "the process group is not initialised"
-    return all_gather_single_autograd(tensor, 0, world)
+    flowing back to the rank that computed each part."""
+    return _AllGather.apply(tensor)  # type: ignore[no-any-return]
 
 
 def _gather_ids(tensor: torch.Tensor) -> torch.Tensor:
