@@ -110,7 +110,7 @@ class _AllGather(torch.autograd.Function):
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's ``tensor`` (b, ...) concatenated in rank order (N * b, ...), gradients
     flowing back to the rank that computed each part."""
-    return _AllGather.apply(tensor)  # type: ignore[no-any-return]
+    return _AllGather.apply(tensor)
 
 
 def _gather_ids(tensor: torch.Tensor) -> torch.Tensor:
