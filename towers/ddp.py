@@ -96,13 +96,11 @@ class _AllGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
         ctx.rank, ctx.rows = dist.get_rank(), len(tensor)
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
+        return _all_gathered(tensor.contiguous())
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        total = grad.contiguous().clone()
+        total = grad.clone(memory_format=torch.contiguous_format)  # all_reduce writes in place
         dist.all_reduce(total)  # every rank's gradient with respect to every part
         return total[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
@@ -113,7 +111,8 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     return _AllGather.apply(tensor)
 
 
-def _gather_ids(tensor: torch.Tensor) -> torch.Tensor:
+def _all_gathered(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated in rank order, no gradient (a blocking gather)."""
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor)
     return torch.cat(parts)
@@ -173,7 +172,7 @@ class DistributedTraining(Training):
                 raise ValueError("recency_half_life_days needs TowerData.train_age_days")
             weights = 0.5 ** (local.train_age_days[rows] / cfg.recency_half_life_days)  # (b,)
         if cfg.loss == "softmax":
-            ids = _gather_ids(item_batch["item"])  # (G,)
+            ids = _all_gathered(item_batch["item"])  # (G,)
             log_q = self.data.log_q[ids] + math.log(len(ids))
             loss = softmax_loss(users, _gather(items), ids, log_q, cfg, extra, extra_ids,
                                 extra_lq, weights, offset=offset)  # fmt: skip
