@@ -20,6 +20,10 @@ read.
 per user group, e.g. ``--variant 'history 10={"history": 10}'`` (a ``history`` override is
 encoded with that many recent items, at most the features' ``recent_items``); with
 ``--variant`` only the variants run (``--variant 'default={}'`` is the default config).
+``"retired": [names]`` is not a TowerConfig field: the encoder is fitted on the catalogue
+with exactly those features retired (``recsys.features.spec.Feature.retired``), e.g.
+``--variant 'zip prefix={"retired": ["zip_region"]}'`` (the user tower as it was before
+zip_region: zip_prefix back as an input) or ``--variant 'both={"retired": []}'``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def retiring(names: list[str]):  # -> Catalog
+    """The catalogue with exactly the features ``names`` retired as tower inputs."""
+    from recsys.features.catalog import CATALOG
+
+    unknown = set(names) - {f.name for f in CATALOG.features()}
+    if unknown:
+        raise SystemExit(f"retired: no feature {sorted(unknown)} in the catalogue")
+    views = tuple(replace(v, features=tuple(replace(f, retired=f.name in names)
+                                            for f in v.features)) for v in CATALOG.views)  # fmt: skip
+    return replace(CATALOG, views=views)
 
 
 def main() -> None:
@@ -74,16 +90,20 @@ def main() -> None:
         choice = w["choices"][TWO_TOWER]
         # The cut's training data and the new users' requests, encoded once per history length
         # (a `history` override encodes its own): every run of that length shares the encoder.
-        encoded: dict[int, tuple] = {}
+        encoded: dict[tuple, tuple] = {}
         for name, override in overrides.items():
+            override = dict(override)
+            retired = override.pop("retired", None)
             history = override.get("history", TowerConfig.history)
-            if history not in encoded:
-                data = tower_data(source, ("train",), history)
+            key = (history, None if retired is None else tuple(sorted(retired)))
+            if key not in encoded:
+                catalog = {} if retired is None else {"catalog": retiring(retired)}
+                data = tower_data(source, ("train",), history, **catalog)
                 batch = cold_start_batch(data.encoder, profiles, given,
                                          settings.paths.dataset / "items.parquet",
                                          settings.recent_items) if len(new.user_ids) else None  # fmt: skip
-                encoded[history] = data, batch
-            data, batch = encoded[history]
+                encoded[key] = data, batch
+            data, batch = encoded[key]
             assert data.val is not None
             for seed in args.seeds:
                 chosen = {

@@ -32,8 +32,11 @@ def catalogue_check_names() -> tuple[str, ...]:
     return tuple(
         name
         for table in ENTITY_FOLDERS
-        for name in [readable_name(table), *(c.name for c in version_checks(table, EPOCH)),
-                     consistency_name(table)]  # fmt: skip
+        for name in [
+            readable_name(table),
+            *(c.name for c in version_checks(table, EPOCH)),
+            consistency_name(table),
+        ]  # fmt: skip
     )
 
 

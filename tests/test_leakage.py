@@ -120,6 +120,7 @@ def test_static_features_and_split(built):
     assert rows.loc[(2, 10), "age_bucket"] == "<18"
     assert rows.loc[(3, 10), "age_bucket"] == "56+"
     assert rows.loc[(1, 12), "zip_prefix"] == "100"
+    assert rows.loc[(1, 12), "zip_region"] == "1"
     assert list(rows.loc[(1, 12), "item_genres"]) == ["Drama", "Comedy"]
     assert list(rows.loc[(1, 13), "item_genres"]) == ["Action"]  # T2: the version from T2
     assert rows["split"].value_counts().to_dict() == {"train": 4, "val": 1, "test": 2}
@@ -193,6 +194,7 @@ def _write_views(features_dir):
                     "gender": "F",
                     "occupation": "x",
                     "zip_prefix": "100",
+                    "zip_region": "1",
                     **static,
                 }
             ]

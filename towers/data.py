@@ -16,7 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from recsys.features.catalog import CATALOG
 from recsys.features.encoding import FeatureEncoder, epoch_seconds
+from recsys.features.spec import Catalog
 
 
 def tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -128,8 +130,9 @@ def load_source(
 
 
 def tower_data(
-    source: TowerSource, fit_on: tuple[str, ...] = ("train",), history: int = 20
-) -> TowerData:
+    source: TowerSource, fit_on: tuple[str, ...] = ("train",), history: int = 20,
+    catalog: Catalog = CATALOG,
+) -> TowerData:  # fmt: skip
     """Training rows of the splits `fit_on`, encoded by an encoder fitted on those rows.
 
     ``("train",)``: the model whose epochs are chosen on the validation window.
@@ -138,10 +141,12 @@ def tower_data(
     ``("train", "val", "test")``: the served model, refit on every row before ``as_of``; no
     window is held out, and its sampled negatives come from the catalogue as of ``as_of``
     (``source.items_as_of``, from ``load_source(with_as_of=True)``).
+    ``catalog``: which features the encoder fits (another one in ablations: a feature
+    retired or brought back, ``benchmarks/ablation_user_ids.py``).
     """
     table = source.table
     rows = table.filter(pa.compute.is_in(table.column("split"), pa.array(list(fit_on))))
-    encoder = FeatureEncoder.fit(rows, source.genres, history)
+    encoder = FeatureEncoder.fit(rows, source.genres, history, catalog=catalog)
     train_items = item_tensors(encoder, rows)
     counts = torch.bincount(train_items["item"], minlength=encoder.n_items).double()
     log_q = torch.log((counts / counts.sum()).clamp(min=1e-12)).float()

@@ -1,5 +1,5 @@
 """Segment popularity: the popularity ranking within a user's profile segment (age bucket,
-gender, occupation), the profile-only baseline for cold users.
+gender, occupation, zip region), the profile-only baseline for cold users.
 
 Each segment ranks items by the interactions of its own users before the cut, ties broken by
 all-time popularity; a segment with fewer than ``min_users`` users with history, and a user
@@ -30,6 +30,7 @@ SEGMENTATIONS: Mapping[str, tuple[str, ...]] = {
     "age bucket x gender": ("age_bucket", "gender"),
     "occupation": ("occupation",),
     "age bucket": ("age_bucket",),
+    "zip region": ("zip_region",),
 }
 MIN_SEGMENT_USERS = 20  # smaller segments get the global ranking: too few users to count on
 

@@ -130,7 +130,8 @@ class FeatureEncoder:
     _lookups: dict[str, pd.Index] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.columns = TowerColumns.of(self.catalog).fitted(self.cats, self.stats)
+        # A saved encoder may have been fitted on a feature retired since (Feature.retired).
+        self.columns = TowerColumns.of(self.catalog, retired=True).fitted(self.cats, self.stats)
 
     @classmethod
     def fit(

@@ -31,10 +31,16 @@ class TowerColumns:
     item_nums: tuple[tuple[str, bool], ...]
 
     @classmethod
-    def of(cls, catalog: Catalog) -> TowerColumns:
+    def of(cls, catalog: Catalog, retired: bool = False) -> TowerColumns:
+        """The inputs a new encoder fits; with ``retired``, the retired features too (what a
+        saved encoder may have been fitted on)."""
+
+        def inputs(entity: Any) -> list[Any]:
+            return [f for f in catalog.features(entity) if retired or not f.retired]
+
         def nums(entity: Any) -> tuple[tuple[str, bool], ...]:
             return tuple((f.name, f.encoding == Encoding.LOG_NUMERIC)
-                         for f in catalog.features(entity) if f.encoding in NUMERIC)  # fmt: skip
+                         for f in inputs(entity) if f.encoding in NUMERIC)  # fmt: skip
 
         def one(entity: Any, encoding: Encoding) -> str:
             found = catalog.features(entity, encoding)
@@ -44,7 +50,7 @@ class TowerColumns:
             return found[0].name
 
         return cls(
-            user_cats=tuple(f.name for f in catalog.features("user", Encoding.CATEGORICAL)),
+            user_cats=tuple(f.name for f in inputs("user") if f.encoding == Encoding.CATEGORICAL),
             user_nums=nums("user"),
             affinity=one("user", Encoding.GENRE_SHARES),
             history_items=one("user", Encoding.HISTORY_ITEMS),

@@ -59,6 +59,11 @@ class Feature:
     op: Any  # recsys.features.ops: how the value is computed from the dataset
     encoding: Encoding
     description: str = ""
+    # Retired as a tower input: still computed, in Feast's views, services and online store,
+    # so that the model versions trained on it keep loading and serving, but a new encoder
+    # does not fit it (`recsys.features.inputs.TowerColumns.of`). Delete the feature once no
+    # kept version's checkpoint lists it (its encoder's `cats` or `stats`).
+    retired: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -101,7 +101,7 @@ def test_cold_start_batch_is_the_post_path_with_the_given_history(synthetic):
     users = pd.read_parquet(synthetic / "users.parquet").head(2)
     given = pd.DataFrame([_event(int(users.user_id[0]), i, f"2024-02-0{i}") for i in (3, 1, 2)])
     encoder = FeatureEncoder(user_ids=[1, 2], item_ids=[1, 2, 3], cats={"age_bucket": [],
-                             "gender": ["F", "M"], "occupation": [], "zip_prefix": []},
+                             "gender": ["F", "M"], "occupation": [], "zip_prefix": [], "zip_region": []},
                              genres=["Action"], stats={k: (0.0, 1.0) for k in (
                                  "user_interaction_count", "user_mean_rating", "history_rating",
                                  "history_log_hours")}, history=4)  # fmt: skip

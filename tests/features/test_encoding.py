@@ -52,7 +52,8 @@ def extended_rows():
 
 def test_the_catalogues_columns_in_the_order_checkpoints_were_trained_with():
     c = FeatureEncoder.fit(rows(), GENRES, history=4).columns
-    assert c.user_cats == ("age_bucket", "gender", "occupation", "zip_prefix")
+    # zip_prefix is retired: still a column of the rows, no longer fitted.
+    assert c.user_cats == ("age_bucket", "gender", "occupation", "zip_region")
     assert c.user_nums == (("user_interaction_count", True), ("user_mean_rating", False))
     assert c.item_nums == (("item_release_year", False), ("item_interaction_count", True),
                            ("item_mean_rating", False), ("item_count_7d", True),
@@ -65,6 +66,8 @@ def test_the_catalogues_columns_in_the_order_checkpoints_were_trained_with():
 def test_a_saved_encoder_loads_and_keeps_its_inputs_when_the_catalogue_grows():
     encoder = FeatureEncoder.from_dict(SAVED)
     assert encoder.to_dict().keys() == SAVED.keys()
+    # Fitted on zip_prefix, retired since: the saved encoder keeps it, and not zip_region.
+    assert encoder.columns.user_cats == ("age_bucket", "gender", "occupation", "zip_prefix")
     assert encoder.stats["user_mean_rating"] == (3.5, 1.0)  # lists (JSON) become tuples
     batch = encoder.encode_users(rows(), now=T0 + 10 * 86400)
     assert batch["cats"].shape == (6, 4) and batch["nums"].shape == (6, 4)

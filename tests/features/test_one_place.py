@@ -27,12 +27,12 @@ from recsys.settings import Paths
 from recsys.training_set import entity_rows, historical_features
 
 RATED = Feature("user_rated_count", "int64", Count(rated=True), Encoding.LOG_NUMERIC)
-REGION = Feature("zip_region", "string", Prefix("zip_code", 1), Encoding.CATEGORICAL)
+AREA = Feature("zip_area", "string", Prefix("zip_code", 2), Encoding.CATEGORICAL)
 
 
 def extended(base: Catalog) -> Catalog:
-    """``base`` with RATED in user_activity and REGION in user_profile."""
-    added = {"user_activity": RATED, "user_profile": REGION}
+    """``base`` with RATED in user_activity and AREA in user_profile."""
+    added = {"user_activity": RATED, "user_profile": AREA}
     views = tuple(
         dataclasses.replace(v, features=(*v.features, added[v.name])) if v.name in added else v
         for v in base.views
@@ -58,13 +58,13 @@ def test_a_feature_declared_once_reaches_every_consumer(
         pa.int64()
     )
     profile = pq.read_table(paths.features / "user_profile.parquet").to_pylist()
-    assert {r["user_id"]: r[REGION.name] for r in profile} == {
-        u: (None if row["zip_code"] is None else row["zip_code"][:1]) for u, row in users.items()
+    assert {r["user_id"]: r[AREA.name] for r in profile} == {
+        u: (None if row["zip_code"] is None else row["zip_code"][:2]) for u, row in users.items()
     }
 
     # Feast: the views' schema and the services that hold the views.
     store = feast_store.apply(paths)
-    for view, feature in (("user_activity", RATED), ("user_profile", REGION)):
+    for view, feature in (("user_activity", RATED), ("user_profile", AREA)):
         fields = {f.name: f for f in store.get_feature_view(view).features}
         assert fields[feature.name].tags == {"encoding": feature.encoding.value}
         for service in ("two_tower_training_v1", "user_tower_serving_v1"):
@@ -89,7 +89,7 @@ def test_a_feature_declared_once_reaches_every_consumer(
         )
         assert row[RATED.name] == (before if has_history else None), row
         zip_code = users[row["user_id"]]["zip_code"]
-        assert row[REGION.name] == (None if zip_code is None else zip_code[:1])
+        assert row[AREA.name] == (None if zip_code is None else zip_code[:2])
 
     # The online store after materialization, and the cold-start row of the same history.
     feast_store.materialize(paths, end=manifest.as_of, store=store)
@@ -112,20 +112,20 @@ def test_a_feature_declared_once_reaches_every_consumer(
             catalog=cat,
         )  # fmt: skip
         assert cold[RATED.name] == want
-        assert cold[REGION.name] == online[REGION.name][k]
-    assert any(online[RATED.name]) and any(online[REGION.name])
+        assert cold[AREA.name] == online[AREA.name][k]
+    assert any(online[RATED.name]) and any(online[AREA.name])
 
     # The towers: the encoder fitted on the training set has one more categorical and one
     # more numeric input, with the values its encodings define.
     encoder = FeatureEncoder.fit(training_table, manifest.genres, manifest.recent_items,
                                  catalog=cat)  # fmt: skip
     cats, nums = list(encoder.columns.user_cats), [n for n, _ in encoder.columns.user_nums]
-    assert REGION.name in cats and RATED.name in nums
+    assert AREA.name in cats and RATED.name in nums
     batch = encoder.encode_users(training_table)
-    vocabulary = encoder.cats[REGION.name]
-    regions = [r[REGION.name] for r in training]
-    assert batch["cats"][:, cats.index(REGION.name)].tolist() == [
-        0 if v is None else vocabulary.index(v) + 1 for v in regions
+    vocabulary = encoder.cats[AREA.name]
+    areas = [r[AREA.name] for r in training]
+    assert batch["cats"][:, cats.index(AREA.name)].tolist() == [
+        0 if v is None else vocabulary.index(v) + 1 for v in areas
     ]
     counts = np.array([np.nan if r[RATED.name] is None else r[RATED.name] for r in training])
     mean, std = encoder.stats[RATED.name]

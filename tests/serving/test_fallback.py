@@ -45,14 +45,16 @@ def score_column(reg: ModelRegistry, version: str, profile: dict) -> str:
 
 
 def profile_of(data: Path, user: int) -> dict:
-    """A known user's profile as the online features carry it (age as its bucket)."""
+    """A known user's profile as the online features carry it (age as its bucket, the zip
+    code as its region)."""
     from towers.segments import profile_feature
 
     users = pd.read_parquet(data / "dataset" / "users.parquet").set_index("user_id")
     row = users.loc[user]
     age = profile_feature(pd.DataFrame({"age": [row.age]}), "age_bucket").iloc[0]
-    return {"age_bucket": age, "gender": row.gender,
-            "occupation": row.occupation}  # fmt: skip
+    region = profile_feature(pd.DataFrame({"zip_code": [row.zip_code]}), "zip_region").iloc[0]
+    return {"age_bucket": age, "gender": row.gender, "occupation": row.occupation,
+            "zip_region": region}  # fmt: skip
 
 
 def expected_scores(ranking: pd.DataFrame, column: str, exclude: set, k: int) -> list:
@@ -138,7 +140,8 @@ def assert_answers(server, reg: ModelRegistry, version: str, data: Path, events:
     recent = [int(i) for i in ranking.item_id[:3]]
     status, body = server.post("/recommendations",
                                {"age": int(profile.age), "gender": profile.gender,
-                                "occupation": profile.occupation, "k": 10,
+                                "occupation": profile.occupation,
+                                "zip_code": profile.zip_code, "k": 10,
                                 "recent": [{"item_id": i} for i in recent]})  # fmt: skip
     assert status == 200 and body["fallback"] is True
     assert body["model_kind"] == reg.info(version)["baseline"]

@@ -46,7 +46,9 @@ from towers.data import tensors
 
 def sql_profiles(dataset: Path) -> pd.DataFrame:
     sql = static_sql(CATALOG.view("user_profile"), dataset, datetime.now(UTC))
-    return connect().execute(f"SELECT user_id, age_bucket, zip_prefix FROM ({sql})").df()
+    return (
+        connect().execute(f"SELECT user_id, age_bucket, zip_prefix, zip_region FROM ({sql})").df()
+    )
 
 
 def age_bucket(age: int | None) -> str | None:
@@ -54,8 +56,9 @@ def age_bucket(age: int | None) -> str | None:
     return CATALOG.feature("age_bucket").op.py({"age": age})
 
 
-def zip_prefix(zip_code: str | None) -> str | None:
-    return CATALOG.feature("zip_prefix").op.py({"zip_code": zip_code})
+def zip_feature(name: str, zip_code: str | None) -> str | None:
+    """The Python side of a zip-code feature's op (zip_prefix, zip_region)."""
+    return CATALOG.feature(name).op.py({"zip_code": zip_code})
 
 
 def none_if_na(value: Any) -> Any:
@@ -70,7 +73,8 @@ def test_profile_features_equal_the_sql_on_every_user(pipeline: Pipeline) -> Non
     for user, sql_row in zip(users.itertuples(), sql.itertuples(), strict=True):
         age = None if pd.isna(user.age) else int(user.age)
         assert age_bucket(age) == none_if_na(sql_row.age_bucket), user
-        assert zip_prefix(user.zip_code) == none_if_na(sql_row.zip_prefix), user
+        assert zip_feature("zip_prefix", user.zip_code) == none_if_na(sql_row.zip_prefix), user
+        assert zip_feature("zip_region", user.zip_code) == none_if_na(sql_row.zip_region), user
 
 
 def test_profile_features_equal_the_sql_on_edge_cases(tmp_path: Path) -> None:
@@ -86,7 +90,8 @@ def test_profile_features_equal_the_sql_on_edge_cases(tmp_path: Path) -> None:
     sql = sql_profiles(tmp_path).set_index("user_id")
     for row in rows:
         assert age_bucket(row["age"]) == none_if_na(sql.loc[row["user_id"], "age_bucket"]), row
-        assert zip_prefix(row["zip_code"]) == none_if_na(sql.loc[row["user_id"], "zip_prefix"])
+        for name in ("zip_prefix", "zip_region"):
+            assert zip_feature(name, row["zip_code"]) == none_if_na(sql.loc[row["user_id"], name])
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +147,7 @@ def test_cold_start_features_equal_the_online_features_of_the_same_history(
                 zip_code=profile.zip_code, recent=recent, item_genres=genres,
                 recent_items=manifest["recent_items"], now=now,
             )  # fmt: skip
-            for name in ("age_bucket", "gender", "occupation", "zip_prefix",
+            for name in ("age_bucket", "gender", "occupation", "zip_prefix", "zip_region",
                          "user_interaction_count", "recent_item_ids"):  # fmt: skip
                 assert row[name] == stored[name], (user, name)
             # NaN for unrated items on both sides (assert_array_equal: NaN equals NaN).

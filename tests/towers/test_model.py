@@ -30,6 +30,7 @@ def rows(n: int = 6) -> pd.DataFrame:
         "user_id": rng.integers(1, 4, n), "item_id": rng.integers(10, 15, n),
         "age_bucket": rng.choice(["18-24", "25-34"], n), "gender": rng.choice(["F", "M"], n),
         "occupation": rng.choice(["writer", "student"], n), "zip_prefix": ["100"] * n,
+        "zip_region": ["1"] * n,
         "user_interaction_count": [None, 1, 2, 3, 4, 5][:n], "user_mean_rating": [None, 4.0, 3.5, 3, 2, 5][:n],
         "user_genre_affinity": [None] + [[0.5, 0.5, 0.0]] * (n - 1),
         "recent_item_ids": [None, [10], [11, 10], [12, 11, 10], [99, 12], [13]][:n],
