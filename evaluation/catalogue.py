@@ -158,11 +158,12 @@ def derive_version(reg: Any, parent: str, run_id: str, catalogue: dict[str, Any]
 
 
 def derived_vectors(reg: Any, version: str, db_dir: Any, store: Any, item_ids: np.ndarray,
-                    as_of: Any) -> tuple[np.ndarray, int]:  # fmt: skip
+                    user_ids: np.ndarray, as_of: Any) -> tuple[np.ndarray, int]:  # fmt: skip
     """(N, D) float32 vectors of ``item_ids`` for a derived ``version``: the item tower's for
     the items its catalogue lists as new or changed (and any id its parent's table lacks),
     the parent's table's, unchanged, for every other one. Returns them and how many were
-    computed."""
+    computed. The new items' bias is levelled on the mean of ``user_ids`` as of ``as_of``
+    (``with_unknown_item_bias``)."""
     from evaluation.version_outputs import version_item_vectors, with_unknown_item_bias
 
     info = reg.info(version)
@@ -182,6 +183,6 @@ def derived_vectors(reg: Any, version: str, db_dir: Any, store: Any, item_ids: n
         fresh = version_item_vectors(reg, version, store, ids[compute], as_of)
         # New items at the bias level of the parent's table (its known items'): the same
         # level its own new items have, so the copied vectors stay as they were.
-        vectors[compute] = with_unknown_item_bias(reg, version, ids[compute], fresh,
-                                                  (parent_ids, parent_vectors))  # fmt: skip
+        vectors[compute] = with_unknown_item_bias(reg, version, ids[compute], fresh, store,
+                                                  user_ids, as_of, (parent_ids, parent_vectors))  # fmt: skip
     return vectors, int(compute.sum())

@@ -35,16 +35,34 @@ def version_item_vectors(reg: Any, version: str, store: Any, item_ids: np.ndarra
     return item_vectors(model, encoder, store, item_ids, as_of)
 
 
+MEAN_QUERY_USERS = 10_000  # at most this many users, evenly spaced by id, in the mean query
+
+
+def mean_query(model: Any, encoder: Any, store: Any, user_ids: np.ndarray, as_of: Any) -> Any:
+    """(d,) the mean user vector of ``user_ids`` (at most ``MEAN_QUERY_USERS`` of them,
+    evenly spaced by id) with their features as of ``as_of``: the average user that a new
+    item's bias is levelled on (``towers.model.unknown_item_bias``)."""
+    import torch
+
+    from towers.candidates import user_vectors
+
+    ids = np.unique(np.asarray(user_ids, dtype=np.int64))
+    if len(ids) > MEAN_QUERY_USERS:
+        ids = ids[np.linspace(0, len(ids) - 1, MEAN_QUERY_USERS).astype(np.int64)]
+    queries = user_vectors(model, encoder, store, ids, as_of)  # (U, d + 1)
+    return torch.from_numpy(queries[:, : model.cfg.dim].mean(axis=0))
+
+
 def with_unknown_item_bias(
-    reg: Any, version: str, item_ids: np.ndarray, vectors: np.ndarray,
-    reference: tuple[np.ndarray, np.ndarray] | None = None,
+    reg: Any, version: str, item_ids: np.ndarray, vectors: np.ndarray, store: Any,
+    user_ids: np.ndarray, as_of: Any, reference: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:  # fmt: skip
     """(N, D) index ``vectors`` of ``item_ids`` for a two-tower ``version``, the bias of the
-    items its model never saw set as its config says (``TowerConfig.unknown_item_bias``: a
-    quantile of the known items' bias, as its evaluation scored them), the quantile taken
-    over ``reference`` (ids, vectors), by default the vectors themselves: a derived version
-    passes its parent's whole table, so that every copied vector stays as it was. A
-    fallback's as they are."""
+    items its model never saw set as its config says (``TowerConfig.unknown_item_bias``: for
+    the mean user of ``user_ids`` as of ``as_of``, each scores as that quantile of the known
+    items, as its evaluation scored them), the quantile taken over ``reference`` (ids,
+    vectors), by default the vectors themselves: a derived version passes its parent's whole
+    table, so that every copied vector stays as it was. A fallback's as they are."""
     if fallback.is_fallback(reg.info(version)):
         return vectors
     import torch
@@ -61,8 +79,9 @@ def with_unknown_item_bias(
     known = encoder.item_index(np.asarray(ref_ids)) != OOV  # (R,) bool
     rows = np.concatenate([ref[known], vectors[unknown]])  # known rows first
     mask = torch.from_numpy(np.arange(len(rows)) >= known.sum())
+    query = mean_query(model, encoder, store, user_ids, as_of)
     out = vectors.copy()
-    out[unknown] = unknown_item_bias(torch.from_numpy(rows), mask, quantile, model.cfg)[
+    out[unknown] = unknown_item_bias(torch.from_numpy(rows), mask, quantile, model.cfg, query)[
         int(known.sum()) :
     ].numpy()
     return out

@@ -57,16 +57,20 @@ def item_embeddings(
     items = pq.read_table(settings.paths.dataset / "items.parquet",
                           columns=["item_id", "title", "genres", "release_year"])  # fmt: skip
     item_ids = items.column("item_id").to_numpy()
+    # The users whose mean vector a new item's bias is levelled on.
+    user_ids = pq.read_table(settings.paths.dataset / "users.parquet", columns=["user_id"])
+    user_ids = user_ids.column("user_id").to_numpy()
     parent = reg.info(version).get("derived_from")
     start = time.perf_counter()
+    store, as_of = feast.store(), run_as_of(settings)
     if parent is None:
-        vectors = version_item_vectors(reg, version, feast.store(), item_ids, run_as_of(settings))
-        # Items the model never saw at the bias its evaluation gave them.
-        vectors = with_unknown_item_bias(reg, version, item_ids, vectors)
+        vectors = version_item_vectors(reg, version, store, item_ids, as_of)
+        # Items the model never saw at the level its evaluation gave them.
+        vectors = with_unknown_item_bias(reg, version, item_ids, vectors, store, user_ids, as_of)
         computed = len(item_ids)
     else:
-        vectors, computed = derived_vectors(reg, version, lancedb.db_dir(), feast.store(),
-                                            item_ids, run_as_of(settings))  # fmt: skip
+        vectors, computed = derived_vectors(reg, version, lancedb.db_dir(), store, item_ids,
+                                            user_ids, as_of)  # fmt: skip
     info = write_item_table(
         lancedb.db_dir(), version, item_ids, vectors, items.drop_columns(["item_id"])
     )
