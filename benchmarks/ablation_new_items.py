@@ -71,13 +71,15 @@ def main() -> None:
             scores = tower_scores(result.model, data.val.users, data.val.items)
             warm = rank_metrics(scores, val, ks=(20,))["warm"]["recall@20"]
             on_new = per_user_metrics(restricted(scores, val, new), new, (20,))["recall@20"]
-            # The items the model never saw with a common bias (towers.model.unknown_item_bias):
+            # The items the model never saw at a quantile of the known items, levelled on the
+            # average user or at that quantile of their bias (towers.model.unknown_item_bias):
             # full-catalogue recall and reach of the window's new items, per quantile.
-            for q in args.quantiles:
-                common = tower_scores(result.model, data.val.users, data.val.items, q)
+            for q, levelled in [(q, lv) for q in args.quantiles for lv in (True, False)]:
+                common = tower_scores(result.model, data.val.users, data.val.items, q, levelled)
                 m = rank_metrics(common, val, ks=(20,))
                 q_new = per_user_metrics(restricted(common, val, new), new, (20,))["recall@20"]
                 print(json.dumps({"window": w["index"], "quantile": q,
+                                  "rule": "levelled" if levelled else "bias",
                                   "val warm recall@20": round(m["warm"]["recall@20"], 4),
                                   "val all recall@20": round(m["all"]["recall@20"], 4),
                                   "val new-item recall@20": round(float(np.mean(q_new)), 4),

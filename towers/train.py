@@ -64,17 +64,18 @@ def embed(tower: torch.nn.Module, batch: dict[str, torch.Tensor], size: int = 81
 
 def tower_scores(
     model: TwoTower, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor],
-    unknown_bias: float | None | str = "model",
+    unknown_bias: float | None | str = "model", levelled: bool = True,
 ) -> Callable[[np.ndarray], np.ndarray]:  # fmt: skip
     """``score_fn(rows) -> (B, N)``: the model's scores of encoded users (rows: positions in
     ``users``) against encoded items; both towers run once, in eval mode. The items the model
     never saw score, for the mean of these users, as the ``unknown_bias`` quantile of the
     known items does (`towers.model.unknown_item_bias`; "model": its config's
-    ``unknown_item_bias``)."""
+    ``unknown_item_bias``); with ``levelled`` False, take that quantile of the known items'
+    bias (the rule before the levelling, for benchmarks/ablation_new_items.py)."""
     u, v = embed(model.user_tower, users), embed(model.item_tower, items)  # (U, d), (N, d[+1])
     quantile = model.cfg.unknown_item_bias if unknown_bias == "model" else unknown_bias
     if quantile is not None:  # levelled on the mean of the users scored here
-        query = u.mean(0) / model.cfg.temperature if len(u) else None
+        query = u.mean(0) / model.cfg.temperature if len(u) and levelled else None
         v = unknown_item_bias(v, items["item"] == OOV, float(quantile), model.cfg, query)
     return lambda rows: logits(u[torch.from_numpy(rows)], v, model.cfg).numpy()  # (B, N)
 
