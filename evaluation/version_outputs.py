@@ -58,11 +58,13 @@ def with_unknown_item_bias(
     user_ids: np.ndarray, as_of: Any, reference: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:  # fmt: skip
     """(N, D) index ``vectors`` of ``item_ids`` for a two-tower ``version``, the bias of the
-    items its model never saw set as its config says (``TowerConfig.unknown_item_bias``: for
-    the mean user of ``user_ids`` as of ``as_of``, each scores as that quantile of the known
-    items, as its evaluation scored them), the quantile taken over ``reference`` (ids,
-    vectors), by default the vectors themselves: a derived version passes its parent's whole
-    table, so that every copied vector stays as it was. A fallback's as they are."""
+    items its model never saw set as its config says (``TowerConfig.unknown_item_bias``: one
+    bias, at which for the mean user of ``user_ids`` as of ``as_of`` the median of them scores
+    as that quantile of the known items, as its evaluation scored them), the known items
+    taken from ``reference`` (ids, vectors), by default the vectors themselves. A derived
+    version passes its parent's whole table: if that holds items its model never saw, the
+    new ones take their bias, so that every copied vector stays as it was and all share one
+    level. A fallback's as they are."""
     if fallback.is_fallback(reg.info(version)):
         return vectors
     import torch
@@ -77,10 +79,13 @@ def with_unknown_item_bias(
         return vectors
     ref_ids, ref = reference if reference is not None else (item_ids, vectors)
     known = encoder.item_index(np.asarray(ref_ids)) != OOV  # (R,) bool
+    out = vectors.copy()
+    if reference is not None and not known.all():  # the parent's level for items unseen
+        out[unknown, -1] = np.median(ref[~known, -1])
+        return out
     rows = np.concatenate([ref[known], vectors[unknown]])  # known rows first
     mask = torch.from_numpy(np.arange(len(rows)) >= known.sum())
     query = mean_query(model, encoder, store, user_ids, as_of)
-    out = vectors.copy()
     out[unknown] = unknown_item_bias(torch.from_numpy(rows), mask, quantile, model.cfg, query)[
         int(known.sum()) :
     ].numpy()

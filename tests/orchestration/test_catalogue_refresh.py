@@ -283,13 +283,14 @@ def test_the_server_switches_to_it_and_can_recommend_a_new_item(refreshed: Refre
     assert item["title"] == f"New film {item['item_id']}" and item["genres"]
 
 
-def test_a_new_item_without_events_scores_as_the_median_known_item_and_reaches_users(
+def test_new_items_share_a_bias_at_which_the_median_one_scores_as_the_median_known_item(
     refreshed: Refreshed,
 ):
-    """Its learned bias and popularity prior would rank it below every item with events
-    (reaching no one); its bias is set so that, for the mean user of the catalogue, it scores
-    as the median item the model knows (TowerConfig.unknown_item_bias), and it then competes
-    on how much more than that user each user leans towards it."""
+    """Their learned bias and popularity prior would rank them below every item with events
+    (reaching no one); they take one bias, at which for the catalogue's mean user the median
+    new item scores as the median item the model knows (TowerConfig.unknown_item_bias); they
+    then compete on how much more than that user each user leans towards them, and the one
+    without events reaches users."""
     from evaluation.version_outputs import mean_query
     from recsys.index.search import ItemIndex
     from recsys.settings import Settings, run_as_of
@@ -303,8 +304,9 @@ def test_a_new_item_without_events_scores_as_the_median_known_item_and_reaches_u
     users = pd.read_parquet(refreshed.data / "dataset" / "users.parquet").user_id.to_numpy()
     query = mean_query(model, encoder, feature_store_for(settings), users, run_as_of(settings))
     average = index.vectors[:, : cfg.dim] @ query.numpy() + index.vectors[:, -1]  # (N,)
-    known = encoder.item_index(index.item_ids) != 0
-    untaken = average[index.item_ids == NEW_IDS[-1]][0]
-    assert untaken == pytest.approx(np.quantile(average[known], 0.5), abs=1e-4)
+    new = np.isin(index.item_ids, NEW_IDS)
+    assert (encoder.item_index(index.item_ids) == 0).sum() == new.sum() == len(NEW_IDS)
+    assert np.ptp(index.vectors[new, -1]) == 0  # one bias
+    assert np.median(average[new]) == pytest.approx(np.median(average[~new]), abs=1e-4)
     table = pd.read_parquet(reg.path(refreshed.derived) / "candidates.parquet")
     assert table.candidate_item_ids.map(lambda ids: NEW_IDS[-1] in set(ids)).any()

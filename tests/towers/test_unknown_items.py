@@ -24,19 +24,22 @@ def test_unknown_items_take_the_quantile_of_the_known_items_bias_and_nothing_els
     assert torch.equal(items[3:, 2], torch.tensor([-9.0, -8.0]))  # the input is not changed
 
 
-def test_with_a_mean_query_each_unknown_item_scores_as_the_quantile_for_the_average_user():
+def test_with_a_mean_query_the_median_unknown_item_scores_as_the_quantile_for_the_average_user():
     items = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 3.0], [1.0, 0.0, 5.0],  # known
-                          [0.0, 1.0, -9.0], [0.6, 0.8, -8.0]])  # fmt: skip
-    unknown = torch.tensor([False, False, False, True, True])
+                          [0.0, 1.0, -9.0], [0.6, 0.8, -8.0], [0.8, 0.6, -7.0]])  # fmt: skip
+    unknown = torch.tensor([False, False, False, True, True, True])
     query = torch.tensor([2.0, 0.5])  # the average user leans on the known items' direction
     out = unknown_item_bias(items, unknown, 0.5, CFG, query)
-    average = out[:, :2] @ query + out[:, 2]  # (5,) each item's score for the average user
-    assert average[3:].tolist() == pytest.approx([5.0, 5.0])  # the known items' median: 2 + 3
-    assert out[3:, 2].tolist() == pytest.approx([4.5, 3.4])  # further off that direction: more
+    # One bias for the unknown items: their order for any user is their vectors' order.
+    assert out[3:, 2].tolist() == pytest.approx([3.4, 3.4, 3.4])
+    average = out[:, :2] @ query + out[:, 2]  # (6,) each item's score for the average user
+    assert average[3:].tolist() == pytest.approx([3.9, 5.0, 5.3])  # median: the known 2 + 3
     assert torch.equal(out[:3], items[:3]) and torch.equal(out[:, :2], items[:, :2])
-    # A user leaning on the second unknown item's direction more than the average user does
-    # ranks it above every known item; one leaning less, below them.
-    assert (out[:, :2] @ torch.tensor([1.0, 2.0]) + out[:, 2]).argmax() == 3
+    # The median bias alone (3.0) ranked them below the median known item for that user.
+    assert (unknown_item_bias(items, unknown, 0.5, CFG)[3:, :2] @ query + 3.0 < 5.0).all()
+    # A user leaning towards the first unknown item's direction more than the average user
+    # does ranks it above every known item; one leaning less, below them.
+    assert (out[:, :2] @ torch.tensor([0.0, 3.0]) + out[:, 2]).argmax() == 3
     assert (out[:, :2] @ torch.tensor([3.0, 0.0]) + out[:, 2]).argmax() == 2
 
 
