@@ -49,3 +49,33 @@ def test_nothing_to_do_without_a_bias_column_or_without_known_items():
                                          CFG), items[:, :2])  # fmt: skip
     assert torch.equal(unknown_item_bias(items, torch.ones(4, dtype=torch.bool), 0.5, CFG), items)
     assert torch.equal(unknown_item_bias(items, torch.zeros(4, dtype=torch.bool), 0.5, CFG), items)
+
+
+def test_a_derived_versions_new_items_take_the_bias_of_its_parents_items_never_seen(tmp_path):
+    """A catalogue refresh (evaluation.catalogue.derived_vectors) passes the parent's whole
+    table: new items join the level of the items its model never saw there, so that those
+    copied vectors keep their bias and all share one level."""
+    import numpy as np
+
+    from evaluation.version_outputs import with_unknown_item_bias
+    from recsys.features.encoding import FeatureEncoder
+    from recsys.registry import ModelRegistry
+    from tests.towers.test_model import GENRES, rows
+    from towers.checkpoint import save_checkpoint
+    from towers.train import TrainResult, build_model
+
+    encoder = FeatureEncoder.fit(rows(), GENRES, history=4)  # items 10, 13, 14 known
+    cfg = TowerConfig(dim=2, hidden=4, id_dim=2, cat_dim=2, history=4)
+    result = TrainResult(build_model(cfg, encoder).eval(), encoder, cfg, 1, {})
+    reg = ModelRegistry(tmp_path / "models")
+    version = reg.new_version("a" * 64)
+    with reg.build(version, "run", {"fingerprint": "a" * 64}) as folder:
+        save_checkpoint(result, folder / "checkpoint.pt")
+    parent_ids = np.array([10, 13, 14, 500, 501])  # 500 and 501: never seen, at bias 2.5
+    parent = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 3.0], [1.0, 1.0, 5.0], [0.5, 0.5, 2.5],
+                       [0.2, 0.1, 2.5]], dtype=np.float32)  # fmt: skip
+    fresh = np.array([[0.3, 0.3, -7.0], [0.9, 0.1, 4.0]], dtype=np.float32)  # 600; 13 changed
+    out = with_unknown_item_bias(reg, version, np.array([600, 13]), fresh, None, np.array([]),
+                                 None, (parent_ids, parent))  # fmt: skip
+    assert out[0].tolist() == pytest.approx([0.3, 0.3, 2.5])  # the parent's level
+    assert out[1].tolist() == pytest.approx(fresh[1].tolist())  # a known item: as computed
