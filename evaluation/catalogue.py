@@ -181,8 +181,8 @@ def derived_vectors(reg: Any, version: str, db_dir: Any, store: Any, item_ids: n
     vectors[~compute] = parent_vectors[positions[~compute]]
     if compute.any():
         fresh = version_item_vectors(reg, version, store, ids[compute], as_of)
-        # New items at the bias level of the parent's table (its known items'): the same
-        # level its own new items have, so the copied vectors stay as they were.
+        # New items levelled with the parent's table (its known items), or at the bias of
+        # the items it never saw if it holds any, so that the copied vectors stay as they were.
         vectors[compute] = with_unknown_item_bias(reg, version, ids[compute], fresh, store,
                                                   user_ids, as_of, (parent_ids, parent_vectors))  # fmt: skip
     return vectors, int(compute.sum())

@@ -72,8 +72,8 @@ class TowerConfig:
     popularity_prior: float = 0.0
     popularity_feature: str = "item_count_30d"
     # The bias, at scoring time, of the items the model never saw (new items: no events, the
-    # unknown-id slot): set so that, for the mean user vector, each scores as this quantile
-    # of the known items (`towers.model.unknown_item_bias`).
+    # unknown-id slot): one bias for all, at which, for the mean user vector, the median of
+    # them scores as this quantile of the known items (`towers.model.unknown_item_bias`).
     # None keeps the model's own, which with the prior above ranks every item without events
     # below every item with some, so a new item reached no one. Chosen on validation
     # (benchmarks/ablation_new_items.py; README, "A living catalogue"): new items ranked by
