@@ -39,24 +39,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def retiring(names: list[str]):  # -> Catalog
-    """The catalogue with exactly the features ``names`` retired as tower inputs."""
-    from recsys.features.catalog import CATALOG
-
-    unknown = set(names) - {f.name for f in CATALOG.features()}
-    if unknown:
-        raise SystemExit(f"retired: no feature {sorted(unknown)} in the catalogue")
-    views = tuple(replace(v, features=tuple(replace(f, retired=f.name in names)
-                                            for f in v.features)) for v in CATALOG.views)  # fmt: skip
-    return replace(CATALOG, views=views)
-
-
 def main() -> None:
     import numpy as np
     from backtest_cuts import backtest_cuts, validation_new_users, with_chosen_prior
 
     from evaluation.backtest import TWO_TOWER
     from evaluation.backtest_cut import cold_start_batch
+    from recsys.features.catalog import CATALOG
     from towers.config import TowerConfig
     from towers.data import tower_data
     from towers.evaluate import per_user_metrics, rank_metrics
@@ -97,7 +86,7 @@ def main() -> None:
             history = override.get("history", TowerConfig.history)
             key = (history, None if retired is None else tuple(sorted(retired)))
             if key not in encoded:
-                catalog = {} if retired is None else {"catalog": retiring(retired)}
+                catalog = {} if retired is None else {"catalog": CATALOG.retiring(retired)}
                 data = tower_data(source, ("train",), history, **catalog)
                 batch = cold_start_batch(data.encoder, profiles, given,
                                          settings.paths.dataset / "items.parquet",

@@ -9,7 +9,8 @@ objects, the cold-start row, the towers' encoder) reads these; none keeps its ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -115,6 +116,18 @@ class Catalog:
             if f.name == name:
                 return f
         raise KeyError(f"no feature {name!r}")
+
+    def retiring(self, names: Iterable[str]) -> Catalog:
+        """This catalogue with exactly the features ``names`` retired as tower inputs and
+        every other one not: the inputs an ablation or a test fits an encoder on (for
+        example ``["zip_region"]``: the user tower as it was before zip_region)."""
+        names = set(names)
+        unknown = names - {f.name for f in self.features()}
+        if unknown:
+            raise ValueError(f"retired: no feature {sorted(unknown)} in the catalogue")
+        views = tuple(replace(v, features=tuple(replace(f, retired=f.name in names)
+                                                for f in v.features)) for v in self.views)  # fmt: skip
+        return replace(self, views=views)
 
     def features(
         self, entity: Entity | None = None, encoding: Encoding | None = None

@@ -18,10 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recsys.features.catalog import CATALOG
 from recsys.features.encoding import HISTORY_FEATURES, PAD, FeatureEncoder
 from towers.config import TowerConfig
 from towers.cpu import keep_large_blocks, set_threads
-from towers.data import load_tower_data
+from towers.data import load_source, tower_data
 from towers.losses import accidental_hits, softmax_loss
 from towers.model import Dropout, UserTower, logits
 from towers.train import train
@@ -130,7 +131,9 @@ PREVIOUS = {
 @pytest.mark.parametrize("encoder", sorted(PREVIOUS))
 def test_short_run_matches_the_previous_implementation(synthetic_build, encoder):
     settings, _ = synthetic_build
-    data = load_tower_data(settings, with_test=False, history=20)
+    # The inputs the numbers were recorded on: the user tower before zip_region.
+    source = load_source(settings, with_test=False)
+    data = tower_data(source, ("train",), 20, catalog=CATALOG.retiring(["zip_region"]))
     cfg = TowerConfig(dim=32, hidden=64, id_dim=32, epochs=3, patience=3, batch_size=256,
                       lr=1e-3, history_encoder=encoder, negatives_from="catalogue",
                       dropout=0.0)  # fmt: skip
