@@ -142,8 +142,9 @@ def test_late_event_reaches_the_online_store(built, tmp_path):
     fresh.apply(feast_store.feast_objects(paths))
     fresh.materialize(start_date=EPOCH, end_date=END, feature_views=feast_store.SERVING_VIEWS)
     ours, theirs = _online_rows(online_db), _online_rows(fresh_paths.feast / "online_store.db")
+    # user_profile: 3 users x 5 features (age bucket, gender, occupation, zip prefix, zip region).
     assert {v: len(r) for v, r in ours.items()} == {
-        "user_profile": 12, "user_activity": 18, "item_content": 8, "item_popularity": 16}  # fmt: skip
+        "user_profile": 15, "user_activity": 18, "item_content": 8, "item_popularity": 16}  # fmt: skip
     assert ours == theirs
     for service in ("user_tower_serving_v1", "item_tower_v1"):
         rows = [{"user_id": u} for u in USERS] if service.startswith("user") else \
