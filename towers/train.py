@@ -74,10 +74,23 @@ def tower_scores(
     bias (the rule before the levelling, for benchmarks/ablation_new_items.py)."""
     u, v = embed(model.user_tower, users), embed(model.item_tower, items)  # (U, d), (N, d[+1])
     quantile = model.cfg.unknown_item_bias if unknown_bias == "model" else unknown_bias
-    if quantile is not None:  # levelled on the mean of the users scored here
-        query = u.mean(0) / model.cfg.temperature if len(u) and levelled else None
-        v = unknown_item_bias(v, items["item"] == OOV, float(quantile), model.cfg, query)
+    v = level_unknown_items(v, items["item"], u, None if quantile is None else float(quantile),
+                            model.cfg, levelled)  # fmt: skip
     return lambda rows: logits(u[torch.from_numpy(rows)], v, model.cfg).numpy()  # (B, N)
+
+
+def level_unknown_items(
+    v: torch.Tensor, item: torch.Tensor, u: torch.Tensor, quantile: float | None,
+    cfg: TowerConfig, levelled: bool = True,
+) -> torch.Tensor:  # fmt: skip
+    """Item tower outputs ``v`` (N, d [+ 1]) of the encoded item ids ``item`` (N,) with the
+    items the model never saw (OOV) at the ``quantile`` level (`towers.model.
+    unknown_item_bias`), levelled on the mean of the user vectors ``u`` (U, d) scored against
+    them (unless ``levelled`` is False); ``v`` as it is for a None ``quantile``."""
+    if quantile is None:
+        return v
+    query = u.mean(0) / cfg.temperature if len(u) and levelled else None
+    return unknown_item_bias(v, item == OOV, float(quantile), cfg, query)
 
 
 def evaluate_window(

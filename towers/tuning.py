@@ -12,13 +12,12 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from recsys.features.encoding import OOV
 from towers.baselines import MAX_VAL_USERS, best_of, sample_rows, sample_users, val_recall
 from towers.config import TowerConfig
 from towers.data import EvalWindow, TowerData, take
-from towers.model import logits, unknown_item_bias
+from towers.model import logits
 from towers.parallel import Child, Probes, beside
-from towers.train import Training, TrainResult, embed
+from towers.train import Training, TrainResult, embed, level_unknown_items
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +69,16 @@ def choose_prior(
     split = sample_users(window.split, max_users)
     u = embed(model.user_tower, take(window.users, torch.from_numpy(rows)))  # (U, d)
     v = embed(model.item_tower, window.items)  # (N, d [+ 1]) without the prior
-    unknown = window.items["item"] == OOV  # items the model never saw, as tower_scores has them
-    query = u.mean(0) / cfg.temperature if len(u) else None
 
     def recall(prior: torch.Tensor | float) -> float:
         items, extra = v, prior
-        if v.shape[1] > cfg.dim and cfg.unknown_item_bias is not None:
+        if v.shape[1] > cfg.dim:
             # The prior in the bias column, then the items never seen levelled as the
             # chosen model's scores will have them (towers.train.tower_scores).
             items = v.clone()
             items[:, cfg.dim] += prior
-            items = unknown_item_bias(items, unknown, cfg.unknown_item_bias, cfg, query)
+            items = level_unknown_items(items, window.items["item"], u, cfg.unknown_item_bias,
+                                        cfg)  # fmt: skip
             extra = 0.0
 
         # Scored a block of users at a time (rank_metrics sizes the blocks to the catalogue):
