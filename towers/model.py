@@ -17,6 +17,8 @@ For a vector index the same score is one dot product: `index_vectors` (items) ag
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -223,8 +225,33 @@ class HistoryBlock(nn.Module):
             # A row with every key masked would give NaN: its newest slot stays visible (its
             # output is zeroed below).
             ignore = torch.cat([~present[:, :1] & has, ~present[:, 1:]], dim=1)  # (B, L)
-            pooled = self.block(x, src_key_padding_mask=ignore)[:, 0]  # (B, h)
+            pooled = newest_output(self.block, x, ignore)  # (B, h)
         return pooled * has
+
+
+def newest_output(
+    layer: nn.TransformerEncoderLayer, x: torch.Tensor, ignore: torch.Tensor
+) -> torch.Tensor:
+    """``layer(x, src_key_padding_mask=ignore)[:, 0]`` for a pre-norm layer, computed for the
+    newest position alone: its query against every position's key and value, then the
+    feed-forward block on that one position. The layer computed every position's output
+    (queries, feed-forward) to keep one: L times the work where only the keys and values
+    need every position. Same weights, same result (tests/towers/test_model.py)."""
+    attn, training = layer.self_attn, layer.training
+    heads, (b, length, h) = attn.num_heads, x.shape
+    y = layer.norm1(x)  # (B, L, h)
+    w, bias = attn.in_proj_weight, attn.in_proj_bias
+    assert bias is not None
+    q = F.linear(y[:, 0], w[:h], bias[:h])  # (B, h)
+    kv = F.linear(y, w[h:], bias[h:])  # (B, L, 2h)
+    k, v = kv.view(b, length, 2, heads, h // heads).unbind(2)  # (B, L, H, h/H) each
+    scores = torch.einsum("bnd,blnd->bnl", q.view(b, heads, h // heads), k)
+    scores = (scores / math.sqrt(h // heads)).masked_fill(ignore.unsqueeze(1), float("-inf"))
+    weights = F.dropout(scores.softmax(-1), attn.dropout, training)  # (B, H, L)
+    out = torch.einsum("bnl,blnd->bnd", weights, v).reshape(b, h)  # (B, h)
+    z = x[:, 0] + layer.dropout1(attn.out_proj(out))  # (B, h)
+    ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(z)))))
+    return z + layer.dropout2(ff)
 
 
 class UserTower(nn.Module):

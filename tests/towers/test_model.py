@@ -140,3 +140,32 @@ def test_checkpoint_round_trip_reproduces_scores(encoder, tmp_path):
         before = model.score(model.user_tower(users), model.item_tower(items))
         after = loaded.score(loaded.user_tower(users), loaded.item_tower(items))
     assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_attention_newest_output_is_the_layers_own(training):
+    """The attention encoder computes the newest position's output alone
+    (`towers.model.newest_output`): it equals the full layer's output at that position, with
+    padding masked, in training and in eval mode, and its gradients reach every weight."""
+    from torch import nn
+
+    from towers.model import newest_output
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(
+        32, 2, dim_feedforward=64, dropout=0.0, batch_first=True, norm_first=True
+    ).train(training)
+    x = torch.randn(64, 20, 32)
+    ignore = torch.rand(64, 20) < 0.4  # padding scattered over the older positions
+    ignore[:, 0] = False
+    ignore[:5, 1:] = True  # rows with the newest item alone
+    full = layer(x, src_key_padding_mask=ignore)[:, 0]
+    fast = newest_output(layer, x, ignore)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    # A key masked out does not move the output; one left in does.
+    moved = x.clone()
+    moved[ignore] += 10.0
+    torch.testing.assert_close(newest_output(layer, moved, ignore), fast)
+    assert not torch.allclose(newest_output(layer, x + 10.0 * ~ignore[..., None], ignore), fast)
+    fast.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
