@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from towers.config import TowerConfig
 from towers.cpu import child_env, cores
+from towers.crop import KEEP
 from towers.data import TowerData, take
 from towers.losses import bce_loss, softmax_loss, triplet_loss
 from towers.model import TwoTower
@@ -132,9 +133,12 @@ class DistributedTraining(Training):
         torch.manual_seed(cfg.seed + self.rank)
         self.rng = torch.get_rng_state()
 
-    def shard(self, order: torch.Tensor) -> tuple[TowerData, list[slice], list[int]]:
+    def shard(
+        self, order: torch.Tensor, users: dict[str, torch.Tensor] | None = None
+    ) -> tuple[TowerData, list[slice], list[int]]:
         """This rank's rows of each global batch of ``order``: the rows gathered once, each
-        batch's slice of them, and where the slice starts in its global batch."""
+        batch's slice of them, and where the slice starts in its global batch. ``users``:
+        the epoch's user inputs (:meth:`Training.epoch_users`), else the data's."""
         b, n, world = self.cfg.batch_size, len(order), self.world
         mine, slices, offsets, at = [], [], [], 0
         for start in range(0, n, b):
@@ -147,7 +151,8 @@ class DistributedTraining(Training):
             at += size
         rows = torch.cat(mine)
         ages = self.data.train_age_days
-        local = replace(self.data, train_users=take(self.data.train_users, rows),
+        users = self.data.train_users if users is None else users
+        local = replace(self.data, train_users=take(users, rows),
                         train_items=take(self.data.train_items, rows),
                         train_age_days=None if ages is None else ages[rows])  # fmt: skip
         return local, slices, offsets
@@ -164,7 +169,10 @@ class DistributedTraining(Training):
             extra_ids = drawn["item"]
             extra_lq = torch.full((cfg.mixed_negatives,), math.log(cfg.mixed_negatives / n_items))
         item_batch = take(local.train_items, rows)
-        users, items, mine = self.towers(take(local.train_users, rows), item_batch, negatives)
+        user_batch = take(local.train_users, rows)
+        if self.crop is not None and KEEP in user_batch:
+            user_batch = self.crop.cut(user_batch)
+        users, items, mine = self.towers(user_batch, item_batch, negatives)
         extra = None if mine is None else _gather(mine)  # (M, d)
         weights = None
         if cfg.recency_half_life_days > 0:
@@ -191,7 +199,7 @@ class DistributedTraining(Training):
 
     def train_epoch(self, epoch: int) -> float:
         order = torch.randperm(len(self.data.train_items["item"]), generator=self.gen)
-        local, slices, offsets = self.shard(order)
+        local, slices, offsets = self.shard(order, self.epoch_users(len(order)))
         total = torch.zeros(2, dtype=torch.float64)  # (loss sum, rows) over this rank's rows
         for rows, offset in zip(slices, offsets, strict=True):
             loss = self.batch_loss(local, rows, offset)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from recsys.features.encoding import OOV, FeatureEncoder
 from towers.config import TowerConfig
 from towers.cpu import keep_large_blocks, set_threads
+from towers.crop import KEEP, Cropper
 from towers.data import EvalWindow, TowerData, take
 from towers.losses import bce_loss, softmax_loss, triplet_loss
 from towers.model import TwoTower, logits, unknown_item_bias
@@ -132,8 +133,12 @@ def _loss(
     cfg: TowerConfig,
     gen: torch.Generator,
     sample: Sampler,
+    crop: Cropper | None = None,
 ) -> torch.Tensor:
-    users = model.user_tower(take(data.train_users, rows))  # (B, d)
+    user_batch = take(data.train_users, rows)
+    if crop is not None and KEEP in user_batch:
+        user_batch = crop.cut(user_batch)
+    users = model.user_tower(user_batch)  # (B, d)
     item_batch = take(data.train_items, rows)
     items = model.item_tower(item_batch)  # (B, d)
     extra = extra_ids = extra_lq = None
@@ -205,6 +210,7 @@ class Training:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.model = build_model(cfg, data.encoder)
         self.sampler = negative_sampler(data, cfg)
+        self.crop = Cropper.of(cfg, data.encoder, data.catalogue)
         self.optimizer = _optimizer(self.model, cfg)
         self.rng = torch.get_rng_state()  # the global generator, as this run left it
         self.history: list[dict[str, Any]] = []
@@ -258,7 +264,7 @@ class Training:
         # The training rows gathered into this epoch's order once: each batch is then a slice
         # (a view) instead of a dozen small gathers per step.
         ages = data.train_age_days
-        shuffled = replace(data, train_users=take(data.train_users, order),
+        shuffled = replace(data, train_users=take(self.epoch_users(n), order),
                            train_items=take(data.train_items, order),
                            train_age_days=None if ages is None else ages[order])  # fmt: skip
         batches = [slice(i, min(i + cfg.batch_size, n)) for i in range(0, n, cfg.batch_size)]
@@ -267,12 +273,20 @@ class Training:
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=None if self.progress else True,
                    leave=False)  # fmt: skip
         for rows in bar:
-            loss = _loss(model, shuffled, rows, cfg, self.gen, self.sampler)
+            loss = _loss(model, shuffled, rows, cfg, self.gen, self.sampler, self.crop)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             total += loss.item() * (rows.stop - rows.start)
         return total / n
+
+    def epoch_users(self, rows: int) -> dict[str, torch.Tensor]:
+        """The training rows' user inputs for one epoch: with the crop on, plus its draw for
+        every row (``towers.crop.KEEP``, cut per batch by ``_loss``); drawn after the epoch's
+        order, so one process and the ranks of a distributed run cut the same rows."""
+        if self.crop is None:
+            return self.data.train_users
+        return {**self.data.train_users, KEEP: self.crop.draw(rows, self.gen)}
 
     def validate(self) -> dict[str, Any]:
         """Validation metrics of the current weights (all users)."""

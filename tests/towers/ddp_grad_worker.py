@@ -32,17 +32,17 @@ def main(job: Path) -> None:
     for name, values in spec["configs"].items():
         cfg, data = TowerConfig.from_dict(values), spec["data"]
         run = DistributedTraining(cfg, data, epochs=1)
-        local, slices, offsets = run.shard(torch.randperm(len(data.train_items["item"]),
-                                                          generator=run.gen))  # fmt: skip
+        order = torch.randperm(len(data.train_items["item"]), generator=run.gen)
+        local, slices, offsets = run.shard(order, run.epoch_users(len(order)))
         run.batch_loss(local, slices[0], offsets[0]).backward()
         if dist.get_rank() == 0:
             one = Training(cfg, data, progress=False, epochs=1)
             order = torch.randperm(len(data.train_items["item"]), generator=one.gen)
-            shuffled = replace(data, train_users=take(data.train_users, order),
+            shuffled = replace(data, train_users=take(one.epoch_users(len(order)), order),
                                train_items=take(data.train_items, order),
                                train_age_days=data.train_age_days[order])  # fmt: skip
             rows = slice(0, cfg.batch_size)
-            _loss(one.model, shuffled, rows, cfg, one.gen, one.sampler).backward()
+            _loss(one.model, shuffled, rows, cfg, one.gen, one.sampler, one.crop).backward()
             out[name] = {"ddp": grads(run.model), "one": grads(one.model)}
     if dist.get_rank() == 0:
         torch.save(out, job / "grads.pt")

@@ -38,10 +38,12 @@ def test_first_step_gradient_is_one_process_gradient(data, tmp_path):
     """Same seed, no dropout: each of 2 ranks takes half of the first global batch, and the
     averaged gradient must equal one process's on the whole batch. Without the autograd
     all-gather, each rank would score its rows against its own half of the batch (other
-    negatives) and the item tower would miss the gradient of the other rank's rows."""
+    negatives) and the item tower would miss the gradient of the other rank's rows. With the
+    crop (history_crop), the ranks cut the rows one process cuts."""
     still = replace(CFG, dropout=0.0, user_id_dropout=0.0, item_id_dropout=0.0)
     configs = {"softmax": still, "softmax weighted": replace(still, recency_half_life_days=30.0),
-               "bce": replace(still, loss="bce")}  # fmt: skip
+               "bce": replace(still, loss="bce"),
+               "softmax cropped": replace(still, history_crop=0.5)}  # fmt: skip
     torch.save({"configs": {k: c.to_dict() for k, c in configs.items()}, "data": data},
                tmp_path / "job.pt")  # fmt: skip
     run_torchrun(TWO, [str(HERE / "ddp_grad_worker.py"), str(tmp_path)], tmp_path / "logs", 1)
@@ -53,6 +55,9 @@ def test_first_step_gradient_is_one_process_gradient(data, tmp_path):
             assert one.abs().max() > 0 or "bias" in param, (name, param)
             torch.testing.assert_close(pair["ddp"][param], one, atol=1e-5, rtol=1e-5,
                                        msg=lambda m, n=name, p=param: f"{n} {p}: {m}")  # fmt: skip
+    # The crop did cut rows: the user ids' gradient is not the uncut run's.
+    ids = "user_tower.user.weight"
+    assert not torch.allclose(found["softmax cropped"]["one"][ids], found["softmax"]["one"][ids])
 
 
 def test_two_processes_train_as_one_within_noise(data, tmp_path):
