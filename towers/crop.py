@@ -40,7 +40,7 @@ class Numeric:
 
 @dataclass
 class Cropper:
-    share: float  # of the rows of a batch
+    share: float  # of the training rows, drawn every epoch
     most: int  # items kept at most
     genres: torch.Tensor  # (n_items, G) the genre bag of each encoded item (zeros: OOV, PAD)
     numerics: list[Numeric]
@@ -123,3 +123,9 @@ class Cropper:
             "history": kept_history,
             "history_feats": feats * kept[..., None],
         }
+
+
+def cropped(crop: Cropper | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A training batch as the user tower takes it: cut as its ``KEEP`` column says
+    (:meth:`Cropper.cut`), or as it is when the epoch drew no crop."""
+    return batch if crop is None or KEEP not in batch else crop.cut(batch)

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from towers.config import TowerConfig
 from towers.cpu import child_env, cores
-from towers.crop import KEEP
+from towers.crop import cropped
 from towers.data import TowerData, take
 from towers.losses import bce_loss, softmax_loss, triplet_loss
 from towers.model import TwoTower
@@ -169,9 +169,7 @@ class DistributedTraining(Training):
             extra_ids = drawn["item"]
             extra_lq = torch.full((cfg.mixed_negatives,), math.log(cfg.mixed_negatives / n_items))
         item_batch = take(local.train_items, rows)
-        user_batch = take(local.train_users, rows)
-        if self.crop is not None and KEEP in user_batch:
-            user_batch = self.crop.cut(user_batch)
+        user_batch = cropped(self.crop, take(local.train_users, rows))
         users, items, mine = self.towers(user_batch, item_batch, negatives)
         extra = None if mine is None else _gather(mine)  # (M, d)
         weights = None

@@ -18,6 +18,7 @@ For a vector index the same score is one dot product: `index_vectors` (items) ag
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -225,7 +226,7 @@ class HistoryBlock(nn.Module):
             # A row with every key masked would give NaN: its newest slot stays visible (its
             # output is zeroed below).
             ignore = torch.cat([~present[:, :1] & has, ~present[:, 1:]], dim=1)  # (B, L)
-            pooled = newest_output(self.block, x, ignore)  # (B, h)
+            pooled = newest_output(cast(nn.TransformerEncoderLayer, self.block), x, ignore)
         return pooled * has
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from recsys.features.encoding import OOV, FeatureEncoder
 from towers.config import TowerConfig
 from towers.cpu import keep_large_blocks, set_threads
-from towers.crop import KEEP, Cropper
+from towers.crop import KEEP, Cropper, cropped
 from towers.data import EvalWindow, TowerData, take
 from towers.losses import bce_loss, softmax_loss, triplet_loss
 from towers.model import TwoTower, logits, unknown_item_bias
@@ -135,10 +135,7 @@ def _loss(
     sample: Sampler,
     crop: Cropper | None = None,
 ) -> torch.Tensor:
-    user_batch = take(data.train_users, rows)
-    if crop is not None and KEEP in user_batch:
-        user_batch = crop.cut(user_batch)
-    users = model.user_tower(user_batch)  # (B, d)
+    users = model.user_tower(cropped(crop, take(data.train_users, rows)))  # (B, d)
     item_batch = take(data.train_items, rows)
     items = model.item_tower(item_batch)  # (B, d)
     extra = extra_ids = extra_lq = None
