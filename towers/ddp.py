@@ -134,11 +134,11 @@ class DistributedTraining(Training):
         self.rng = torch.get_rng_state()
 
     def shard(
-        self, order: torch.Tensor, users: dict[str, torch.Tensor] | None = None
+        self, order: torch.Tensor, users: dict[str, torch.Tensor]
     ) -> tuple[TowerData, list[slice], list[int]]:
         """This rank's rows of each global batch of ``order``: the rows gathered once, each
         batch's slice of them, and where the slice starts in its global batch. ``users``:
-        the epoch's user inputs (:meth:`Training.epoch_users`), else the data's."""
+        the epoch's user inputs (:meth:`Training.epoch_users`)."""
         b, n, world = self.cfg.batch_size, len(order), self.world
         mine, slices, offsets, at = [], [], [], 0
         for start in range(0, n, b):
@@ -151,7 +151,6 @@ class DistributedTraining(Training):
             at += size
         rows = torch.cat(mine)
         ages = self.data.train_age_days
-        users = self.data.train_users if users is None else users
         local = replace(self.data, train_users=take(users, rows),
                         train_items=take(self.data.train_items, rows),
                         train_age_days=None if ages is None else ages[rows])  # fmt: skip
