@@ -41,15 +41,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def main() -> None:
     import numpy as np
-    from backtest_cuts import backtest_cuts, validation_new_users, with_chosen_prior
+    from backtest_cuts import backtest_cuts, validation_new_users, validation_recall
 
     from evaluation.backtest import TWO_TOWER
     from evaluation.backtest_cut import cold_start_batch
     from recsys.features.catalog import CATALOG
     from towers.config import TowerConfig
     from towers.data import tower_data
-    from towers.evaluate import per_user_metrics, rank_metrics
-    from towers.train import tower_scores, train
+    from towers.train import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backtest", type=Path, required=True, help="a backtest's --out")
@@ -103,17 +102,10 @@ def main() -> None:
                 tcfg = replace(TowerConfig(), epochs=cfg["max_epochs"], seed=seed,
                                **{**chosen, **override})  # fmt: skip
                 result = train(tcfg, data, progress=False)
-                with_chosen_prior(result.model, choice)
-                m = rank_metrics(tower_scores(result.model, data.val.users, data.val.items), val,
-                                 ks=(20,))  # fmt: skip
                 row = {"window": w["index"], "variant": name, "seed": seed,
                        "best_epoch": result.best_epoch,
-                       **{f"val {g} recall@20": round(m[g]["recall@20"], 4)
-                          for g in ("all", "warm", "cold") if g in m}}  # fmt: skip
+                       **validation_recall(result.model, choice, data, val, batch, new)}  # fmt: skip
                 if batch is not None:
-                    on_new = per_user_metrics(tower_scores(result.model, batch, data.val.items),
-                                              new, (20,))["recall@20"]  # fmt: skip
-                    row["val new after 5 recall@20"] = round(float(np.mean(on_new)), 4)
                     row["new after 5 users"] = len(new.user_ids)
                 rows.append(row)
                 print(json.dumps(row), flush=True)

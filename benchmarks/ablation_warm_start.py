@@ -30,14 +30,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def main() -> None:
     import numpy as np
     import torch
-    from backtest_cuts import backtest_cuts, validation_new_users, with_chosen_prior
+    from backtest_cuts import backtest_cuts, validation_new_users, validation_recall
 
     from evaluation.backtest import TWO_TOWER
     from evaluation.backtest_cut import cold_start_batch
     from towers.config import TowerConfig
     from towers.data import take, tower_data
-    from towers.evaluate import per_user_metrics, rank_metrics
-    from towers.train import Training, tower_scores
+    from towers.train import Training
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backtest", type=Path, required=True, help="a backtest's --out")
@@ -84,15 +83,8 @@ def main() -> None:
                     more.epoch()
                 models.append((f"newest {fraction} lr x{scale}", more.result().model))
         for name, model in models:
-            with_chosen_prior(model, choice)
-            m = rank_metrics(tower_scores(model, data.val.users, data.val.items), val, ks=(20,))
             row = {"window": w["index"], "variant": name,
-                   **{f"val {g} recall@20": round(m[g]["recall@20"], 4)
-                      for g in ("all", "warm", "cold") if g in m}}  # fmt: skip
-            if batch is not None:
-                on_new = per_user_metrics(tower_scores(model, batch, data.val.items), new,
-                                          (20,))["recall@20"]  # fmt: skip
-                row["val new after 5 recall@20"] = round(float(np.mean(on_new)), 4)
+                   **validation_recall(model, choice, data, val, batch, new)}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     keys = [k for k in rows[0] if k.startswith("val ")] if rows else []

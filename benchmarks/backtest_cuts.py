@@ -1,5 +1,5 @@
 """The cuts of a finished backtest (``recsys backtest --out OUT``), for the validation-only
-ablations (``ablation_new_items.py``, ``ablation_user_ids.py``): each window with the settings
+ablations (``ablation_new_items.py``, ``ablation_user_ids.py``, ``ablation_warm_start.py``): each window with the settings
 of its cut's folder, and the popularity prior validation chose for the cut's model."""
 
 from __future__ import annotations
@@ -55,3 +55,25 @@ def validation_new_users(settings: Any, history: int) -> tuple[Any, Any, Any, An
     users = pd.read_parquet(settings.paths.dataset / "users.parquet")
     profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
     return source, val, new, given, profiles
+
+
+def validation_recall(
+    model: Any, choice: dict[str, Any], data: Any, val: Any, batch: Any, new: Any
+) -> dict[str, float]:
+    """``model`` given the cut's chosen prior, scored on the validation window as the
+    ablations score it: recall@20 of all, warm and cold users on the full catalogue and, with
+    ``batch`` (the cold-start requests of the ``new`` users' first events), of those users."""
+    import numpy as np
+
+    from towers.evaluate import per_user_metrics, rank_metrics
+    from towers.train import tower_scores
+
+    with_chosen_prior(model, choice)
+    m = rank_metrics(tower_scores(model, data.val.users, data.val.items), val, ks=(20,))
+    row = {f"val {g} recall@20": round(m[g]["recall@20"], 4)
+           for g in ("all", "warm", "cold") if g in m}  # fmt: skip
+    if batch is not None:
+        on_new = per_user_metrics(tower_scores(model, batch, data.val.items), new,
+                                  (20,))["recall@20"]  # fmt: skip
+        row["val new after 5 recall@20"] = round(float(np.mean(on_new)), 4)
+    return row
