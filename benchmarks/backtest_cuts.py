@@ -1,6 +1,7 @@
 """The cuts of a finished backtest (``recsys backtest --out OUT``), for the validation-only
-ablations (``ablation_new_items.py``, ``ablation_user_ids.py``, ``ablation_warm_start.py``): each window with the settings
-of its cut's folder, and the popularity prior validation chose for the cut's model."""
+ablations (``ablation_new_items.py``, ``ablation_user_ids.py``, ``ablation_warm_start.py``):
+each window with the settings of its cut's folder, the popularity prior validation chose for
+the cut's model, and one way to score a model on the cut's validation window."""
 
 from __future__ import annotations
 
