@@ -31,12 +31,8 @@ GROUPS = ("all", "warm", "cold", "new after 5")
 
 def main() -> None:
     import numpy as np
-    from backtest_cuts import backtest_cuts, validation_new_users
+    from backtest_cuts import backtest_cuts, validation_cut
 
-    from evaluation.backtest import TWO_TOWER
-    from evaluation.backtest_cut import cold_start_batch
-    from towers.config import TowerConfig
-    from towers.data import tower_data
     from towers.evaluate import per_user_metrics
     from towers.train import tower_scores, train
     from towers.tuning import PRIOR_FEATURES, prior_key
@@ -50,16 +46,11 @@ def main() -> None:
     priors = [(0.0, PRIOR_FEATURES[0])] + [(w, f) for f in PRIOR_FEATURES for w in WEIGHTS]
     rows = []
     for w, settings in cuts:
-        source, val, new, given, profiles = validation_new_users(settings,
-                                                                 cfg["new_user_history"])  # fmt: skip
-        choice = w["choices"][TWO_TOWER]
-        data = tower_data(source, ("train",), TowerConfig.history)
-        assert data.val is not None
-        batch = cold_start_batch(data.encoder, profiles, given,
-                                 settings.paths.dataset / "items.parquet", settings.recent_items)  # fmt: skip
-        tcfg = replace(TowerConfig(), epochs=cfg["max_epochs"], seed=0,
-                       temperature=choice["temperature"],
-                       recency_half_life_days=choice["recency_half_life_days"])  # fmt: skip
+        cut = validation_cut(w, settings, cfg)
+        data, val, new, batch = cut.data, cut.val, cut.new, cut.batch
+        if batch is None:
+            raise SystemExit(f"window {w['index']}: no new users after 5 events in validation")
+        tcfg = cut.config()
         model = train(tcfg, data, progress=False).model
         recall: dict[str, dict[str, float]] = {}
         for weight, feature in priors:

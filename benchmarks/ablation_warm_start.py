@@ -30,12 +30,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def main() -> None:
     import numpy as np
     import torch
-    from backtest_cuts import backtest_cuts, validation_new_users, validation_recall
+    from backtest_cuts import backtest_cuts, validation_cut, validation_recall
 
-    from evaluation.backtest import TWO_TOWER
-    from evaluation.backtest_cut import cold_start_batch
-    from towers.config import TowerConfig
-    from towers.data import take, tower_data
+    from towers.data import take
     from towers.train import Training
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,17 +48,10 @@ def main() -> None:
     cfg = summary["config"]
     rows = []
     for w, settings in cuts:
-        source, val, new, given, profiles = validation_new_users(settings,
-                                                                cfg["new_user_history"])  # fmt: skip
-        choice = w["choices"][TWO_TOWER]
-        data = tower_data(source, ("train",), TowerConfig.history)
-        assert data.val is not None and data.train_age_days is not None
-        batch = cold_start_batch(data.encoder, profiles, given,
-                                 settings.paths.dataset / "items.parquet",
-                                 settings.recent_items) if len(new.user_ids) else None  # fmt: skip
-        tcfg = replace(TowerConfig(), epochs=cfg["max_epochs"], seed=0,
-                       temperature=choice["temperature"],
-                       recency_half_life_days=choice["recency_half_life_days"])  # fmt: skip
+        cut = validation_cut(w, settings, cfg)
+        data = cut.data
+        assert data.train_age_days is not None
+        tcfg = cut.config()
         run = Training(tcfg, data, progress=False)
         while not run.done:
             run.epoch()
@@ -84,7 +74,8 @@ def main() -> None:
                 models.append((f"newest {fraction} lr x{scale}", more.result().model))
         for name, model in models:
             row = {"window": w["index"], "variant": name,
-                   **validation_recall(model, choice, data, val, batch, new)}  # fmt: skip
+                   **validation_recall(model, cut.choice, data, cut.val, cut.batch,
+                                       cut.new)}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     keys = [k for k in rows[0] if k.startswith("val ")] if rows else []

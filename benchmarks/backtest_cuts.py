@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,47 @@ def validation_new_users(settings: Any, history: int) -> tuple[Any, Any, Any, An
     users = pd.read_parquet(settings.paths.dataset / "users.parquet")
     profiles = users.set_index("user_id").loc[new.user_ids].reset_index()
     return source, val, new, given, profiles
+
+
+@dataclass
+class ValidationCut:
+    """What a validation-only ablation trains and scores on one cut: the training split
+    (``data``, encoded at the default history length), the validation window ``val``, its
+    "new after 5" users ``new`` with their cold-start requests ``batch`` (None when there are
+    none), and the choices the backtest made for the cut's two-tower (``choice``)."""
+
+    data: Any
+    val: Any
+    new: Any
+    batch: Any
+    choice: dict[str, Any]
+    max_epochs: int
+
+    def config(self, **override: Any) -> Any:
+        """The default TowerConfig at the cut's chosen temperature and recency half-life,
+        seed 0, ``override`` on top."""
+        from towers.config import TowerConfig
+
+        chosen = {"temperature": self.choice["temperature"],
+                  "recency_half_life_days": self.choice["recency_half_life_days"]}  # fmt: skip
+        return replace(TowerConfig(), epochs=self.max_epochs, seed=0, **{**chosen, **override})
+
+
+def validation_cut(window: dict[str, Any], settings: Any, config: dict[str, Any]) -> ValidationCut:
+    """One cut of ``backtest_cuts`` (its window and settings; ``config``: the backtest's)
+    made ready for a validation-only ablation (:class:`ValidationCut`)."""
+    from evaluation.backtest import TWO_TOWER
+    from evaluation.backtest_cut import cold_start_batch
+    from towers.config import TowerConfig
+    from towers.data import tower_data
+
+    source, val, new, given, profiles = validation_new_users(settings, config["new_user_history"])
+    data = tower_data(source, ("train",), TowerConfig.history)
+    assert data.val is not None
+    batch = cold_start_batch(data.encoder, profiles, given,
+                             settings.paths.dataset / "items.parquet",
+                             settings.recent_items) if len(new.user_ids) else None  # fmt: skip
+    return ValidationCut(data, val, new, batch, window["choices"][TWO_TOWER], config["max_epochs"])
 
 
 def validation_recall(
